@@ -1,0 +1,195 @@
+//! `batch`: a JSON-lines file of tasks in, one result line per task out, in
+//! input order, streaming (a bounded window of tasks is in flight).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions};
+use lattice::task::json::{outcome_to_json, parse_task};
+use lattice::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome};
+use serde_json::Value;
+
+use super::{parse_executor, usage, LimitArgs};
+
+#[derive(Args)]
+pub struct BatchArgs {
+    /// A JSON-lines file, one task per line (design.md §6), or - for stdin.
+    file: PathBuf,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Tasks run at once (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
+    concurrency: Option<u64>,
+    /// Write the result lines to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Where tasks run: local or ray.
+    #[arg(long, default_value = "local", value_parser = parse_executor)]
+    executor: ExecutorType,
+}
+
+enum Pending {
+    Submitted(TaskHandle),
+    Ready(Box<TaskOutcome>),
+}
+
+struct Tally {
+    ok: usize,
+    failed: BTreeMap<&'static str, usize>,
+    progress: bool,
+    last_progress: Instant,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: &TaskOutcome) {
+        match &outcome.result {
+            Ok(_) => self.ok += 1,
+            Err(e) => *self.failed.entry(e.kind().as_str()).or_default() += 1,
+        }
+        if self.progress && self.last_progress.elapsed() > Duration::from_millis(100) {
+            self.last_progress = Instant::now();
+            eprint!(
+                "\rbatch: {} done, {} ok, {} failed ",
+                self.total(),
+                self.ok,
+                self.failures()
+            );
+        }
+    }
+
+    fn failures(&self) -> usize {
+        self.failed.values().sum()
+    }
+
+    fn total(&self) -> usize {
+        self.ok + self.failures()
+    }
+}
+
+pub fn run(args: BatchArgs) -> Result<i32> {
+    let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        let file = std::fs::File::open(&args.file)
+            .map_err(|e| usage(format!("can't read {}: {e}", args.file.display())))?;
+        Box::new(BufReader::new(file))
+    };
+    let mut output: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("can't write {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let executor = create_executor(
+        args.executor,
+        ExecutorOptions {
+            max_workers: args.concurrency.map(|n| n as usize),
+            sandbox: Some(args.limits.config()),
+        },
+    )?;
+    executor.initialize()?;
+    let concurrency = args
+        .concurrency
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let window = (concurrency * 4).max(8);
+
+    let started = Instant::now();
+    let mut tally = Tally {
+        ok: 0,
+        failed: BTreeMap::new(),
+        progress: std::io::stderr().is_terminal(),
+        last_progress: Instant::now(),
+    };
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let emit = |pending: Pending, out: &mut dyn Write, tally: &mut Tally| -> Result<()> {
+        let outcome = match pending {
+            Pending::Ready(outcome) => *outcome,
+            Pending::Submitted(handle) => {
+                let outcome = executor.get_result(&handle);
+                executor.release(&handle);
+                outcome
+            }
+        };
+        tally.add(&outcome);
+        writeln!(out, "{}", outcome_to_json(&outcome))?;
+        out.flush()?;
+        Ok(())
+    };
+
+    let mut lines = input.split(b'\n');
+    let mut line_no = 0u64;
+    while let Some(line) = lines.next().transpose().context("reading the task file")? {
+        line_no += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let item = match std::str::from_utf8(&line)
+            .map_err(|_| TaskError::invalid(format!("line {line_no} is not UTF-8")))
+            .and_then(parse_task)
+        {
+            Ok(mut task) => {
+                let id = task.id.get_or_insert(Value::from(line_no)).clone();
+                match executor.submit(task) {
+                    Ok(handle) => Pending::Submitted(handle),
+                    Err(error) => {
+                        Pending::Ready(Box::new(TaskOutcome::from_error(Some(id), error)))
+                    }
+                }
+            }
+            Err(error) => Pending::Ready(Box::new(TaskOutcome::from_error(
+                Some(Value::from(line_no)),
+                error,
+            ))),
+        };
+        pending.push_back(item);
+        while pending.len() >= window || front_is_ready(&pending, executor.as_ref()) {
+            let front = pending.pop_front().expect("checked non-empty");
+            emit(front, &mut output, &mut tally)?;
+        }
+    }
+    while let Some(front) = pending.pop_front() {
+        emit(front, &mut output, &mut tally)?;
+    }
+    executor.shutdown()?;
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let kinds: Vec<String> = tally
+        .failed
+        .iter()
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    if tally.progress {
+        eprint!("\r");
+    }
+    eprintln!(
+        "batch: {} tasks, {} ok, {} failed{} in {:.2} s ({:.1} tasks/s)",
+        tally.total(),
+        tally.ok,
+        tally.failures(),
+        if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds.join(", "))
+        },
+        elapsed,
+        tally.total() as f64 / elapsed.max(1e-9)
+    );
+    Ok(if tally.failures() == 0 { 0 } else { 1 })
+}
+
+fn front_is_ready(pending: &VecDeque<Pending>, executor: &dyn ExecutorBackend) -> bool {
+    match pending.front() {
+        None => false,
+        Some(Pending::Ready(_)) => true,
+        Some(Pending::Submitted(handle)) => {
+            let (done, _) = executor.wait(std::slice::from_ref(handle), Duration::ZERO);
+            !done.is_empty()
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The local executor: a bounded pool of worker threads on this machine.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::completion::{Completion, Signal};
+use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
+use crate::sandbox::{get_sandbox_config, CancelToken, SandboxConfig, SandboxExecutor};
+use crate::task::{ExecutorType, Payload, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
+
+/// The id of the one node of the local executor.
+pub const LOCAL_NODE_ID: &str = "local";
+
+/// Runs tasks on this machine, at most `max_workers` at a time (default: the
+/// number of cores), each in its sandbox tier.
+///
+/// Unlike the seed's ThreadPoolExecutor, `wait` honours its timeout and
+/// `cancel` also stops a running task (its process is killed). `shutdown`
+/// **cancels** whatever is queued or running and returns once nothing runs;
+/// to drain instead, `wait` for the handles first. Dropping the executor
+/// shuts it down.
+pub struct LocalExecutor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    max_workers: usize,
+    /// The executor's own configuration; None: the process-wide one at submit.
+    sandbox: Option<SandboxConfig>,
+    state: Mutex<State>,
+    work_ready: Condvar,
+    signal: Arc<Signal>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Arc<Slot>>,
+    slots: HashMap<u64, Arc<Slot>>,
+    next_id: u64,
+    running: usize,
+    workers: Vec<JoinHandle<()>>,
+    shut_down: bool,
+}
+
+struct Slot {
+    /// Taken by the worker that runs it, or by a cancel while queued.
+    task: Mutex<Option<TaskSubmission>>,
+    id: Option<serde_json::Value>,
+    native: bool,
+    config: SandboxConfig,
+    cancel: CancelToken,
+    completion: Arc<Completion>,
+}
+
+impl LocalExecutor {
+    /// A local executor with `max_workers` workers (None: one per core) and
+    /// its own sandbox configuration (None: the process-wide one).
+    pub fn new(max_workers: Option<usize>, sandbox: Option<SandboxConfig>) -> Self {
+        let max_workers = max_workers
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        LocalExecutor {
+            shared: Arc::new(Shared {
+                max_workers,
+                sandbox,
+                state: Mutex::new(State::default()),
+                work_ready: Condvar::new(),
+                signal: Arc::new(Signal::default()),
+            }),
+        }
+    }
+
+    /// The number of workers.
+    pub fn max_workers(&self) -> usize {
+        self.shared.max_workers
+    }
+
+    fn slot(&self, handle: &TaskHandle) -> Option<Arc<Slot>> {
+        if handle.executor_type != ExecutorType::Local {
+            return None;
+        }
+        self.shared.lock().slots.get(&handle.handle_id).cloned()
+    }
+
+    fn start_workers(&self, state: &mut State) {
+        while state.workers.len() < self.shared.max_workers {
+            let shared = self.shared.clone();
+            let name = format!("lattice-worker-{}", state.workers.len());
+            let worker = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || shared.work())
+                .expect("the OS refused to start a worker thread");
+            state.workers.push(worker);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A worker: runs queued tasks until shutdown.
+    fn work(&self) {
+        loop {
+            let slot = {
+                let mut state = self.lock();
+                loop {
+                    if state.shut_down {
+                        return;
+                    }
+                    if let Some(slot) = state.queue.pop_front() {
+                        state.running += 1;
+                        break slot;
+                    }
+                    state = self
+                        .work_ready
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let task = slot.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(task) = task {
+                let mut outcome =
+                    SandboxExecutor::new(slot.config.clone()).run(&task, &slot.cancel);
+                outcome.node_id = Some(LOCAL_NODE_ID.into());
+                slot.completion.complete(outcome);
+            }
+            self.lock().running -= 1;
+        }
+    }
+}
+
+impl ExecutorBackend for LocalExecutor {
+    fn executor_type(&self) -> ExecutorType {
+        ExecutorType::Local
+    }
+
+    fn initialize(&self) -> Result<(), TaskError> {
+        let mut state = self.shared.lock();
+        if state.shut_down {
+            return Err(shut_down());
+        }
+        self.start_workers(&mut state);
+        Ok(())
+    }
+
+    fn submit(&self, task: TaskSubmission) -> Result<TaskHandle, TaskError> {
+        if let Some(node) = &task.node_id {
+            if node != LOCAL_NODE_ID {
+                return Err(TaskError::invalid(format!(
+                    "node '{node}' is not part of the local executor (its only node is '{LOCAL_NODE_ID}')"
+                )));
+            }
+        }
+        let gpus = gpu_count();
+        if let Some(asked) = task.resources.gpu.filter(|&g| g > 0.0) {
+            if asked > gpus as f64 {
+                return Err(TaskError::invalid(format!(
+                    "the task asks for {asked} GPU(s) but this machine has {gpus}"
+                )));
+            }
+        }
+        let config = self
+            .shared
+            .sandbox
+            .clone()
+            .unwrap_or_else(get_sandbox_config);
+        let slot = Arc::new(Slot {
+            id: task.id.clone(),
+            native: matches!(task.payload, Payload::Native(_)),
+            task: Mutex::new(Some(task)),
+            config,
+            cancel: CancelToken::new(),
+            completion: Arc::new(Completion::new(self.shared.signal.clone())),
+        });
+        let mut state = self.shared.lock();
+        if state.shut_down {
+            return Err(shut_down());
+        }
+        self.start_workers(&mut state);
+        let handle_id = state.next_id;
+        state.next_id += 1;
+        state.slots.insert(handle_id, slot.clone());
+        state.queue.push_back(slot);
+        drop(state);
+        self.shared.work_ready.notify_one();
+        Ok(TaskHandle {
+            handle_id,
+            executor_type: ExecutorType::Local,
+        })
+    }
+
+    fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {
+        match self.slot(handle) {
+            Some(slot) => slot.completion.wait(),
+            None => unknown_handle(handle),
+        }
+    }
+
+    fn get_result_async(&self, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
+        match self.slot(handle) {
+            Some(slot) => Box::pin(slot.completion.clone().future()),
+            None => {
+                let outcome = unknown_handle(handle);
+                Box::pin(async move { outcome })
+            }
+        }
+    }
+
+    fn wait(
+        &self,
+        handles: &[TaskHandle],
+        timeout: Duration,
+    ) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
+        let deadline = Instant::now().checked_add(timeout);
+        let slots: Vec<Option<Arc<Slot>>> = handles.iter().map(|h| self.slot(h)).collect();
+        loop {
+            let seen = self.shared.signal.generation();
+            let (done, pending): (Vec<_>, Vec<_>) = handles
+                .iter()
+                .zip(&slots)
+                .partition(|(_, slot)| slot.as_ref().is_none_or(|s| s.completion.is_done()));
+            let unzip = |v: Vec<(&TaskHandle, _)>| v.into_iter().map(|(h, _)| h.clone()).collect();
+            if pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return (unzip(done), unzip(pending));
+            }
+            self.shared.signal.wait_past(seen, deadline);
+        }
+    }
+
+    fn cancel(&self, handle: &TaskHandle) -> bool {
+        let Some(slot) = self.slot(handle) else {
+            return false;
+        };
+        if slot.completion.is_done() {
+            return false;
+        }
+        let queued = slot
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some();
+        slot.cancel.cancel();
+        if queued || slot.native {
+            // Nothing of it runs (or, for a native closure, nothing can stop
+            // the thread): the outcome is final now.
+            slot.completion
+                .complete(cancelled_outcome(slot.id.clone(), slot.config.level));
+        }
+        // A running process-tier task is killed; its worker reports Cancelled
+        // once the process is gone.
+        true
+    }
+
+    fn shutdown(&self) -> Result<(), TaskError> {
+        let (workers, slots) = {
+            let mut state = self.shared.lock();
+            state.shut_down = true;
+            state.queue.clear();
+            let slots: Vec<Arc<Slot>> = state.slots.values().cloned().collect();
+            (std::mem::take(&mut state.workers), slots)
+        };
+        for slot in &slots {
+            if !slot.completion.is_done() {
+                let queued = slot
+                    .task
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .is_some();
+                slot.cancel.cancel();
+                if queued || slot.native {
+                    slot.completion
+                        .complete(cancelled_outcome(slot.id.clone(), slot.config.level));
+                }
+            }
+        }
+        self.shared.work_ready.notify_all();
+        for worker in workers {
+            // A worker still inside a native closure can't be stopped:
+            // leave it detached rather than block forever.
+            if worker.is_finished() || !slots.iter().any(|s| s.native && !s.completion.is_done()) {
+                let _ = worker.join();
+            }
+        }
+        Ok(())
+    }
+
+    fn get_available_resources(&self) -> Result<ClusterResources, TaskError> {
+        let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let running = self.shared.lock().running as f64;
+        let (memory, memory_available) = meminfo();
+        let gpu = gpu_count() as f64;
+        Ok(ClusterResources {
+            nodes: vec![NodeResources {
+                node_id: LOCAL_NODE_ID.into(),
+                node_ip: "127.0.0.1".into(),
+                alive: true,
+                cpu,
+                cpu_available: (cpu - running).max(0.0),
+                memory,
+                memory_available,
+                gpu,
+                gpu_available: gpu,
+            }],
+        })
+    }
+
+    fn release(&self, handle: &TaskHandle) {
+        if handle.executor_type != ExecutorType::Local {
+            return;
+        }
+        let mut state = self.shared.lock();
+        if state
+            .slots
+            .get(&handle.handle_id)
+            .is_some_and(|slot| slot.completion.is_done())
+        {
+            state.slots.remove(&handle.handle_id);
+        }
+    }
+}
+
+impl Drop for LocalExecutor {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn shut_down() -> TaskError {
+    TaskError::invalid("the executor is shut down")
+}
+
+fn unknown_handle(handle: &TaskHandle) -> TaskOutcome {
+    TaskOutcome::from_error(
+        None,
+        TaskError::invalid(format!(
+            "handle {} ({}) was not made by this executor",
+            handle.handle_id, handle.executor_type
+        )),
+    )
+}
+
+fn cancelled_outcome(
+    id: Option<serde_json::Value>,
+    tier: crate::sandbox::SandboxLevel,
+) -> TaskOutcome {
+    TaskOutcome {
+        tier: Some(tier),
+        node_id: Some(LOCAL_NODE_ID.into()),
+        ..TaskOutcome::from_error(id, TaskError::Cancelled)
+    }
+}
+
+/// (MemTotal, MemAvailable) in bytes, from /proc/meminfo.
+fn meminfo() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
+}
+
+/// NVIDIA GPUs the driver reports (0 without a driver).
+fn gpu_count() -> usize {
+    std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |dir| dir.count())
+}

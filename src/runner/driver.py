@@ -1,0 +1,229 @@
+"""The lattice CodeRunner driver: runs one task request, returns one envelope.
+
+This one file is the CodeRunner of every tier: CPython runs it in the
+subprocess, seccomp and docker tiers (``main_stdio``), RustPython runs it in the
+wasm and none tiers (``run_request`` called by the host). It must therefore
+stay plain stdlib Python that both interpreters accept.
+
+Request (JSON text): {"code", "entry"?, "input"?, "args"?, "kwargs"?,
+"allowed_imports"?}. Envelope (JSON text): {"status": "ok", "result": ...} or
+{"status": "error", "error": {"kind", "type", "message", "traceback"}}.
+User output is never part of the envelope: prints go to the process's stdout
+and stderr, the envelope goes back on a channel of its own.
+"""
+
+import sys
+import json
+
+TASK_FILENAME = "<task>"
+
+if hasattr(sys, "set_int_max_str_digits"):
+    # Integers of any size must round-trip exactly through JSON.
+    sys.set_int_max_str_digits(0)
+
+
+def _error(kind, type_name, message, traceback_text=""):
+    return json.dumps(
+        {
+            "status": "error",
+            "error": {
+                "kind": kind,
+                "type": type_name,
+                "message": message,
+                "traceback": traceback_text,
+            },
+        }
+    )
+
+
+def _format_exception(exc):
+    """The traceback of ``exc`` from the first frame of the user's code on."""
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != TASK_FILENAME:
+        tb = tb.tb_next
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        return "%s: %s" % (type(exc).__name__, exc)
+
+
+def _exception_message(exc):
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception message could not be printed>"
+
+
+def _task_failure(exc):
+    return _error("task_error", type(exc).__name__, _exception_message(exc), _format_exception(exc))
+
+
+def _entry_name(code):
+    """The name of the last top-level function definition, or None."""
+    import ast
+
+    name = None
+    for node in ast.parse(code, TASK_FILENAME).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = node.name
+    return name
+
+
+def _guarded_builtins(allowed):
+    """A builtins dict whose ``__import__`` only admits ``allowed`` modules.
+
+    ``allowed`` names top-level modules or dotted submodules: "os" admits
+    "os" and "os.path", "os.path" admits only "os.path". Imports made by an
+    admitted module itself use the real import machinery, so the stdlib works.
+    """
+    import builtins
+
+    real_import = builtins.__import__
+    allowed = tuple(allowed)
+
+    def admitted(name):
+        for module in allowed:
+            if name == module or name.startswith(module + "."):
+                return True
+        return False
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level != 0:
+            raise ImportError("relative imports are not allowed in a task", name=name)
+        if not admitted(name):
+            raise ImportError(
+                "import of '%s' is not allowed (allowed_imports: %s)" % (name, ", ".join(allowed) or "none"),
+                name=name,
+            )
+        module = real_import(name, globals, locals, fromlist, level)
+        for sub in fromlist or ():
+            full = name + "." + sub
+            if hasattr(module, sub) and type(getattr(module, sub)) is type(sys) and not admitted(full):
+                raise ImportError("import of '%s' is not allowed" % full, name=full)
+        return module
+
+    guarded = dict(builtins.__dict__)
+    guarded["__import__"] = guarded_import
+    return guarded
+
+
+def _remember_source(code):
+    """Lets tracebacks show the lines of the user's code."""
+    try:
+        import linecache
+
+        lines = code.splitlines(True)
+        linecache.cache[TASK_FILENAME] = (len(code), None, lines, TASK_FILENAME)
+    except Exception:
+        pass
+
+
+def _flush_user_output():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def run_request(request_text):
+    """Runs the task described by ``request_text``; returns the envelope text."""
+    try:
+        request = json.loads(request_text)
+        code = request["code"]
+    except RecursionError:
+        return _error("invalid_task", "ValueError", "the task input is nested too deeply")
+    except Exception as exc:
+        return _error("internal", type(exc).__name__, "malformed driver request: %s" % _exception_message(exc))
+
+    try:
+        compiled = compile(code, TASK_FILENAME, "exec")
+        entry = request.get("entry") or _entry_name(code)
+    except SyntaxError as exc:
+        return _error(
+            "invalid_task",
+            type(exc).__name__,
+            "line %s: %s" % (exc.lineno, exc.msg),
+        )
+    except (MemoryError, RecursionError) as exc:
+        return _error("invalid_task", type(exc).__name__, "the code is too large or too deeply nested to compile")
+    if entry is None:
+        return _error("invalid_task", "ValueError", "the code defines no function to call (add a top-level def)")
+
+    _remember_source(code)
+    namespace = {"__name__": "__task__"}
+    allowed = request.get("allowed_imports")
+    if allowed is not None:
+        namespace["__builtins__"] = _guarded_builtins(allowed)
+
+    result = None
+    try:
+        exec(compiled, namespace)
+        function = namespace.get(entry)
+        if function is None or not callable(function):
+            return _error(
+                "invalid_task",
+                "NameError",
+                "entry function '%s' is not defined by the code" % entry,
+            )
+        if "args" in request or "kwargs" in request:
+            result = function(*(request.get("args") or ()), **(request.get("kwargs") or {}))
+        elif "input" in request:
+            result = function(request["input"])
+        else:
+            result = function()
+    except MemoryError as exc:
+        # Drop the frames that hold the big objects before building the reply.
+        message = _exception_message(exc)
+        exc = None
+        namespace.clear()
+        return _error("task_error", "MemoryError", message or "out of memory")
+    except BaseException as exc:
+        _flush_user_output()
+        return _task_failure(exc)
+    finally:
+        _flush_user_output()
+
+    namespace.clear()
+    try:
+        text = json.dumps(result, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except RecursionError:
+        return _error("task_error", "ValueError", "the result is nested too deeply to serialise as JSON")
+    except UnicodeEncodeError:
+        return _error("task_error", "ValueError", "the result contains a lone surrogate, which JSON text cannot carry")
+    except (TypeError, ValueError) as exc:
+        return _error(
+            "task_error",
+            type(exc).__name__,
+            "the result is not JSON-serialisable: %s" % _exception_message(exc),
+        )
+    except MemoryError:
+        return _error("task_error", "MemoryError", "out of memory while serialising the result")
+    return '{"status":"ok","result":' + text + "}"
+
+
+def main_stdio():
+    """CPython entry: request on stdin, user output on fds 1/2, envelope on fd 3."""
+    import os
+
+    pid = os.getpid()
+    request_text = sys.stdin.buffer.read().decode("utf-8")
+    try:
+        sys.stdin.close()
+    except Exception:
+        pass
+    envelope = run_request(request_text).encode("utf-8")
+    if os.getpid() != pid:
+        # A process the task forked returned through the driver: only the
+        # task's own process answers.
+        os._exit(0)
+    while envelope:
+        written = os.write(3, envelope)
+        envelope = envelope[written:]
+
+
+if __name__ == "__main__":
+    main_stdio()

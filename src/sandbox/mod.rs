@@ -1,0 +1,299 @@
+//! How a task is isolated: one [`Sandbox`] trait, one module per tier.
+//!
+//! A tier never knows where it runs: it gets a [`Job`] and a
+//! [`CancelToken`] and gives back a [`SandboxOutput`].
+
+mod cancel;
+mod config;
+mod none;
+mod output;
+pub(crate) mod process;
+mod subprocess;
+mod unbuilt;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+pub use cancel::CancelToken;
+pub use config::{get_sandbox_config, set_sandbox_config, Mount, SandboxConfig, SandboxLevel};
+pub(crate) use output::OutputCapture;
+
+use crate::runner;
+use crate::task::{NativeCall, Payload, TaskError, TaskOutcome, TaskSubmission, WasmSource};
+
+/// What a tier is asked to run.
+pub struct Job<'a> {
+    pub work: Work<'a>,
+    /// The effective configuration (the executor's, with the task's overrides).
+    pub config: &'a SandboxConfig,
+    /// Sets `CUDA_VISIBLE_DEVICES` for the task.
+    pub gpu_id: Option<u32>,
+}
+
+/// The payload of a [`Job`].
+pub enum Work<'a> {
+    /// Python: the CodeRunner request for the driver (see [`crate::runner`]).
+    Python { request: &'a str },
+    /// A Wasm module or component with the input JSON for its stdin.
+    Wasm {
+        source: &'a WasmSource,
+        input: &'a str,
+    },
+    /// A command with the input JSON for its stdin.
+    Command { argv: &'a [String], input: &'a str },
+}
+
+/// What a tier gives back.
+#[derive(Debug)]
+pub struct SandboxOutput {
+    pub result: Result<Value, TaskError>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl SandboxOutput {
+    pub fn error(error: TaskError) -> Self {
+        SandboxOutput {
+            result: Err(error),
+            stdout: String::new(),
+            stderr: String::new(),
+        }
+    }
+}
+
+/// One isolation tier.
+pub trait Sandbox: Send + Sync {
+    fn level(&self) -> SandboxLevel;
+
+    /// Ok if the tier can run on this host; otherwise why not, and how to fix it.
+    fn check_available(&self) -> Result<(), TaskError>;
+
+    /// Rejects settings this tier can't honour (before anything runs).
+    fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError>;
+
+    /// Runs one job to its end. Every failure is an error in the output,
+    /// never a panic; nothing the job started outlives this call.
+    fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput;
+}
+
+/// The tier that implements `level`.
+pub fn tier(level: SandboxLevel) -> &'static dyn Sandbox {
+    match level {
+        SandboxLevel::None => &none::NoneSandbox,
+        SandboxLevel::Wasm => &unbuilt::WASM,
+        SandboxLevel::Subprocess => &subprocess::SubprocessSandbox,
+        SandboxLevel::Seccomp => &unbuilt::SECCOMP,
+        SandboxLevel::Docker => &unbuilt::DOCKER,
+    }
+}
+
+/// Settings that only some tiers can honour, checked the same way for all.
+pub(crate) fn reject_unsupported(
+    level: SandboxLevel,
+    config: &SandboxConfig,
+    mounts: bool,
+    syscalls: bool,
+) -> Result<(), TaskError> {
+    if !mounts && !config.mount_paths.is_empty() {
+        return Err(TaskError::invalid(format!(
+            "the {level} tier can't restrict or remap paths, so mount_paths can't be honoured: use the wasm, seccomp or docker tier"
+        )));
+    }
+    if !syscalls && config.allowed_syscalls.is_some() {
+        return Err(TaskError::invalid(format!(
+            "allowed_syscalls only applies to the seccomp tier, not {level}"
+        )));
+    }
+    if config.max_memory_mb == 0 {
+        return Err(TaskError::invalid("max_memory_mb must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Runs tasks in their sandbox tier: the seed's `SandboxExecutor`.
+///
+/// ```no_run
+/// use lattice::sandbox::{SandboxConfig, SandboxExecutor, SandboxLevel};
+/// use serde_json::json;
+///
+/// let executor = SandboxExecutor::new(SandboxConfig {
+///     level: SandboxLevel::Subprocess,
+///     ..SandboxConfig::default()
+/// });
+/// let outcome = executor.execute(Some("def f(x):\n    return x * 2\n"), None, Some(json!(21)));
+/// assert_eq!(outcome.result.unwrap(), json!(42));
+/// ```
+#[derive(Clone, Debug)]
+pub struct SandboxExecutor {
+    config: SandboxConfig,
+}
+
+/// A [`SandboxExecutor`] with the process-wide configuration.
+pub fn get_sandbox_executor() -> SandboxExecutor {
+    SandboxExecutor::new(get_sandbox_config())
+}
+
+impl SandboxExecutor {
+    pub fn new(config: SandboxConfig) -> Self {
+        SandboxExecutor { config }
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The seed's `execute(code_str, serialized_code, task_input_data)`:
+    /// runs Python code or a Wasm module with `input`.
+    pub fn execute(
+        &self,
+        code: Option<&str>,
+        serialized_code: Option<WasmSource>,
+        input: Option<Value>,
+    ) -> TaskOutcome {
+        let payload = match (code, serialized_code) {
+            (Some(code), None) => Payload::Code(code.to_string()),
+            (None, Some(source)) => Payload::Wasm(source),
+            _ => {
+                return TaskOutcome::from_error(
+                    None,
+                    TaskError::invalid("give exactly one of code and serialized_code"),
+                )
+            }
+        };
+        let mut task = TaskSubmission::new(payload);
+        task.input = input;
+        self.run(&task, &CancelToken::new())
+    }
+
+    /// Runs one submission to its outcome, in the tier its configuration
+    /// names. `cancel` stops it from another thread.
+    pub fn run(&self, task: &TaskSubmission, cancel: &CancelToken) -> TaskOutcome {
+        let started = Instant::now();
+        let config = self.config.with_overrides(&task.sandbox);
+        let (level, output) = match &task.payload {
+            Payload::Native(function) => match task.sandbox.tier {
+                Some(level) if level != SandboxLevel::None => (
+                    None,
+                    SandboxOutput::error(TaskError::invalid(format!(
+                        "a native closure runs in-process and can't be isolated by the {level} tier; submit it without a tier or with tier none"
+                    ))),
+                ),
+                _ => (
+                    Some(SandboxLevel::None),
+                    run_native(function.as_ref(), task, cancel),
+                ),
+            },
+            _ => (Some(config.level), run_in_tier(task, &config, cancel)),
+        };
+        let mut outcome = TaskOutcome {
+            id: task.id.clone(),
+            result: output.result,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            tier: level,
+            node_id: None,
+            duration: started.elapsed(),
+        };
+        if cancel.is_cancelled() {
+            outcome.result = Err(TaskError::Cancelled);
+        }
+        outcome
+    }
+}
+
+fn run_in_tier(
+    task: &TaskSubmission,
+    config: &SandboxConfig,
+    cancel: &CancelToken,
+) -> SandboxOutput {
+    let sandbox = tier(config.level);
+    if let Err(error) = sandbox
+        .check_available()
+        .and_then(|()| sandbox.check_config(config))
+    {
+        return SandboxOutput::error(error);
+    }
+    let input_json;
+    let request;
+    let work = match &task.payload {
+        Payload::Code(code) => {
+            request = match runner::request(code, task, config) {
+                Ok(request) => request,
+                Err(error) => return SandboxOutput::error(error),
+            };
+            Work::Python { request: &request }
+        }
+        Payload::Wasm(source) => {
+            input_json = runner::stdin_input(task);
+            Work::Wasm {
+                source,
+                input: &input_json,
+            }
+        }
+        Payload::Command(argv) => {
+            input_json = runner::stdin_input(task);
+            Work::Command {
+                argv,
+                input: &input_json,
+            }
+        }
+        Payload::Native(_) => unreachable!("native closures never reach a tier"),
+    };
+    let job = Job {
+        work,
+        config,
+        gpu_id: task.gpu_id,
+    };
+    match catch_unwind(AssertUnwindSafe(|| sandbox.run(&job, cancel))) {
+        Ok(output) => output,
+        Err(panic) => SandboxOutput::error(TaskError::internal(format!(
+            "the {} tier panicked: {}",
+            config.level,
+            panic_message(&*panic)
+        ))),
+    }
+}
+
+fn run_native(
+    function: &(dyn Fn(&NativeCall<'_>) -> Result<Value, String> + Send + Sync),
+    task: &TaskSubmission,
+    cancel: &CancelToken,
+) -> SandboxOutput {
+    let empty_kwargs = Map::new();
+    let call = NativeCall {
+        input: task.input.as_ref(),
+        args: task.args.as_deref().unwrap_or(&[]),
+        kwargs: task.kwargs.as_ref().unwrap_or(&empty_kwargs),
+        cancel,
+    };
+    let result = match catch_unwind(AssertUnwindSafe(|| function(&call))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(TaskError::Failed {
+            type_name: "NativeError".into(),
+            message,
+            traceback: String::new(),
+        }),
+        Err(panic) => Err(TaskError::Failed {
+            type_name: "Panic".into(),
+            message: panic_message(&*panic),
+            traceback: String::new(),
+        }),
+    };
+    SandboxOutput {
+        result,
+        stdout: String::new(),
+        stderr: String::new(),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".into()
+    }
+}

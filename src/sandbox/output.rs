@@ -1,0 +1,76 @@
+//! Capped capture of a task's stdout and stderr, the same for every tier.
+
+/// Keeps the first `cap` bytes of a stream and counts the rest.
+#[derive(Debug)]
+pub(crate) struct OutputCapture {
+    kept: Vec<u8>,
+    cap: usize,
+    dropped: u64,
+}
+
+/// The line appended to a stream that went over its cap.
+pub const TRUNCATION_MARK: &str = "[lattice: output truncated:";
+
+impl OutputCapture {
+    pub fn new(cap: usize) -> Self {
+        OutputCapture {
+            kept: Vec::new(),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        let room = self.cap.saturating_sub(self.kept.len());
+        let take = room.min(bytes.len());
+        self.kept.extend_from_slice(&bytes[..take]);
+        self.dropped += (bytes.len() - take) as u64;
+    }
+
+    /// The bytes kept so far.
+    pub fn kept(&self) -> &[u8] {
+        &self.kept
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.dropped > 0
+    }
+
+    /// The kept text (invalid UTF-8 replaced), marked if anything was dropped.
+    pub fn finish(self) -> String {
+        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        if self.dropped > 0 {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "{TRUNCATION_MARK} {} more bytes dropped after the first {}]\n",
+                self.dropped, self.cap
+            ));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_first_bytes_and_marks_the_cut() {
+        let mut capture = OutputCapture::new(5);
+        capture.push(b"abc");
+        capture.push(b"defgh");
+        assert!(capture.is_truncated());
+        let text = capture.finish();
+        assert!(text.starts_with("abcde\n"));
+        assert!(text.contains("3 more bytes dropped"));
+    }
+
+    #[test]
+    fn under_the_cap_nothing_is_marked() {
+        let mut capture = OutputCapture::new(10);
+        capture.push("héllo".as_bytes());
+        assert_eq!(capture.finish(), "héllo");
+    }
+}

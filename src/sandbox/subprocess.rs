@@ -1,0 +1,432 @@
+//! The subprocess tier: host CPython (`-I`, by absolute path) in a child of
+//! its own session, under rlimits, as a dedicated unprivileged uid when we
+//! are root, with a clean environment, an empty network namespace unless
+//! the network is enabled, and a private temp dir as cwd.
+//!
+//! The process machinery (spawn, pipes, timeout, cleanup) is in
+//! [`super::process`]; this module decides what the child gets and what its
+//! ending means. The none and seccomp tiers reuse both through
+//! [`ProcessTier`].
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::process::{self, ChildHook, ChildRun, ChildSpec, Ending, UidLease};
+use super::{
+    reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
+};
+use crate::runner::{self, DRIVER};
+use crate::task::{TaskError, TimeLimit};
+
+/// The biggest result (or command stdout) a process tier hands back.
+pub(crate) const MAX_RESULT_BYTES: usize = 64 << 20;
+/// Open files per task.
+const MAX_OPEN_FILES: u64 = 256;
+/// Largest file a task may write.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Processes and threads per task (needs the dedicated uid to count).
+const MAX_PROCESSES: u64 = 64;
+
+pub(crate) struct SubprocessSandbox;
+
+impl Sandbox for SubprocessSandbox {
+    fn level(&self) -> SandboxLevel {
+        SandboxLevel::Subprocess
+    }
+
+    fn check_available(&self) -> Result<(), TaskError> {
+        python_interpreter().map(|_| ())
+    }
+
+    fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError> {
+        reject_unsupported(SandboxLevel::Subprocess, config, false, false)
+    }
+
+    fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
+        ProcessTier::isolated(SandboxLevel::Subprocess).run(job, cancel)
+    }
+}
+
+/// Builds a tier's child hook for one task.
+pub(crate) type MakeHook = fn(&SandboxConfig) -> Result<ChildHook, TaskError>;
+
+/// How a process tier sets up its child.
+pub(crate) struct ProcessTier {
+    pub level: SandboxLevel,
+    /// Limits, dedicated uid, clean environment, network namespace.
+    pub isolate: bool,
+    /// Extra setup in the child just before exec (seccomp, Landlock).
+    pub hook: Option<MakeHook>,
+}
+
+impl ProcessTier {
+    pub fn isolated(level: SandboxLevel) -> Self {
+        ProcessTier {
+            level,
+            isolate: true,
+            hook: None,
+        }
+    }
+
+    pub fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
+        match self.try_run(job, cancel) {
+            Ok(output) => output,
+            Err(error) => SandboxOutput::error(error),
+        }
+    }
+
+    fn try_run(&self, job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskError> {
+        let config = job.config;
+        let (program, args, stdin, python) = match &job.work {
+            Work::Python { request } => {
+                let python = python_interpreter()?;
+                let args = vec!["-I".into(), "-c".into(), DRIVER.into()];
+                (python.to_path_buf(), args, request.as_bytes(), true)
+            }
+            Work::Command { argv, input } => {
+                let program = resolve_program(&argv[0])?;
+                let args = argv[1..].iter().map(OsString::from).collect();
+                (program, args, input.as_bytes(), false)
+            }
+            Work::Wasm { .. } => {
+                return Err(TaskError::invalid(format!(
+                    "the {} tier runs Python code and commands; run Wasm payloads on the wasm tier",
+                    self.level
+                )))
+            }
+        };
+
+        let lease = if self.isolate && process::is_root() {
+            Some(UidLease::acquire()?)
+        } else {
+            None
+        };
+        let uid = lease.as_ref().map(UidLease::uid);
+        let workdir = private_dir(uid)?;
+        let mut env: Vec<(OsString, OsString)> = if self.isolate {
+            vec![("LANG".into(), "C.UTF-8".into())]
+        } else {
+            std::env::vars_os().collect()
+        };
+        env.retain(|(k, _)| k != "HOME" && k != "TMPDIR" && k != "CUDA_VISIBLE_DEVICES");
+        env.push(("HOME".into(), workdir.path().into()));
+        env.push(("TMPDIR".into(), workdir.path().into()));
+        if let Some(gpu) = job.gpu_id {
+            env.push(("CUDA_VISIBLE_DEVICES".into(), gpu.to_string().into()));
+        }
+
+        let spec = ChildSpec {
+            program: &program,
+            args,
+            env,
+            cwd: workdir.path(),
+            stdin,
+            result_channel: python,
+            rlimits: rlimits(config, self.isolate, uid.is_some()),
+            uid,
+            new_netns: self.isolate && !config.network_enabled,
+            timeout: config.timeout,
+            output_cap: if python {
+                config.max_output_bytes
+            } else {
+                MAX_RESULT_BYTES
+            },
+            channel_cap: MAX_RESULT_BYTES,
+            hook: match self.hook {
+                Some(make) => Some(make(config)?),
+                None => None,
+            },
+        };
+        let run = process::run_child(spec, cancel)?;
+        drop(lease);
+        // The task's files go with it; a failure here would leak a temp dir.
+        workdir
+            .close()
+            .map_err(|e| TaskError::internal(format!("can't remove the task's temp dir: {e}")))?;
+        Ok(if python {
+            python_outcome(run, config)
+        } else {
+            command_outcome(run, config)
+        })
+    }
+}
+
+fn rlimits(config: &SandboxConfig, isolate: bool, own_uid: bool) -> Vec<process::Rlimit> {
+    let memory = config.max_memory_mb.saturating_mul(1 << 20);
+    let cpu = config.max_cpu_time.as_secs_f64().ceil().max(1.0) as u64;
+    let mut limits = vec![
+        (libc::RLIMIT_AS, memory, memory),
+        // SIGXCPU at the soft limit, SIGKILL a second later if it is ignored.
+        (libc::RLIMIT_CPU, cpu, cpu + 1),
+        (libc::RLIMIT_CORE, 0, 0),
+    ];
+    if isolate {
+        limits.push((libc::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES));
+        limits.push((libc::RLIMIT_FSIZE, MAX_FILE_BYTES, MAX_FILE_BYTES));
+        if own_uid {
+            // The kernel ignores NPROC for root, and counts per uid: it only
+            // means something for a uid of the task's own.
+            limits.push((libc::RLIMIT_NPROC, MAX_PROCESSES, MAX_PROCESSES));
+        }
+    }
+    limits
+}
+
+/// A fresh 0700 temp dir owned by the task's uid.
+fn private_dir(uid: Option<u32>) -> Result<tempfile::TempDir, TaskError> {
+    let dir = tempfile::Builder::new()
+        .prefix("lattice-task-")
+        .tempdir()
+        .map_err(|e| TaskError::internal(format!("can't create the task's temp dir: {e}")))?;
+    let setup = || -> std::io::Result<()> {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid))?;
+        }
+        Ok(())
+    };
+    setup().map_err(|e| TaskError::internal(format!("can't prepare the task's temp dir: {e}")))?;
+    Ok(dir)
+}
+
+/// What a Python child's ending means (shared by every process tier).
+pub(crate) fn python_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
+    let stderr_has_memory_error =
+        String::from_utf8_lossy(run_stderr_tail(&run)).contains("MemoryError");
+    let result = match limit_error(&run, config) {
+        Some(error) => Err(error),
+        None if run.channel_overflow => Err(result_too_big()),
+        None if !run.channel.is_empty() => runner::parse_envelope(&run.channel, config),
+        None if stderr_has_memory_error => Err(runner::memory_limit(config, "MemoryError")),
+        None => Err(died_without_result(&run)),
+    };
+    SandboxOutput {
+        result,
+        stdout: run.stdout.finish(),
+        stderr: run.stderr.finish(),
+    }
+}
+
+/// What a command child's ending means: its stdout is its result.
+fn command_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
+    let result = match limit_error(&run, config) {
+        Some(error) => Err(error),
+        None => match run.ending {
+            Ending::Exited(0) if run.stdout.is_truncated() => Err(result_too_big()),
+            Ending::Exited(0) => parse_command_stdout(&run),
+            _ => Err(died_without_result(&run)),
+        },
+    };
+    SandboxOutput {
+        result,
+        stdout: String::new(),
+        stderr: run.stderr.finish(),
+    }
+}
+
+fn parse_command_stdout(run: &ChildRun) -> Result<Value, TaskError> {
+    let text = run.stdout.kept();
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(TaskError::Failed {
+            type_name: "ValueError".into(),
+            message: "the command printed no result (its stdout must be the result JSON)".into(),
+            traceback: String::new(),
+        });
+    }
+    serde_json::from_slice(text).map_err(|e| TaskError::Failed {
+        type_name: "ValueError".into(),
+        message: format!("the command's stdout is not JSON: {e}"),
+        traceback: String::new(),
+    })
+}
+
+/// The limit that ended the child, if one did.
+fn limit_error(run: &ChildRun, config: &SandboxConfig) -> Option<TaskError> {
+    match run.ending {
+        Ending::Cancelled => Some(TaskError::Cancelled),
+        Ending::TimedOut => Some(TaskError::Timeout {
+            limit: TimeLimit::Wall,
+            message: format!(
+                "the task ran longer than its wall-clock limit of {}",
+                seconds(config.timeout)
+            ),
+        }),
+        Ending::Signaled(libc::SIGXCPU) => Some(cpu_timeout(config)),
+        Ending::Signaled(libc::SIGKILL) if run.cpu_time >= config.max_cpu_time => {
+            Some(cpu_timeout(config))
+        }
+        _ => None,
+    }
+}
+
+fn cpu_timeout(config: &SandboxConfig) -> TaskError {
+    TaskError::Timeout {
+        limit: TimeLimit::Cpu,
+        message: format!(
+            "the task used more than its CPU-time limit of {}",
+            seconds(config.max_cpu_time)
+        ),
+    }
+}
+
+fn result_too_big() -> TaskError {
+    TaskError::Failed {
+        type_name: "ValueError".into(),
+        message: format!("the result is larger than {} MiB", MAX_RESULT_BYTES >> 20),
+        traceback: String::new(),
+    }
+}
+
+fn died_without_result(run: &ChildRun) -> TaskError {
+    let how = match run.ending {
+        Ending::Exited(code) => format!("exited with code {code}"),
+        Ending::Signaled(signal) => format!("was killed by signal {}", signal_name(signal)),
+        Ending::TimedOut | Ending::Cancelled => "was stopped".into(),
+    };
+    let tail = String::from_utf8_lossy(run_stderr_tail(run))
+        .trim()
+        .to_string();
+    TaskError::Failed {
+        type_name: match run.ending {
+            Ending::Signaled(_) => "Crash".into(),
+            _ => "SystemExit".into(),
+        },
+        message: if tail.is_empty() {
+            format!("the task's process {how} before returning a result")
+        } else {
+            format!("the task's process {how} before returning a result; stderr ends with: {tail}")
+        },
+        traceback: String::new(),
+    }
+}
+
+fn run_stderr_tail(run: &ChildRun) -> &[u8] {
+    let kept = run.stderr.kept();
+    &kept[kept.len().saturating_sub(500)..]
+}
+
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("{signal}"),
+    };
+    format!("{name} ({signal})")
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// Finds a command's program: a path as given, else on the host's PATH.
+fn resolve_program(name: &str) -> Result<PathBuf, TaskError> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| TaskError::invalid(format!("command '{name}' is not on PATH")))
+}
+
+/// The host CPython that process tiers run: resolved once, by absolute path
+/// to the real binary (a pyenv shim is a bash script), and usable by the
+/// task's unprivileged uid. `LATTICE_PYTHON` overrides the search.
+pub(crate) fn python_interpreter() -> Result<&'static Path, TaskError> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(find_python)
+        .as_deref()
+        .map_err(|reason| TaskError::unavailable(reason.clone()))
+}
+
+fn find_python() -> Result<PathBuf, String> {
+    let mut candidates = Vec::new();
+    if let Some(chosen) = std::env::var_os("LATTICE_PYTHON") {
+        candidates.push(PathBuf::from(chosen));
+    } else {
+        if let Ok(path) = resolve_program("python3") {
+            candidates.push(path);
+        }
+        candidates.push("/usr/bin/python3".into());
+        candidates.push("/usr/local/bin/python3".into());
+    }
+    let mut rejected = Vec::new();
+    // A binary is taken as it is; a script (a pyenv shim) only if no binary
+    // works, since asking it for its interpreter costs a shell and a Python.
+    for ask_scripts in [false, true] {
+        for candidate in &candidates {
+            match real_interpreter(candidate, ask_scripts) {
+                Ok(Some(path)) => return Ok(path),
+                Ok(None) => {}
+                Err(why) => rejected.push(format!("{}: {why}", candidate.display())),
+            }
+        }
+    }
+    Err(format!(
+        "no usable CPython 3 for the process tiers ({}); install python3 (apt-get install python3) or set LATTICE_PYTHON to an interpreter every user can execute",
+        rejected.join("; ")
+    ))
+}
+
+/// The real binary behind `candidate`, if it is CPython 3 and the task uid
+/// can run it. Ok(None): a script, and `ask_scripts` is false.
+fn real_interpreter(candidate: &Path, ask_scripts: bool) -> Result<Option<PathBuf>, String> {
+    let real = std::fs::canonicalize(candidate).map_err(|e| e.to_string())?;
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(&real).map_err(|e| e.to_string())?,
+        &mut magic,
+    )
+    .map_err(|e| e.to_string())?;
+    let real = if &magic == b"\x7fELF" {
+        let name = real.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with("python3") {
+            return Err(format!("{name} is not named like a CPython 3 binary"));
+        }
+        real
+    } else if !ask_scripts {
+        return Ok(None);
+    } else {
+        let output = Command::new(candidate)
+            .args([
+                "-I",
+                "-c",
+                "import sys; print(sys.executable); print(sys.version_info[0])",
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut lines = text.lines();
+        let (Some(executable), Some("3")) = (lines.next(), lines.next()) else {
+            return Err("not a working CPython 3".into());
+        };
+        std::fs::canonicalize(executable).map_err(|e| e.to_string())?
+    };
+    if process::is_root() && !world_usable(&real) {
+        return Err(
+            "not usable by an unprivileged uid (a directory on its path is not world-searchable)"
+                .into(),
+        );
+    }
+    Ok(Some(real))
+}
+
+/// True if others can reach and execute `path` (every parent o+x, file o+x).
+fn world_usable(path: &Path) -> bool {
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.mode()).unwrap_or(0);
+    mode(path) & 0o001 != 0 && path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
+}

@@ -1,0 +1,437 @@
+//! The JSON forms of a task and of its result (design.md §6).
+//!
+//! Numbers are kept as their exact digits (serde_json's arbitrary
+//! precision), unknown fields are rejected by name, and every decoding error
+//! becomes [`TaskError::InvalidTask`].
+//!
+//! ```
+//! use lattice::task::json::{parse_task, outcome_to_json};
+//!
+//! let task = parse_task(r#"{"id": "t1", "code": "def f(x): return x", "input": 1267650600228229401496703205376}"#).unwrap();
+//! assert_eq!(task.input.unwrap().to_string(), "1267650600228229401496703205376");
+//!
+//! let err = parse_task(r#"{"code": "def f(x): return x", "inptu": 1}"#).unwrap_err();
+//! assert!(err.to_string().contains("unknown field `inptu`"));
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    ErrorRecord, Payload, Resources, SandboxOverrides, TaskError, TaskOutcome, TaskSubmission,
+    WasmSource,
+};
+use crate::sandbox::{Mount, SandboxLevel};
+
+/// A task as it is written in JSON.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// `Some(Value::Null)` when the task says `"input": null`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kwargs: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<SandboxLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_time_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_imports: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<Mount>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_id: Option<u32>,
+}
+
+/// A Wasm payload in JSON: a path, or `{"path": ...}`, or `{"base64": ...}`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum WasmSpec {
+    Path(String),
+    Object(WasmObject),
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmObject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+fn seconds(field: &str, value: Option<f64>) -> Result<Option<Duration>, TaskError> {
+    match value {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(TaskError::invalid(format!(
+            "{field} must be a positive number of seconds, got {s}"
+        ))),
+    }
+}
+
+/// Decodes one task from JSON text.
+pub fn parse_task(text: &str) -> Result<TaskSubmission, TaskError> {
+    let spec: TaskSpec = serde_json::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        TaskError::invalid(if message.contains("recursion limit") {
+            format!("task JSON is nested deeper than 128 levels ({message})")
+        } else {
+            format!("malformed task JSON: {message}")
+        })
+    })?;
+    spec.into_submission()
+}
+
+impl TaskSpec {
+    /// Checks the spec and turns it into a submission.
+    pub fn into_submission(self) -> Result<TaskSubmission, TaskError> {
+        let payload = match (self.code, self.wasm, self.argv) {
+            (Some(code), None, None) => Payload::Code(code),
+            (None, Some(wasm), None) => Payload::Wasm(wasm.into_source()?),
+            (None, None, Some(argv)) => {
+                if argv.is_empty() || argv[0].is_empty() {
+                    return Err(TaskError::invalid("argv must name a program"));
+                }
+                Payload::Command(argv)
+            }
+            (None, None, None) => {
+                return Err(TaskError::invalid(
+                    "the task has no payload: give one of \"code\", \"wasm\" or \"argv\"",
+                ))
+            }
+            _ => {
+                return Err(TaskError::invalid(
+                    "give only one of \"code\", \"wasm\" and \"argv\"",
+                ))
+            }
+        };
+        if self.input.is_some() && (self.args.is_some() || self.kwargs.is_some()) {
+            return Err(TaskError::invalid(
+                "give either \"input\" or \"args\"/\"kwargs\", not both",
+            ));
+        }
+        if let Some(entry) = &self.entry {
+            if !is_identifier(entry) {
+                return Err(TaskError::invalid(format!(
+                    "entry '{entry}' is not a Python identifier"
+                )));
+            }
+        }
+        if let Some(resources) = &self.resources {
+            check_resources(resources)?;
+        }
+        if self.max_memory_mb == Some(0) {
+            return Err(TaskError::invalid("max_memory_mb must be at least 1"));
+        }
+        Ok(TaskSubmission {
+            id: self.id,
+            payload,
+            entry: self.entry,
+            input: self.input,
+            args: self.args,
+            kwargs: self.kwargs,
+            resources: self.resources.unwrap_or_default(),
+            node_id: self.node_id,
+            gpu_id: self.gpu_id,
+            sandbox: SandboxOverrides {
+                tier: self.tier,
+                timeout: seconds("timeout_s", self.timeout_s)?,
+                max_memory_mb: self.max_memory_mb,
+                max_cpu_time: seconds("max_cpu_time_s", self.max_cpu_time_s)?,
+                allowed_imports: self.allowed_imports,
+                network: self.network,
+                mounts: self.mounts,
+            },
+        })
+    }
+
+    /// The JSON spec of a submission (for the Ray and Docker transports).
+    /// Native closures have no JSON form.
+    pub fn from_submission(task: &TaskSubmission) -> Result<TaskSpec, TaskError> {
+        let mut spec = TaskSpec {
+            id: task.id.clone(),
+            entry: task.entry.clone(),
+            input: task.input.clone(),
+            args: task.args.clone(),
+            kwargs: task.kwargs.clone(),
+            tier: task.sandbox.tier,
+            timeout_s: task.sandbox.timeout.map(|d| d.as_secs_f64()),
+            max_memory_mb: task.sandbox.max_memory_mb,
+            max_cpu_time_s: task.sandbox.max_cpu_time.map(|d| d.as_secs_f64()),
+            allowed_imports: task.sandbox.allowed_imports.clone(),
+            network: task.sandbox.network,
+            mounts: task.sandbox.mounts.clone(),
+            resources: Some(task.resources.clone()).filter(|r| *r != Resources::default()),
+            node_id: task.node_id.clone(),
+            gpu_id: task.gpu_id,
+            ..TaskSpec::default()
+        };
+        match &task.payload {
+            Payload::Code(code) => spec.code = Some(code.clone()),
+            Payload::Command(argv) => spec.argv = Some(argv.clone()),
+            Payload::Wasm(WasmSource::Path(path)) => {
+                spec.wasm = Some(WasmSpec::Path(path.display().to_string()))
+            }
+            Payload::Wasm(WasmSource::Bytes(bytes)) => {
+                spec.wasm = Some(WasmSpec::Object(WasmObject {
+                    path: None,
+                    base64: Some(base64_encode(bytes)),
+                }))
+            }
+            Payload::Native(_) => {
+                return Err(TaskError::invalid(
+                    "a native closure can't be sent to another process; it runs on the local executor only",
+                ))
+            }
+        }
+        Ok(spec)
+    }
+}
+
+impl WasmSpec {
+    fn into_source(self) -> Result<WasmSource, TaskError> {
+        match self {
+            WasmSpec::Path(path)
+            | WasmSpec::Object(WasmObject {
+                path: Some(path),
+                base64: None,
+            }) => Ok(WasmSource::Path(path.into())),
+            WasmSpec::Object(WasmObject {
+                path: None,
+                base64: Some(data),
+            }) => Ok(WasmSource::Bytes(Arc::from(base64_decode(&data)?))),
+            WasmSpec::Object(_) => Err(TaskError::invalid(
+                "\"wasm\" must be a path, {\"path\": ...} or {\"base64\": ...}",
+            )),
+        }
+    }
+}
+
+fn check_resources(resources: &Resources) -> Result<(), TaskError> {
+    for (name, value) in [("cpu", resources.cpu), ("gpu", resources.gpu)] {
+        if let Some(v) = value {
+            if !v.is_finite() || v < 0.0 {
+                return Err(TaskError::invalid(format!(
+                    "resources.{name} must be a non-negative number, got {v}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True if `name` is a valid Python identifier (ASCII letters, digits, `_`, or non-ASCII letters).
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
+        && chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>, TaskError> {
+    let bad = || TaskError::invalid("\"wasm\".base64 is not valid base64");
+    let text: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !text.len().is_multiple_of(4) {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for chunk in text.chunks(4) {
+        let mut n = 0u32;
+        let mut pad = 0;
+        for (i, &c) in chunk.iter().enumerate() {
+            let v = match c {
+                b'=' if i >= 2 => {
+                    pad += 1;
+                    0
+                }
+                _ if pad > 0 => return Err(bad()),
+                _ => BASE64.iter().position(|&x| x == c).ok_or_else(bad)? as u32,
+            };
+            n = (n << 6) | v;
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Ok(out)
+}
+
+/// A result as it is written in JSON.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultRecord {
+    pub id: Value,
+    pub status: Status,
+    pub result: Value,
+    pub stdout: String,
+    pub stderr: String,
+    pub error: Option<ErrorRecord>,
+    pub tier: Option<SandboxLevel>,
+    pub node_id: Option<String>,
+    pub duration_ms: f64,
+}
+
+/// `"ok"` or `"error"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Error,
+}
+
+impl From<&TaskOutcome> for ResultRecord {
+    fn from(outcome: &TaskOutcome) -> Self {
+        let (status, result, error) = match &outcome.result {
+            Ok(value) => (Status::Ok, value.clone(), None),
+            Err(error) => (Status::Error, Value::Null, Some(error.to_record())),
+        };
+        ResultRecord {
+            id: outcome.id.clone().unwrap_or(Value::Null),
+            status,
+            result,
+            stdout: outcome.stdout.clone(),
+            stderr: outcome.stderr.clone(),
+            error,
+            tier: outcome.tier,
+            node_id: outcome.node_id.clone(),
+            duration_ms: (outcome.duration.as_secs_f64() * 1e6).round() / 1e3,
+        }
+    }
+}
+
+impl ResultRecord {
+    /// The outcome this record describes.
+    pub fn into_outcome(self) -> Result<TaskOutcome, TaskError> {
+        let result = match (self.status, self.error) {
+            (Status::Ok, None) => Ok(self.result),
+            (Status::Error, Some(error)) => Err(TaskError::from_record(error)),
+            (Status::Ok, Some(_)) => {
+                return Err(TaskError::internal(
+                    "result record is ok but carries an error",
+                ))
+            }
+            (Status::Error, None) => {
+                return Err(TaskError::internal(
+                    "result record is an error without an \"error\"",
+                ))
+            }
+        };
+        Ok(TaskOutcome {
+            id: Some(self.id).filter(|id| !id.is_null()),
+            result,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            tier: self.tier,
+            node_id: self.node_id,
+            duration: Duration::from_secs_f64(self.duration_ms.max(0.0) / 1e3),
+        })
+    }
+}
+
+/// The result JSON of an outcome, on one line.
+pub fn outcome_to_json(outcome: &TaskOutcome) -> String {
+    serde_json::to_string(&ResultRecord::from(outcome)).expect("a result record always serialises")
+}
+
+/// Decodes a result line (the inverse of [`outcome_to_json`]).
+pub fn parse_outcome(text: &str) -> Result<TaskOutcome, TaskError> {
+    serde_json::from_str::<ResultRecord>(text)
+        .map_err(|e| TaskError::internal(format!("malformed result JSON: {e}")))?
+        .into_outcome()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for len in 0..20 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(base64_decode(&base64_encode(&data)).unwrap(), data);
+        }
+        assert_eq!(base64_encode(b"Man"), "TWFu");
+        assert_eq!(base64_encode(b"Ma"), "TWE=");
+        assert!(base64_decode("TW=u").is_err());
+        assert!(base64_decode("TWF").is_err());
+    }
+
+    #[test]
+    fn input_null_is_kept_apart_from_no_input() {
+        let with_null = parse_task(r#"{"code":"def f(x): return x","input":null}"#).unwrap();
+        assert_eq!(with_null.input, Some(Value::Null));
+        let without = parse_task(r#"{"code":"def f(): return 1"}"#).unwrap();
+        assert_eq!(without.input, None);
+    }
+
+    #[test]
+    fn payload_must_be_exactly_one() {
+        assert!(parse_task(r#"{"input":1}"#).is_err());
+        assert!(parse_task(r#"{"code":"def f(): pass","argv":["true"]}"#).is_err());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("main"));
+        assert!(is_identifier("_f2"));
+        assert!(is_identifier("données"));
+        assert!(!is_identifier("2f"));
+        assert!(!is_identifier("a-b"));
+        assert!(!is_identifier(""));
+    }
+}

@@ -1,0 +1,316 @@
+//! The data of a task: what to run, with what, where, and what came back.
+//!
+//! Nothing here does I/O; [`json`] holds the JSON form of design.md §6.
+
+mod error;
+pub mod json;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use error::{ErrorKind, ErrorRecord, TaskError, TimeLimit};
+
+use crate::sandbox::{CancelToken, Mount, SandboxLevel};
+
+/// A native function run in-process by the local executor.
+pub type NativeFn = Arc<dyn Fn(&NativeCall<'_>) -> Result<Value, String> + Send + Sync>;
+
+/// What a native function is called with.
+pub struct NativeCall<'a> {
+    /// The task's `input`, if given.
+    pub input: Option<&'a Value>,
+    /// Positional arguments (empty if none).
+    pub args: &'a [Value],
+    /// Keyword arguments (empty if none).
+    pub kwargs: &'a Map<String, Value>,
+    pub(crate) cancel: &'a CancelToken,
+}
+
+impl NativeCall<'_> {
+    /// True once the task was cancelled: a long native function should check
+    /// this and return, since a thread can't be stopped from outside.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// A WebAssembly module or component, by value or by path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WasmSource {
+    Bytes(Arc<[u8]>),
+    Path(PathBuf),
+}
+
+/// What a task runs.
+#[derive(Clone)]
+pub enum Payload {
+    /// Python source run by the CodeRunner (design.md §4).
+    Code(String),
+    /// A WASI module or `lattice:task` component (input JSON in, result JSON out).
+    Wasm(WasmSource),
+    /// A command: the input JSON on its stdin, the result JSON on its stdout.
+    Command(Vec<String>),
+    /// A native Rust closure; local executor only, runs in-process (tier none).
+    Native(NativeFn),
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Code(code) => f.debug_tuple("Code").field(code).finish(),
+            Payload::Wasm(source) => f.debug_tuple("Wasm").field(source).finish(),
+            Payload::Command(argv) => f.debug_tuple("Command").field(argv).finish(),
+            Payload::Native(_) => f.write_str("Native(..)"),
+        }
+    }
+}
+
+/// Resources a task asks for: CPUs, CPU memory in bytes, GPUs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_mem: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<f64>,
+}
+
+/// Per-task changes to the executor's sandbox configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SandboxOverrides {
+    pub tier: Option<SandboxLevel>,
+    pub timeout: Option<Duration>,
+    pub max_memory_mb: Option<u64>,
+    pub max_cpu_time: Option<Duration>,
+    pub allowed_imports: Option<Vec<String>>,
+    pub network: Option<bool>,
+    pub mounts: Option<Vec<Mount>>,
+}
+
+/// One task to run: the seed's `TaskSubmission`, with a payload instead of a
+/// Python callable.
+///
+/// ```
+/// use lattice::task::TaskSubmission;
+/// use serde_json::json;
+///
+/// let task = TaskSubmission::python("def f(x):\n    return x + 1\n").with_input(json!(41));
+/// assert_eq!(task.input, Some(json!(41)));
+/// ```
+#[derive(Clone, Debug)]
+pub struct TaskSubmission {
+    /// Echoed in the result; any JSON value (the CLI uses strings and line numbers).
+    pub id: Option<Value>,
+    pub payload: Payload,
+    /// The function to call; default: the last top-level `def`.
+    pub entry: Option<String>,
+    /// Called as `f(input)` when given.
+    pub input: Option<Value>,
+    /// Called as `f(*args, **kwargs)` when either is given.
+    pub args: Option<Vec<Value>>,
+    pub kwargs: Option<Map<String, Value>>,
+    pub resources: Resources,
+    /// Run on this node (hard affinity).
+    pub node_id: Option<String>,
+    /// Pin the task to this GPU (`CUDA_VISIBLE_DEVICES`).
+    pub gpu_id: Option<u32>,
+    pub sandbox: SandboxOverrides,
+}
+
+impl TaskSubmission {
+    /// A task with this payload and nothing else set.
+    pub fn new(payload: Payload) -> Self {
+        TaskSubmission {
+            id: None,
+            payload,
+            entry: None,
+            input: None,
+            args: None,
+            kwargs: None,
+            resources: Resources::default(),
+            node_id: None,
+            gpu_id: None,
+            sandbox: SandboxOverrides::default(),
+        }
+    }
+
+    /// A Python task.
+    pub fn python(code: impl Into<String>) -> Self {
+        Self::new(Payload::Code(code.into()))
+    }
+
+    /// A Wasm module or component task.
+    pub fn wasm(source: WasmSource) -> Self {
+        Self::new(Payload::Wasm(source))
+    }
+
+    /// A command task.
+    pub fn command<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(Payload::Command(argv.into_iter().map(Into::into).collect()))
+    }
+
+    /// A native closure task (local executor only).
+    pub fn native<F>(function: F) -> Self
+    where
+        F: Fn(&NativeCall<'_>) -> Result<Value, String> + Send + Sync + 'static,
+    {
+        Self::new(Payload::Native(Arc::new(function)))
+    }
+
+    pub fn with_id(mut self, id: impl Into<Value>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    pub fn with_input(mut self, input: Value) -> Self {
+        self.input = Some(input);
+        self
+    }
+
+    pub fn with_args(mut self, args: Vec<Value>) -> Self {
+        self.args = Some(args);
+        self
+    }
+
+    pub fn with_kwargs(mut self, kwargs: Map<String, Value>) -> Self {
+        self.kwargs = Some(kwargs);
+        self
+    }
+
+    pub fn with_entry(mut self, entry: impl Into<String>) -> Self {
+        self.entry = Some(entry.into());
+        self
+    }
+
+    pub fn with_tier(mut self, tier: SandboxLevel) -> Self {
+        self.sandbox.tier = Some(tier);
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.sandbox.timeout = Some(timeout);
+        self
+    }
+
+    pub fn with_max_memory_mb(mut self, mb: u64) -> Self {
+        self.sandbox.max_memory_mb = Some(mb);
+        self
+    }
+
+    pub fn with_max_cpu_time(mut self, cpu: Duration) -> Self {
+        self.sandbox.max_cpu_time = Some(cpu);
+        self
+    }
+
+    pub fn with_allowed_imports<I, S>(mut self, modules: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.sandbox.allowed_imports = Some(modules.into_iter().map(Into::into).collect());
+        self
+    }
+
+    pub fn with_node(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = Some(node_id.into());
+        self
+    }
+
+    pub fn with_gpu(mut self, gpu_id: u32) -> Self {
+        self.gpu_id = Some(gpu_id);
+        self
+    }
+
+    pub fn with_resources(mut self, resources: Resources) -> Self {
+        self.resources = resources;
+        self
+    }
+}
+
+/// Which executor made a handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorType {
+    Ray,
+    Local,
+}
+
+impl fmt::Display for ExecutorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExecutorType::Ray => "ray",
+            ExecutorType::Local => "local",
+        })
+    }
+}
+
+impl std::str::FromStr for ExecutorType {
+    type Err = TaskError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ray" => Ok(ExecutorType::Ray),
+            "local" => Ok(ExecutorType::Local),
+            other => Err(TaskError::invalid(format!(
+                "unknown executor '{other}' (expected local or ray)"
+            ))),
+        }
+    }
+}
+
+/// A submitted task, to ask its executor about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TaskHandle {
+    pub handle_id: u64,
+    pub executor_type: ExecutorType,
+}
+
+/// Everything a finished task produced: its result or error, its output,
+/// and where and how long it ran.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskOutcome {
+    pub id: Option<Value>,
+    pub result: Result<Value, TaskError>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The tier that ran it (None if it never reached one).
+    pub tier: Option<SandboxLevel>,
+    pub node_id: Option<String>,
+    pub duration: Duration,
+}
+
+impl TaskOutcome {
+    /// An outcome that is only an error (the task produced no output).
+    pub fn from_error(id: Option<Value>, error: TaskError) -> Self {
+        TaskOutcome {
+            id,
+            result: Err(error),
+            stdout: String::new(),
+            stderr: String::new(),
+            tier: None,
+            node_id: None,
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// True if the task returned a result.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The result, or the error, dropping the rest.
+    pub fn into_result(self) -> Result<Value, TaskError> {
+        self.result
+    }
+}
