@@ -512,7 +512,7 @@ fn set_nonblocking(fd: RawFd) {
 fn spawn_error(program: &Path, error: io::Error) -> TaskError {
     match error.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::EACCES) => TaskError::unavailable(format!(
-            "can't run {}: {error}",
+            "can't run {} (as the task's unprivileged uid when lattice runs as root): {error}",
             program.display()
         )),
         Some(libc::EPERM) | Some(libc::EINVAL) => TaskError::unavailable(format!(
@@ -524,25 +524,51 @@ fn spawn_error(program: &Path, error: io::Error) -> TaskError {
 }
 
 /// A uid reserved for one running task, so that RLIMIT_NPROC counts only its
-/// processes and the sweep reaches only them. Given back (after a sweep) on drop.
+/// processes and the sweep reaches only them. The reservation is an flock
+/// on a file per uid, so it holds across every lattice process on the host
+/// (and ends with the process if it crashes). Given back, after a sweep, on drop.
 pub(crate) struct UidLease {
     uid: u32,
+    _lock: std::fs::File,
 }
 
 /// Task uids: far above any uid a distribution hands out.
 const UID_BASE: u32 = 1_900_000_000;
 const UID_COUNT: u32 = 4096;
-static FREE_UIDS: Mutex<Option<Vec<u32>>> = Mutex::new(None);
+const UID_LOCK_DIR: &str = "/run/lattice-wasm/uids";
 
 impl UidLease {
     pub fn acquire() -> Result<Self, TaskError> {
-        let mut free = FREE_UIDS.lock().unwrap_or_else(|e| e.into_inner());
-        let free = free.get_or_insert_with(|| (UID_BASE..UID_BASE + UID_COUNT).rev().collect());
-        free.pop().map(|uid| UidLease { uid }).ok_or_else(|| {
-            TaskError::unavailable(format!(
-                "more than {UID_COUNT} process-tier tasks are running at once"
-            ))
-        })
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(UID_LOCK_DIR)
+            .map_err(|e| TaskError::unavailable(format!("can't create {UID_LOCK_DIR}: {e}")))?;
+        // Start where this process left off, spread across processes by pid.
+        let start = NEXT
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(std::process::id() * 97);
+        for i in 0..UID_COUNT {
+            let uid = UID_BASE + start.wrapping_add(i) % UID_COUNT;
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(format!("{UID_LOCK_DIR}/{uid}"))
+                .map_err(|e| TaskError::internal(format!("can't open a uid lock: {e}")))?;
+            // SAFETY: flock on a file we own.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                NEXT.store(start.wrapping_add(i + 1), Ordering::Relaxed);
+                return Ok(UidLease { uid, _lock: lock });
+            }
+        }
+        Err(TaskError::unavailable(format!(
+            "more than {UID_COUNT} process-tier tasks are running at once on this host"
+        )))
     }
 
     pub fn uid(&self) -> u32 {
@@ -552,8 +578,7 @@ impl UidLease {
 
 impl Drop for UidLease {
     fn drop(&mut self) {
+        // Sweep before the lock (closed after this) frees the uid for others.
         sweep_uid(self.uid);
-        let mut free = FREE_UIDS.lock().unwrap_or_else(|e| e.into_inner());
-        free.get_or_insert_with(Vec::new).push(self.uid);
     }
 }

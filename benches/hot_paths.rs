@@ -1,0 +1,58 @@
+//! criterion benches of the hot paths: task JSON decode/encode, and the
+//! executor's submit + get overhead (native closure: no tier cost), and one
+//! trivial Python task through the default tier.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lattice::executor::{ExecutorBackend, LocalExecutor};
+use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor};
+use lattice::task::json::{outcome_to_json, parse_task};
+use lattice::task::TaskSubmission;
+use serde_json::json;
+
+const TASK: &str = r#"{"id": "t1", "code": "def f(x):\n    return x + 1\n", "input": {"values": [1, 2, 3, 1267650600228229401496703205376], "name": "bench"}, "timeout_s": 5, "resources": {"cpu": 1}}"#;
+
+fn task_json(c: &mut Criterion) {
+    c.bench_function("task_json_decode", |b| b.iter(|| parse_task(TASK).unwrap()));
+    let outcome = lattice::task::TaskOutcome {
+        id: Some(json!("t1")),
+        result: Ok(json!({"values": [1, 2, 3], "ok": true})),
+        stdout: "hello\n".into(),
+        stderr: String::new(),
+        tier: Some(lattice::sandbox::SandboxLevel::Subprocess),
+        node_id: Some("local".into()),
+        duration: Duration::from_micros(900),
+    };
+    c.bench_function("result_json_encode", |b| {
+        b.iter(|| outcome_to_json(&outcome))
+    });
+}
+
+fn executor_overhead(c: &mut Criterion) {
+    let executor = LocalExecutor::new(Some(1), None);
+    c.bench_function("local_submit_get_native", |b| {
+        b.iter(|| {
+            let handle = executor
+                .submit(TaskSubmission::native(|_| Ok(json!(1))))
+                .unwrap();
+            let outcome = executor.get_result(&handle);
+            executor.release(&handle);
+            outcome
+        })
+    });
+}
+
+fn trivial_python_task(c: &mut Criterion) {
+    let sandbox = SandboxExecutor::new(SandboxConfig::default());
+    let task = TaskSubmission::python("def f(x):\n    return x + 1\n").with_input(json!(1));
+    let mut group = c.benchmark_group("trivial_task");
+    group.sample_size(20);
+    group.bench_function(sandbox.config().level.as_str(), |b| {
+        b.iter(|| sandbox.run(&task, &CancelToken::new()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, task_json, executor_overhead, trivial_python_task);
+criterion_main!(benches);

@@ -1,0 +1,192 @@
+//! CodeRunner semantics (design.md §4) on real interpreters. Each check is
+//! a function of the tier, so every tier that runs Python runs all of them.
+
+mod common;
+
+use common::*;
+use lattice::sandbox::SandboxLevel;
+use lattice::task::{TaskError, TaskSubmission};
+use serde_json::json;
+
+const TIERS: [SandboxLevel; 2] = [SandboxLevel::Subprocess, SandboxLevel::None];
+
+fn each_tier(check: impl Fn(SandboxLevel)) {
+    for level in TIERS {
+        check(level);
+    }
+}
+
+#[test]
+fn whole_module_runs_and_the_last_top_level_def_is_called() {
+    each_tier(|level| {
+        let code = "import math\nSCALE = 3\ndef helper(x):\n    return x * SCALE\nclass Box:\n    def get(self):\n        return 1\ndef main(x):\n    def inner():\n        return 0\n    return helper(x) + Box().get() + inner() + int(math.sqrt(16))\n";
+        assert_eq!(ok(&run_code(level, code, json!(2))), json!(11), "{level}");
+    });
+}
+
+#[test]
+fn entry_args_and_kwargs() {
+    each_tier(|level| {
+        let code = "def first(a, b=0, *, c=0):\n    return [a, b, c]\ndef second():\n    return 'second'\n";
+        let task = TaskSubmission::python(code)
+            .with_entry("first")
+            .with_args(vec![json!(1), json!(2)])
+            .with_kwargs(json!({"c": 3}).as_object().unwrap().clone());
+        assert_eq!(ok(&run(level, task)), json!([1, 2, 3]));
+        // Neither input nor args: called with no arguments.
+        assert_eq!(
+            ok(&run(level, TaskSubmission::python(code))),
+            json!("second")
+        );
+        // input null is an argument.
+        let task =
+            TaskSubmission::python("def f(x):\n    return x is None\n").with_input(json!(null));
+        assert_eq!(ok(&run(level, task)), json!(true));
+    });
+}
+
+#[test]
+fn prints_are_captured_apart_from_the_result() {
+    each_tier(|level| {
+        let code = "import sys, os\ndef f(x):\n    print('{\"status\": \"ok\", \"result\": 666}')\n    print('to stderr', file=sys.stderr)\n    os.write(1, b'raw fd write\\n')\n    return x\n";
+        let outcome = run_code(level, code, json!("real"));
+        assert_eq!(ok(&outcome), json!("real"));
+        assert!(
+            outcome.stdout.contains("\"result\": 666"),
+            "{}",
+            outcome.stdout
+        );
+        assert!(outcome.stdout.contains("raw fd write"));
+        assert_eq!(outcome.stderr, "to stderr\n");
+    });
+}
+
+#[test]
+fn exceptions_carry_type_message_and_a_traceback_in_user_lines() {
+    each_tier(|level| {
+        let code =
+            "class MyError(Exception):\n    pass\n\ndef f(x):\n    raise MyError('bad ' + x)\n";
+        let outcome = run_code(level, code, json!("input"));
+        match err(&outcome) {
+            TaskError::Failed {
+                type_name,
+                message,
+                traceback,
+            } => {
+                assert_eq!(type_name, "MyError");
+                assert_eq!(message, "bad input");
+                assert!(traceback.contains("line 5"), "{traceback}");
+                assert!(traceback.contains("<task>"), "{traceback}");
+                assert!(traceback.contains("raise MyError"), "{traceback}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let zero = run_code(level, "def f(x):\n    return 1 / x\n", json!(0));
+        assert_eq!(failed_type(&zero), "ZeroDivisionError");
+        let exit = run_code(level, "import sys\ndef f(x):\n    sys.exit(3)\n", json!(0));
+        assert_eq!(failed_type(&exit), "SystemExit");
+    });
+}
+
+#[test]
+fn bad_code_is_an_invalid_task_with_the_line() {
+    each_tier(|level| {
+        let syntax = run_code(level, "def f(x):\n    return (\n\ndef g(:\n", json!(1));
+        match err(&syntax) {
+            TaskError::InvalidTask { type_name, message } => {
+                assert_eq!(type_name, "SyntaxError");
+                assert!(message.starts_with("line "), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_function = run_code(level, "x = 1\n", json!(1));
+        assert!(matches!(err(&no_function), TaskError::InvalidTask { .. }));
+        let missing = run(
+            level,
+            TaskSubmission::python("def f(x):\n    return x\n")
+                .with_entry("g")
+                .with_input(json!(1)),
+        );
+        match err(&missing) {
+            TaskError::InvalidTask { message, .. } => assert!(message.contains("'g'")),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn results_must_be_json() {
+    each_tier(|level| {
+        for (code, needle) in [
+            ("def f(x):\n    return {1, 2}\n", "not JSON-serialisable"),
+            (
+                "def f(x):\n    return float('nan')\n",
+                "not JSON-serialisable",
+            ),
+            ("def f(x):\n    return object()\n", "not JSON-serialisable"),
+            ("def f(x):\n    return '\\ud800'\n", "lone surrogate"),
+        ] {
+            match err(&run_code(level, code, json!(1))) {
+                TaskError::Failed { message, .. } => assert!(message.contains(needle), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn big_integers_and_unicode_round_trip_exactly() {
+    each_tier(|level| {
+        let big = "1267650600228229401496703205376"; // 2**100
+        let input: serde_json::Value =
+            serde_json::from_str(&format!("[{big}, \"héllo ✓ 𝄞\"]")).unwrap();
+        let outcome = run_code(
+            level,
+            "def f(x):\n    return [x[0] * 2 ** 100, x[0] == 2 ** 100, x[1][::-1]]\n",
+            input,
+        );
+        assert_eq!(
+            ok(&outcome).to_string(),
+            "[1606938044258990275541962092341162602522202993782792835301376,true,\"𝄞 ✓ olléh\"]"
+        );
+        // Bigger than CPython's default int/str limit of 4300 digits.
+        let outcome = run_code(level, "def f(x):\n    return 7 ** 6000\n", json!(null));
+        assert_eq!(ok(&outcome).to_string().len(), 5071);
+    });
+}
+
+#[test]
+fn allowed_imports_admit_only_the_listed_modules() {
+    each_tier(|level| {
+        let task = |code: &str| {
+            TaskSubmission::python(code)
+                .with_input(json!([1, 2]))
+                .with_allowed_imports(["json", "os.path"])
+        };
+        let fine = run(
+            level,
+            task("import json\nimport os.path\ndef f(x):\n    return json.dumps(x)\n"),
+        );
+        assert_eq!(ok(&fine), json!("[1, 2]"));
+        let refused = run(level, task("import socket\ndef f(x):\n    return 1\n"));
+        match err(&refused) {
+            TaskError::Failed {
+                type_name, message, ..
+            } => {
+                assert_eq!(type_name, "ImportError");
+                assert!(message.contains("'socket'"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let inside = run(
+            level,
+            task("def f(x):\n    import subprocess\n    return 1\n"),
+        );
+        assert_eq!(failed_type(&inside), "ImportError");
+        let from = run(
+            level,
+            task("from os import system\ndef f(x):\n    return 1\n"),
+        );
+        assert_eq!(failed_type(&from), "ImportError");
+    });
+}

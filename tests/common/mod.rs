@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests: real executors, real CPython
+//! processes, and the checks that nothing a task started outlives it.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel};
+use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
+use serde_json::Value;
+
+/// A sandbox executor on `level` with a short timeout.
+pub fn sandbox(level: SandboxLevel) -> SandboxExecutor {
+    SandboxExecutor::new(SandboxConfig {
+        level,
+        timeout: Duration::from_secs(20),
+        max_memory_mb: 512,
+        ..SandboxConfig::default()
+    })
+}
+
+/// Runs one task on `level` and returns its outcome.
+pub fn run(level: SandboxLevel, task: TaskSubmission) -> TaskOutcome {
+    sandbox(level).run(&task, &CancelToken::new())
+}
+
+/// Runs `code` with `input` on `level`.
+pub fn run_code(level: SandboxLevel, code: &str, input: Value) -> TaskOutcome {
+    run(level, TaskSubmission::python(code).with_input(input))
+}
+
+/// The result, or a panic that shows the whole outcome.
+pub fn ok(outcome: &TaskOutcome) -> Value {
+    match &outcome.result {
+        Ok(value) => value.clone(),
+        Err(e) => panic!(
+            "expected a result, got {e:?}\nstdout: {}\nstderr: {}",
+            outcome.stdout, outcome.stderr
+        ),
+    }
+}
+
+/// The error, or a panic that shows the result.
+pub fn err(outcome: &TaskOutcome) -> TaskError {
+    match &outcome.result {
+        Err(e) => e.clone(),
+        Ok(value) => panic!("expected an error, got {value}\nstdout: {}", outcome.stdout),
+    }
+}
+
+/// The Python exception type of a task failure.
+pub fn failed_type(outcome: &TaskOutcome) -> String {
+    match err(outcome) {
+        TaskError::Failed { type_name, .. } => type_name,
+        other => panic!("expected a task failure, got {other:?}"),
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to a second for `pid` to be gone; true if it is.
+pub fn gone(pid: i64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+/// The pids in a task's stdout, one per line after `pid:`.
+pub fn pids_in(text: &str) -> Vec<i64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("pid:"))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// True if `path` no longer exists.
+pub fn removed(path: &str) -> bool {
+    !Path::new(path).exists()
+}

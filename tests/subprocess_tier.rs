@@ -1,0 +1,255 @@
+//! The subprocess tier's promises, attacked with real CPython processes:
+//! limits fire as what they are, nothing a task starts outlives it.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel};
+use lattice::task::{TaskError, TaskSubmission, TimeLimit};
+use serde_json::json;
+
+const TIER: SandboxLevel = SandboxLevel::Subprocess;
+
+fn limited(timeout_s: f64, memory_mb: u64, cpu_s: f64) -> SandboxExecutor {
+    SandboxExecutor::new(SandboxConfig {
+        level: TIER,
+        timeout: Duration::from_secs_f64(timeout_s),
+        max_memory_mb: memory_mb,
+        max_cpu_time: Duration::from_secs_f64(cpu_s),
+        ..SandboxConfig::default()
+    })
+}
+
+fn run_limited(executor: &SandboxExecutor, code: &str) -> lattice::task::TaskOutcome {
+    executor.run(
+        &TaskSubmission::python(code).with_input(json!(null)),
+        &CancelToken::new(),
+    )
+}
+
+#[test]
+fn wall_timeout_kills_the_whole_group_and_reports_timeout() {
+    let code = "import subprocess, sys, time\ndef f(x):\n    p = subprocess.Popen(['sleep', '1000'])\n    print('pid:%d' % p.pid, flush=True)\n    print('dir:' + __import__('os').getcwd(), flush=True)\n    time.sleep(1000)\n";
+    let started = Instant::now();
+    let outcome = run_limited(&limited(1.0, 512, 100.0), code);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match err(&outcome) {
+        TaskError::Timeout { limit, .. } => assert_eq!(limit, TimeLimit::Wall),
+        other => panic!("{other:?}"),
+    }
+    let pids = pids_in(&outcome.stdout);
+    assert_eq!(pids.len(), 1, "{}", outcome.stdout);
+    assert!(gone(pids[0]), "the grandchild survived the timeout");
+    let dir = outcome
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("dir:"))
+        .unwrap();
+    assert!(removed(dir), "the private temp dir survived");
+}
+
+#[test]
+fn a_daemon_that_left_the_group_is_swept_too() {
+    // Double fork + setsid: the grandchild is in neither the group nor the session.
+    let code = "import os, time\ndef f(x):\n    r, w = os.pipe()\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n            os.write(w, str(os.getpid()).encode())\n            time.sleep(1000)\n        os._exit(0)\n    pid = int(os.read(r, 100))\n    print('pid:%d' % pid)\n    return pid\n";
+    let outcome = run_limited(&limited(10.0, 512, 10.0), code);
+    let pid = ok(&outcome).as_i64().unwrap();
+    if lattice_is_root() {
+        assert!(gone(pid), "a setsid daemon survived its task");
+    }
+}
+
+#[test]
+fn cpu_limit_is_a_cpu_timeout() {
+    let outcome = run_limited(
+        &limited(30.0, 512, 1.0),
+        "def f(x):\n    while True:\n        pass\n",
+    );
+    match err(&outcome) {
+        TaskError::Timeout { limit, .. } => assert_eq!(limit, TimeLimit::Cpu),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn memory_bombs_are_memory_limits() {
+    let executor = limited(5.0, 256, 5.0);
+    for code in [
+        "def f(x):\n    return len('a' * 10**9)\n",
+        "def f(x):\n    l = []\n    while True:\n        l.append(' ' * 100000)\n",
+        "def f(x):\n    return len(bytearray(2**40))\n",
+        "def f(x):\n    return 10**10**8 > 0\n",
+    ] {
+        let outcome = run_limited(&executor, code);
+        assert!(
+            matches!(
+                err(&outcome),
+                TaskError::MemoryLimit { .. } | TaskError::Timeout { .. }
+            ),
+            "{code}: {:?}",
+            outcome.result
+        );
+    }
+    // The one that can only be a memory error must be reported as such.
+    let outcome = run_limited(&executor, "def f(x):\n    return len('a' * 10**9)\n");
+    assert!(matches!(err(&outcome), TaskError::MemoryLimit { .. }));
+}
+
+#[test]
+fn stdout_floods_are_capped_and_marked() {
+    let executor = SandboxExecutor::new(SandboxConfig {
+        level: TIER,
+        max_output_bytes: 10_000,
+        ..SandboxConfig::default()
+    });
+    let outcome = run_limited(&executor, "import sys\ndef f(x):\n    for _ in range(100000):\n        sys.stdout.write('x' * 100)\n    return 'done'\n");
+    assert_eq!(ok(&outcome), json!("done"));
+    assert!(outcome.stdout.len() < 11_000);
+    assert!(
+        outcome.stdout.contains("[lattice: output truncated:"),
+        "{}",
+        &outcome.stdout[9_990..]
+    );
+}
+
+#[test]
+fn environment_is_clean_and_identity_unprivileged() {
+    std::env::set_var("LATTICE_TEST_SECRET", "hunter2");
+    let code = "import os\ndef f(x):\n    return {'env': dict(os.environ), 'uid': os.getuid(), 'cwd': os.getcwd()}\n";
+    let outcome = run(
+        TIER,
+        TaskSubmission::python(code)
+            .with_input(json!(null))
+            .with_gpu(1),
+    );
+    let result = ok(&outcome);
+    let env = result["env"].as_object().unwrap();
+    let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["CUDA_VISIBLE_DEVICES", "HOME", "LANG", "TMPDIR"]);
+    assert_eq!(env["CUDA_VISIBLE_DEVICES"], json!("1"));
+    assert_eq!(env["HOME"], result["cwd"]);
+    if lattice_is_root() {
+        assert_ne!(result["uid"], json!(0), "the task ran as root");
+    }
+    assert!(removed(result["cwd"].as_str().unwrap()));
+}
+
+#[test]
+fn host_secrets_outside_world_readable_files_stay_private() {
+    if !lattice_is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let code = format!(
+        "def f(x):\n    return open({:?}).read()\n",
+        secret.display().to_string()
+    );
+    let outcome = run_code(TIER, &code, json!(null));
+    assert_eq!(failed_type(&outcome), "PermissionError");
+}
+
+#[test]
+fn the_network_is_off_unless_enabled() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let code = format!("import socket\ndef f(x):\n    s = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    s.sendall(b'stolen')\n    return 'connected'\n");
+    let outcome = run_code(TIER, &code, json!(null));
+    let kind = failed_type(&outcome);
+    assert!(kind.contains("Error"), "{kind}");
+    assert!(listener.accept().is_err(), "the listener got a connection");
+
+    let mut task = TaskSubmission::python(code).with_input(json!(null));
+    task.sandbox.network = Some(true);
+    assert_eq!(ok(&run(TIER, task)), json!("connected"));
+    let (mut stream, _) = listener.accept().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    let mut got = String::new();
+    stream.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "stolen");
+}
+
+#[test]
+fn fork_bombs_are_contained() {
+    let code = "import os\ndef f(x):\n    n = 0\n    try:\n        for _ in range(10000):\n            if os.fork() == 0:\n                import time\n                time.sleep(1000)\n            n += 1\n    except OSError as e:\n        return ['stopped', n]\n    return ['unbounded', n]\n";
+    let outcome = run_limited(&limited(20.0, 512, 20.0), code);
+    let result = ok(&outcome);
+    if lattice_is_root() {
+        assert_eq!(result[0], json!("stopped"), "{result}");
+        assert!(result[1].as_i64().unwrap() < 100);
+    }
+}
+
+#[test]
+fn cancel_kills_a_running_task() {
+    let executor = limited(60.0, 512, 60.0);
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            cancel.cancel();
+        })
+    };
+    let started = Instant::now();
+    let outcome = executor.run(
+        &TaskSubmission::python("import time\ndef f(x):\n    print('pid:%d' % __import__('os').getpid(), flush=True)\n    time.sleep(60)\n").with_input(json!(null)),
+        &cancel,
+    );
+    canceller.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(err(&outcome), TaskError::Cancelled);
+    for pid in pids_in(&outcome.stdout) {
+        assert!(gone(pid));
+    }
+}
+
+#[test]
+fn commands_take_input_on_stdin_and_give_json_on_stdout() {
+    let task =
+        TaskSubmission::command(["sh", "-c", "read x; echo $((x * 2))"]).with_input(json!(21));
+    assert_eq!(ok(&run(TIER, task)), json!(42));
+    let failing = TaskSubmission::command(["sh", "-c", "echo oops >&2; exit 3"]);
+    match err(&run(TIER, failing)) {
+        TaskError::Failed { message, .. } => assert!(
+            message.contains("code 3") && message.contains("oops"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn settings_the_tier_cannot_honour_are_errors() {
+    let mut task = TaskSubmission::python("def f(x):\n    return 1\n");
+    task.sandbox.mounts = Some(vec!["/tmp:/data".parse().unwrap()]);
+    assert!(matches!(
+        err(&run(TIER, task)),
+        TaskError::InvalidTask { .. }
+    ));
+    for level in [
+        SandboxLevel::Wasm,
+        SandboxLevel::Seccomp,
+        SandboxLevel::Docker,
+    ] {
+        let outcome = run_code(level, "def f(x):\n    return 1\n", json!(1));
+        match err(&outcome) {
+            TaskError::SandboxUnavailable { reason } => {
+                assert!(reason.contains("not built"), "{reason}")
+            }
+            other => panic!("{level}: {other:?}"),
+        }
+    }
+}
+
+fn lattice_is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
