@@ -276,3 +276,32 @@ fn the_process_wide_config_is_used_when_none_is_given() {
         lattice::runner::CodeRunner::new("def f(x):\n    return x['a'] + 1\n", json!({"a": 1}));
     assert_eq!(runner.run().unwrap(), json!(2));
 }
+
+#[test]
+fn a_running_native_closure_is_reported_cancelled_and_never_blocks_shutdown() {
+    let executor = executor(1);
+    let handle = executor
+        .submit(TaskSubmission::native(|call| {
+            let started = Instant::now();
+            while !call.is_cancelled() && started.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(json!(call.is_cancelled()))
+        }))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let blocked = executor
+        .submit(TaskSubmission::native(|_| {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(json!(0))
+        }))
+        .unwrap();
+    assert!(executor.cancel(&handle));
+    assert_eq!(err(&executor.get_result(&handle)), TaskError::Cancelled);
+    // Let the second closure start, then shut down while it can't be stopped.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    executor.shutdown().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(err(&executor.get_result(&blocked)), TaskError::Cancelled);
+}

@@ -1,6 +1,7 @@
 //! The local executor: a bounded pool of worker threads on this machine.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ struct Shared {
     state: Mutex<State>,
     work_ready: Condvar,
     signal: Arc<Signal>,
+    /// Native closures running now (they can't be interrupted).
+    native_running: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -54,6 +57,34 @@ struct Slot {
     completion: Arc<Completion>,
 }
 
+impl Slot {
+    /// Cancels the task unless it has finished; true if it was cancelled.
+    fn cancel(&self) -> bool {
+        if self.completion.is_done() {
+            return false;
+        }
+        let queued = self
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some();
+        self.cancel.cancel();
+        if queued || self.native {
+            // Nothing of it runs (or, for a native closure, nothing can stop
+            // the thread): the outcome is final now. A running process-tier
+            // task is killed instead, and its worker reports Cancelled once
+            // the process is gone.
+            self.completion.complete(TaskOutcome {
+                tier: Some(self.config.level),
+                node_id: Some(LOCAL_NODE_ID.into()),
+                ..TaskOutcome::from_error(self.id.clone(), TaskError::Cancelled)
+            });
+        }
+        true
+    }
+}
+
 impl LocalExecutor {
     /// A local executor with `max_workers` workers (None: one per core) and
     /// its own sandbox configuration (None: the process-wide one).
@@ -68,6 +99,7 @@ impl LocalExecutor {
                 state: Mutex::new(State::default()),
                 work_ready: Condvar::new(),
                 signal: Arc::new(Signal::default()),
+                native_running: AtomicUsize::new(0),
             }),
         }
     }
@@ -123,8 +155,14 @@ impl Shared {
             };
             let task = slot.task.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(task) = task {
+                if slot.native {
+                    self.native_running.fetch_add(1, Ordering::SeqCst);
+                }
                 let mut outcome =
                     SandboxExecutor::new(slot.config.clone()).run(&task, &slot.cancel);
+                if slot.native {
+                    self.native_running.fetch_sub(1, Ordering::SeqCst);
+                }
                 outcome.node_id = Some(LOCAL_NODE_ID.into());
                 slot.completion.complete(outcome);
             }
@@ -232,28 +270,7 @@ impl ExecutorBackend for LocalExecutor {
     }
 
     fn cancel(&self, handle: &TaskHandle) -> bool {
-        let Some(slot) = self.slot(handle) else {
-            return false;
-        };
-        if slot.completion.is_done() {
-            return false;
-        }
-        let queued = slot
-            .task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .is_some();
-        slot.cancel.cancel();
-        if queued || slot.native {
-            // Nothing of it runs (or, for a native closure, nothing can stop
-            // the thread): the outcome is final now.
-            slot.completion
-                .complete(cancelled_outcome(slot.id.clone(), slot.config.level));
-        }
-        // A running process-tier task is killed; its worker reports Cancelled
-        // once the process is gone.
-        true
+        self.slot(handle).is_some_and(|slot| slot.cancel())
     }
 
     fn shutdown(&self) -> Result<(), TaskError> {
@@ -265,25 +282,13 @@ impl ExecutorBackend for LocalExecutor {
             (std::mem::take(&mut state.workers), slots)
         };
         for slot in &slots {
-            if !slot.completion.is_done() {
-                let queued = slot
-                    .task
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .is_some();
-                slot.cancel.cancel();
-                if queued || slot.native {
-                    slot.completion
-                        .complete(cancelled_outcome(slot.id.clone(), slot.config.level));
-                }
-            }
+            slot.cancel();
         }
         self.shared.work_ready.notify_all();
         for worker in workers {
-            // A worker still inside a native closure can't be stopped:
-            // leave it detached rather than block forever.
-            if worker.is_finished() || !slots.iter().any(|s| s.native && !s.completion.is_done()) {
+            // A worker still inside a native closure can't be stopped: leave
+            // it detached rather than block until the closure returns.
+            if worker.is_finished() || self.shared.native_running.load(Ordering::SeqCst) == 0 {
                 let _ = worker.join();
             }
         }
@@ -343,17 +348,6 @@ fn unknown_handle(handle: &TaskHandle) -> TaskOutcome {
             handle.handle_id, handle.executor_type
         )),
     )
-}
-
-fn cancelled_outcome(
-    id: Option<serde_json::Value>,
-    tier: crate::sandbox::SandboxLevel,
-) -> TaskOutcome {
-    TaskOutcome {
-        tier: Some(tier),
-        node_id: Some(LOCAL_NODE_ID.into()),
-        ..TaskOutcome::from_error(id, TaskError::Cancelled)
-    }
 }
 
 /// (MemTotal, MemAvailable) in bytes, from /proc/meminfo.
