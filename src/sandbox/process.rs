@@ -388,14 +388,34 @@ fn drain(fd: &mut Option<OwnedFd>, buffer: &mut [u8], mut sink: impl FnMut(&[u8]
     }
 }
 
+/// Writes part of `data` to a pipe. SIGPIPE is blocked around the write
+/// (and a pending one consumed), so a child that closed its stdin gives
+/// EPIPE instead of killing a host that does not ignore SIGPIPE.
 fn write_some(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     let chunk = data.len().min(64 * 1024);
-    // SAFETY: writing from a slice we own.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), chunk) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+    // SAFETY: signal-mask calls on this thread only, and a write from a
+    // slice we own.
+    unsafe {
+        let mut pipe_only: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pipe_only);
+        libc::sigaddset(&mut pipe_only, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_only, &mut previous);
+        let n = libc::write(fd, data.as_ptr().cast(), chunk);
+        let error = io::Error::last_os_error();
+        if n < 0 && error.raw_os_error() == Some(libc::EPIPE) {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::sigtimedwait(&pipe_only, std::ptr::null_mut(), &zero);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        if n < 0 {
+            Err(error)
+        } else {
+            Ok(n as usize)
+        }
     }
 }
 
