@@ -19,5 +19,10 @@ if ! [ -x /usr/bin/python3 ]; then
 fi
 
 cargo fmt --all -- --check
+# Builds the RustPython guest for wasm32-wasip1 too (build.rs installs the
+# rustup target if it is missing).
 cargo clippy --all-targets --locked -- -D warnings
+# The wasm tier snapshots and compiles its guest once per machine (~30 s);
+# do it before the tests so none of them waits on it.
+cargo run --locked --quiet -- doctor --warm
 cargo test --locked

@@ -8,7 +8,11 @@ use lattice::sandbox::SandboxLevel;
 use lattice::task::{TaskError, TaskSubmission};
 use serde_json::json;
 
-const TIERS: [SandboxLevel; 2] = [SandboxLevel::Subprocess, SandboxLevel::None];
+const TIERS: [SandboxLevel; 3] = [
+    SandboxLevel::Wasm,
+    SandboxLevel::Subprocess,
+    SandboxLevel::None,
+];
 
 fn each_tier(check: impl Fn(SandboxLevel)) {
     for level in TIERS {

@@ -20,8 +20,7 @@ use rustpython_vm::compiler::Mode;
 use rustpython_vm::{Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
 
 /// The CodeRunner driver shared with the CPython tiers.
-// TODO(final): include_str!("../../src/runner/driver.py")
-const DRIVER_SRC: &str = include_str!("/work/scratch/placeholder_driver.py");
+const DRIVER_SRC: &str = include_str!("../../src/runner/driver.py");
 
 /// Run at snapshot time after the driver is loaded. Pre-imports stdlib modules that tasks
 /// commonly use, but never `random` (its seed would be frozen into the snapshot): any module
@@ -29,13 +28,19 @@ const DRIVER_SRC: &str = include_str!("/work/scratch/placeholder_driver.py");
 /// brought in, so it is imported fresh (and seeded fresh) by the task that needs it.
 const PRELOAD_SRC: &str = r#"
 import sys
+import time as _time
+# WASI has no time zones: the guest's clock is UTC. RustPython leaves these
+# out, and `_strptime` (datetime.strptime) needs them.
+for _k, _v in (("tzname", ("UTC", "UTC")), ("timezone", 0), ("altzone", 0), ("daylight", 0)):
+    if not hasattr(_time, _k):
+        setattr(_time, _k, _v)
 _PRELOAD = (
     "json", "re", "math", "cmath", "collections", "collections.abc", "itertools", "functools",
     "operator", "string", "datetime", "time", "decimal", "fractions", "numbers", "heapq",
     "bisect", "dataclasses", "enum", "typing", "copy", "textwrap", "base64", "binascii",
     "hashlib", "struct", "unicodedata", "array", "io", "os", "traceback", "types",
     "contextlib", "abc", "keyword", "pprint", "reprlib", "weakref", "warnings", "ast",
-    "_random", "_sha2", "linecache", "tokenize",
+    "_random", "linecache", "tokenize", "_strptime", "calendar",
 )
 _skipped = []
 for _name in _PRELOAD:

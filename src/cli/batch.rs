@@ -93,6 +93,9 @@ pub fn run(args: BatchArgs) -> Result<i32> {
         },
     )?;
     executor.initialize()?;
+    if args.executor == ExecutorType::Local {
+        super::prepare_wasm_if_cold(args.limits.config().level)?;
+    }
     let concurrency = args
         .concurrency
         .map(|n| n as usize)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use lattice::sandbox::{tier, Mount, SandboxConfig, SandboxLevel};
+use lattice::sandbox::{tier, wasm, Mount, SandboxConfig, SandboxLevel};
 use lattice::task::{ErrorKind, ExecutorType, TaskOutcome};
 
 /// Run untrusted Python functions in a sandbox: Wasm by default, or a
@@ -92,6 +92,10 @@ struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Prepare the wasm tier now (snapshot and compile the Python guest,
+    /// cached on disk) so the first task does not wait for it.
+    #[arg(long)]
+    warm: bool,
 }
 
 fn parse_tier(s: &str) -> Result<SandboxLevel, String> {
@@ -171,6 +175,15 @@ fn resources(args: ResourcesArgs) -> Result<i32> {
 }
 
 fn doctor(args: DoctorArgs) -> Result<i32> {
+    if args.warm {
+        let started = std::time::Instant::now();
+        let path = with_spinner("preparing the Python sandbox", wasm::warm)?;
+        eprintln!(
+            "wasm tier ready in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            path.display()
+        );
+    }
     let mut report = Vec::new();
     for level in SandboxLevel::ALL {
         let status = tier(level).check_available();
@@ -205,6 +218,48 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
         .iter()
         .any(|(level, status)| *level == SandboxLevel::DEFAULT && status.is_ok());
     Ok(if default_ok { 0 } else { 1 })
+}
+
+/// Before the first Wasm task of a machine, prepares the Python guest with
+/// a spinner on a terminal (it takes ~30 s once; later runs load the cache).
+pub fn prepare_wasm_if_cold(level: SandboxLevel) -> Result<()> {
+    if level == SandboxLevel::Wasm && !wasm::cache_path().exists() {
+        with_spinner(
+            "preparing the Python sandbox (once per machine)",
+            wasm::warm,
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `work`, showing a spinner on stderr while it runs if stderr is a terminal.
+fn with_spinner<T>(what: &str, work: impl FnOnce() -> T) -> T {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !std::io::stderr().is_terminal() {
+        return work();
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let frames = ['|', '/', '-', '\\'];
+            let started = std::time::Instant::now();
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                eprint!(
+                    "\r{} {what}... {:.0} s ",
+                    frames[i % 4],
+                    started.elapsed().as_secs_f64()
+                );
+                i += 1;
+                std::thread::sleep(std::time::Duration::from_millis(120));
+            }
+            eprint!("\r\x1b[2K");
+        });
+        let result = work();
+        done.store(true, Ordering::Relaxed);
+        result
+    })
 }
 
 /// The reason of an unavailable tier, without the kind prefix.

@@ -99,7 +99,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if args.network {
         task.sandbox.network = Some(true);
     }
-    let outcome = run_one(task, args.limits.config());
+    let config = args.limits.config();
+    super::prepare_wasm_if_cold(task.sandbox.tier.unwrap_or(config.level))?;
+    let outcome = run_one(task, config);
     println!("{}", outcome_to_json(&outcome));
     Ok(exit_code(&outcome))
 }

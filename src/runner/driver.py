@@ -13,7 +13,7 @@ and stderr, the envelope goes back on a channel of its own.
 """
 
 import sys
-import json
+from json import dumps as _dumps, loads as _loads
 
 TASK_FILENAME = "<task>"
 
@@ -23,7 +23,7 @@ if hasattr(sys, "set_int_max_str_digits"):
 
 
 def _error(kind, type_name, message, traceback_text=""):
-    return json.dumps(
+    return _dumps(
         {
             "status": "error",
             "error": {
@@ -131,7 +131,7 @@ def _flush_user_output():
 def run_request(request_text):
     """Runs the task described by ``request_text``; returns the envelope text."""
     try:
-        request = json.loads(request_text)
+        request = _loads(request_text)
         code = request["code"]
     except RecursionError:
         return _error("invalid_task", "ValueError", "the task input is nested too deeply")
@@ -188,7 +188,7 @@ def run_request(request_text):
 
     namespace.clear()
     try:
-        text = json.dumps(result, ensure_ascii=False, allow_nan=False)
+        text = _dumps(result, ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")
     except RecursionError:
         return _error("task_error", "ValueError", "the result is nested too deeply to serialise as JSON")

@@ -87,28 +87,14 @@ pub fn parse_envelope(envelope: &[u8], config: &SandboxConfig) -> Result<Value, 
     })?;
     match (envelope.status.as_str(), envelope.error) {
         ("ok", None) => Ok(envelope.result),
-        ("error", Some(error)) if error.type_name == "MemoryError" => {
-            Err(memory_limit(config, &error.message))
-        }
+        ("error", Some(error)) if error.type_name == "MemoryError" => Err(TaskError::memory_limit(
+            config.max_memory_mb,
+            &error.message,
+        )),
         ("error", Some(error)) => Err(TaskError::from_record(error)),
         _ => Err(TaskError::internal(
             "the driver's reply has no result and no error",
         )),
-    }
-}
-
-/// The error for a task that ran out of memory under `config`'s limit.
-pub fn memory_limit(config: &SandboxConfig, detail: &str) -> TaskError {
-    let detail = if detail.is_empty() {
-        "MemoryError"
-    } else {
-        detail
-    };
-    TaskError::MemoryLimit {
-        message: format!(
-            "the task ran out of memory under its limit of {} MiB ({detail})",
-            config.max_memory_mb
-        ),
     }
 }
 

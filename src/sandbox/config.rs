@@ -36,9 +36,9 @@ impl SandboxLevel {
         SandboxLevel::Docker,
     ];
 
-    /// The default tier: the strongest one that is built and needs nothing
-    /// installed. Until the Wasm tier lands that is `subprocess`.
-    pub const DEFAULT: SandboxLevel = SandboxLevel::Subprocess;
+    /// The default tier: in-process Wasm, isolated by construction and
+    /// needing nothing installed.
+    pub const DEFAULT: SandboxLevel = SandboxLevel::Wasm;
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -10,6 +10,7 @@ mod output;
 pub(crate) mod process;
 mod subprocess;
 mod unbuilt;
+pub mod wasm;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -82,7 +83,7 @@ pub trait Sandbox: Send + Sync {
 pub fn tier(level: SandboxLevel) -> &'static dyn Sandbox {
     match level {
         SandboxLevel::None => &none::NoneSandbox,
-        SandboxLevel::Wasm => &unbuilt::WASM,
+        SandboxLevel::Wasm => &wasm::WasmSandbox,
         SandboxLevel::Subprocess => &subprocess::SubprocessSandbox,
         SandboxLevel::Seccomp => &unbuilt::SECCOMP,
         SandboxLevel::Docker => &unbuilt::DOCKER,

@@ -13,7 +13,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -22,7 +21,7 @@ use super::{
     reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
 };
 use crate::runner::{self, DRIVER};
-use crate::task::{TaskError, TimeLimit};
+use crate::task::TaskError;
 
 /// The biggest result (or command stdout) a process tier hands back.
 pub(crate) const MAX_RESULT_BYTES: usize = 64 << 20;
@@ -203,7 +202,7 @@ pub(crate) fn python_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOu
         Some(error) => Err(error),
         None if run.channel_overflow => Err(result_too_big()),
         None if !run.channel.is_empty() => runner::parse_envelope(&run.channel, config),
-        None if stderr_has_memory_error => Err(runner::memory_limit(config, "MemoryError")),
+        None if stderr_has_memory_error => Err(TaskError::memory_limit(config.max_memory_mb, "")),
         None => Err(died_without_result(&run)),
     };
     SandboxOutput {
@@ -250,28 +249,12 @@ fn parse_command_stdout(run: &ChildRun) -> Result<Value, TaskError> {
 fn limit_error(run: &ChildRun, config: &SandboxConfig) -> Option<TaskError> {
     match run.ending {
         Ending::Cancelled => Some(TaskError::Cancelled),
-        Ending::TimedOut => Some(TaskError::Timeout {
-            limit: TimeLimit::Wall,
-            message: format!(
-                "the task ran longer than its wall-clock limit of {}",
-                seconds(config.timeout)
-            ),
-        }),
-        Ending::Signaled(libc::SIGXCPU) => Some(cpu_timeout(config)),
+        Ending::TimedOut => Some(TaskError::wall_timeout(config.timeout)),
+        Ending::Signaled(libc::SIGXCPU) => Some(TaskError::cpu_timeout(config.max_cpu_time)),
         Ending::Signaled(libc::SIGKILL) if run.cpu_time >= config.max_cpu_time => {
-            Some(cpu_timeout(config))
+            Some(TaskError::cpu_timeout(config.max_cpu_time))
         }
         _ => None,
-    }
-}
-
-fn cpu_timeout(config: &SandboxConfig) -> TaskError {
-    TaskError::Timeout {
-        limit: TimeLimit::Cpu,
-        message: format!(
-            "the task used more than its CPU-time limit of {}",
-            seconds(config.max_cpu_time)
-        ),
     }
 }
 
@@ -323,10 +306,6 @@ fn signal_name(signal: i32) -> String {
         _ => return format!("{signal}"),
     };
     format!("{name} ({signal})")
-}
-
-fn seconds(d: Duration) -> String {
-    format!("{} s", d.as_secs_f64())
 }
 
 /// Finds a command's program: a path as given, else on the host's PATH.

@@ -9,10 +9,6 @@ pub(crate) struct Unbuilt {
     what: &'static str,
 }
 
-pub(crate) const WASM: Unbuilt = Unbuilt {
-    level: SandboxLevel::Wasm,
-    what: "RustPython on WASI in wasmtime",
-};
 pub(crate) const SECCOMP: Unbuilt = Unbuilt {
     level: SandboxLevel::Seccomp,
     what: "CPython under seccomp-BPF and Landlock",

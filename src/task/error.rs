@@ -117,6 +117,42 @@ impl TaskError {
         }
     }
 
+    /// The wall-clock limit of `limit` fired.
+    pub fn wall_timeout(limit: std::time::Duration) -> Self {
+        TaskError::Timeout {
+            limit: TimeLimit::Wall,
+            message: format!(
+                "the task ran longer than its wall-clock limit of {} s",
+                limit.as_secs_f64()
+            ),
+        }
+    }
+
+    /// The CPU-time limit of `limit` fired.
+    pub fn cpu_timeout(limit: std::time::Duration) -> Self {
+        TaskError::Timeout {
+            limit: TimeLimit::Cpu,
+            message: format!(
+                "the task used more than its CPU-time limit of {} s",
+                limit.as_secs_f64()
+            ),
+        }
+    }
+
+    /// The memory limit of `limit_mb` MiB fired; `detail` says how it showed.
+    pub fn memory_limit(limit_mb: u64, detail: &str) -> Self {
+        let detail = if detail.is_empty() {
+            "MemoryError"
+        } else {
+            detail
+        };
+        TaskError::MemoryLimit {
+            message: format!(
+                "the task ran out of memory under its limit of {limit_mb} MiB ({detail})"
+            ),
+        }
+    }
+
     /// The kind of this error, as in the result JSON.
     pub fn kind(&self) -> ErrorKind {
         match self {

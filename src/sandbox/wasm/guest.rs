@@ -1,0 +1,201 @@
+//! The Python guest: RustPython for wasm32-wasip1 (built from guest/ by
+//! build.rs and embedded), pre-initialised once per machine with wasmtime's
+//! Wizer, compiled once, and cached on disk.
+//!
+//! The snapshot is made on first use (or by `lattice-wasm doctor --warm`),
+//! not at build time, so every machine — every cache — gets its own str
+//! hash secret: RustPython draws it while initialising, and a snapshot
+//! freezes it for every task started from that snapshot.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+
+use super::engine::{self, FileLock};
+use super::host::{self, TaskState};
+use crate::sandbox::{CancelToken, SandboxConfig};
+use crate::task::TaskError;
+
+/// The raw guest, as build.rs built it.
+static GUEST_WASM: &[u8] = include_bytes!(env!("LATTICE_GUEST_WASM_PATH"));
+/// The content hash of [`GUEST_WASM`] (build.rs).
+const GUEST_HASH: &str = env!("LATTICE_GUEST_HASH");
+
+/// The guest, ready to instantiate.
+pub(super) struct PythonGuest {
+    pub pre: InstancePre<TaskState>,
+}
+
+/// The Python guest, loaded from the cache or prepared (~30 s, once).
+pub(super) fn python() -> Result<&'static PythonGuest, TaskError> {
+    static GUEST: OnceLock<Result<PythonGuest, String>> = OnceLock::new();
+    GUEST
+        .get_or_init(|| load().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|reason| TaskError::unavailable(reason.clone()))
+}
+
+/// The cache file of the compiled snapshot for this guest, wasmtime and engine.
+pub fn cache_path() -> PathBuf {
+    engine::cache_dir().join(format!(
+        "python-{GUEST_HASH}-wasmtime{}-{}.cwasm",
+        wasmtime_version(),
+        engine::ENGINE_TAG
+    ))
+}
+
+fn wasmtime_version() -> &'static str {
+    // The crate is pinned in Cargo.toml; the version is part of the key so
+    // an upgrade never loads an old artefact (wasmtime would refuse it too).
+    "48.0.8"
+}
+
+fn load() -> Result<PythonGuest, TaskError> {
+    let engine = engine::engine()?;
+    let path = cache_path();
+    let module = match engine::load_cached(engine, &path) {
+        Some(module) => module,
+        None => {
+            let _lock = FileLock::acquire(&path.with_extension("lock")).map_err(|e| {
+                TaskError::unavailable(format!("can't lock the Wasm cache {}: {e}", path.display()))
+            })?;
+            // Another process may have built it while we waited.
+            match engine::load_cached(engine, &path) {
+                Some(module) => module,
+                None => prepare(engine, &path)?,
+            }
+        }
+    };
+    let mut linker = Linker::new(engine);
+    host::add_imports(&mut linker).map_err(internal)?;
+    let pre = linker.instantiate_pre(&module).map_err(internal)?;
+    Ok(PythonGuest { pre })
+}
+
+/// Snapshots, compiles and caches the guest.
+fn prepare(engine: &Engine, path: &std::path::Path) -> Result<Module, TaskError> {
+    eprintln!(
+        "lattice-wasm: preparing the Python sandbox (snapshot + compile, once per machine; ~30 s on 2 cores)..."
+    );
+    let started = Instant::now();
+    let snapshot = engine::on_runner_thread(|| snapshot(GUEST_WASM))??;
+    let module = Module::new(engine, &snapshot).map_err(internal)?;
+    let bytes = module.serialize().map_err(internal)?;
+    if let Err(e) = engine::store_cached(path, &bytes) {
+        eprintln!(
+            "lattice-wasm: can't cache the compiled guest at {}: {e} (it will be rebuilt next time)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "lattice-wasm: Python sandbox ready in {:.1} s (cached at {})",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(module)
+}
+
+/// Runs the guest's `wizer.initialize` (interpreter, driver, common stdlib
+/// modules) and returns the module whose memory starts where it ended.
+fn snapshot(raw: &[u8]) -> Result<Vec<u8>, TaskError> {
+    let engine = Engine::new(&engine::config(false)).map_err(internal)?;
+    let mut wizer = wasmtime_wizer::Wizer::new();
+    wizer.init_func("wizer.initialize");
+    let (context, instrumented) = wizer.instrument(raw).map_err(internal)?;
+    let module = Module::new(&engine, &instrumented).map_err(internal)?;
+    let mut linker = Linker::new(&engine);
+    host::add_imports(&mut linker).map_err(internal)?;
+    let config = SandboxConfig::default();
+    let output = host::CappedOutput::new(1 << 20);
+    let state = host::task_state(Vec::new(), &config, &output, &output)?;
+    let mut store = Store::new(&engine, state);
+    let instance = linker.instantiate(&mut store, &module).map_err(internal)?;
+    let initialised = instance
+        .get_typed_func::<(), ()>(&mut store, "wizer.initialize")
+        .and_then(|init| init.call(&mut store, ()));
+    if let Err(e) = initialised {
+        let said = String::from_utf8_lossy(output.take().kept()).into_owned();
+        return Err(TaskError::internal(format!(
+            "the Python guest failed to initialise: {e:#}\n{said}"
+        )));
+    }
+    let mut state = SnapshotSource {
+        store: &mut store,
+        instance,
+    };
+    block_on(wizer.snapshot(&context, &mut state)).map_err(internal)
+}
+
+/// What Wizer reads the snapshot from.
+struct SnapshotSource<'a> {
+    store: &'a mut Store<TaskState>,
+    instance: wasmtime::Instance,
+}
+
+impl wasmtime_wizer::InstanceState for SnapshotSource<'_> {
+    async fn global_get(
+        &mut self,
+        name: &str,
+        _type: wasmtime_wizer::ValType,
+    ) -> wasmtime_wizer::SnapshotVal {
+        use wasmtime::Val;
+        use wasmtime_wizer::SnapshotVal;
+        let global = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .expect("Wizer asks only for globals it exported");
+        match global.get(&mut *self.store) {
+            Val::I32(x) => SnapshotVal::I32(x),
+            Val::I64(x) => SnapshotVal::I64(x),
+            Val::F32(x) => SnapshotVal::F32(x),
+            Val::F64(x) => SnapshotVal::F64(x),
+            Val::V128(x) => SnapshotVal::V128(x.as_u128()),
+            other => unreachable!("Wizer snapshots only numeric globals, got {other:?}"),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        let memory = self
+            .instance
+            .get_memory(&mut *self.store, name)
+            .expect("Wizer asks only for memories it exported");
+        contents(memory.data(&*self.store))
+    }
+}
+
+/// Drives a future that never waits (Wizer's snapshot only awaits our
+/// `InstanceState`, whose methods are immediate).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> TaskError {
+    TaskError::internal(format!("{e:#}"))
+}
+
+/// Runs one Python request in a fresh instance of the guest.
+pub(super) fn run(
+    request: &str,
+    config: &SandboxConfig,
+    cancel: &CancelToken,
+) -> Result<host::RunReport, TaskError> {
+    let guest = python()?;
+    host::run(
+        &guest.pre,
+        "run",
+        request.as_bytes().to_vec(),
+        config,
+        cancel,
+    )
+}

@@ -1,0 +1,181 @@
+//! The wasm tier (the default): Python runs in RustPython compiled to
+//! wasm32-wasip1, in-process, in a fresh wasmtime instance per task, started
+//! from a pre-initialised snapshot.
+//!
+//! Isolation is by construction: the instance sees no file but the mounts
+//! (read-only unless marked), no network, no processes, no environment, no
+//! arguments. Linear memory is capped by the store's limiter, wall time,
+//! CPU time and cancel are checked at every epoch tick, output is capped.
+//! User Wasm modules (WASI commands: input JSON on stdin, result JSON on
+//! stdout) run under the same limits.
+
+mod engine;
+mod guest;
+mod host;
+mod module;
+
+use wasmtime::Trap;
+
+use super::{
+    reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
+};
+use crate::runner;
+use crate::task::TaskError;
+use host::{RunReport, Stop};
+
+pub use engine::cache_dir;
+pub use guest::cache_path;
+
+pub(crate) struct WasmSandbox;
+
+impl Sandbox for WasmSandbox {
+    fn level(&self) -> SandboxLevel {
+        SandboxLevel::Wasm
+    }
+
+    fn check_available(&self) -> Result<(), TaskError> {
+        engine::engine().map(|_| ())
+    }
+
+    fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError> {
+        reject_unsupported(SandboxLevel::Wasm, config, true, false)?;
+        if config.network_enabled {
+            return Err(TaskError::invalid(
+                "the wasm tier has no network at all, so network can't be enabled: use the subprocess or docker tier",
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
+        let config = job.config;
+        let ran = match &job.work {
+            Work::Python { request } => engine::on_runner_thread(|| {
+                guest::run(request, config, cancel).map(|report| python_outcome(report, config))
+            }),
+            Work::Wasm { source, input } => engine::on_runner_thread(|| {
+                module::run(source, input, config, cancel)
+                    .map(|report| module::outcome(report, config))
+            }),
+            Work::Command { .. } => Err(TaskError::invalid(
+                "the wasm tier can't run commands (it has no processes); use the subprocess tier",
+            )),
+        };
+        match ran.and_then(|output| output) {
+            Ok(output) => output,
+            Err(error) => SandboxOutput::error(error),
+        }
+    }
+}
+
+/// Prepares the Python guest now (snapshot and compile, cached on disk), so
+/// that the first task does not pay for it. Returns where it is cached.
+pub fn warm() -> Result<std::path::PathBuf, TaskError> {
+    engine::on_runner_thread(guest::python)??;
+    Ok(guest::cache_path())
+}
+
+/// What a Python run means: the same result and error kinds as every tier.
+fn python_outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutput {
+    let result = match limit_error(&report, config) {
+        Some(error) => Err(error),
+        None => match (&report.call, &report.result) {
+            (Ok(()), Some(envelope)) => runner::parse_envelope(envelope, config)
+                .map_err(|e| beyond_address_space(e, config)),
+            (Ok(()), None) => Err(TaskError::internal(format!(
+                "the Python guest returned no result{}",
+                stderr_tail(&report)
+            ))),
+            (Err(e), _) => Err(trap_error(e, &report)),
+        },
+    };
+    SandboxOutput {
+        result,
+        stdout: report.stdout.finish(),
+        stderr: report.stderr.finish(),
+    }
+}
+
+/// The limit that ended the run, if one did.
+fn limit_error(report: &RunReport, config: &SandboxConfig) -> Option<TaskError> {
+    match report.stop {
+        Some(Stop::Cancelled) => Some(TaskError::Cancelled),
+        Some(Stop::WallTimeout) => Some(TaskError::wall_timeout(config.timeout)),
+        Some(Stop::CpuTimeout) => Some(TaskError::cpu_timeout(config.max_cpu_time)),
+        // A refused grow shows as a MemoryError or as a trap (an allocation
+        // failure in the interpreter aborts): either way it is the limit.
+        None if report.memory_hit
+            && (report.call.is_err()
+                || report
+                    .result
+                    .as_deref()
+                    .is_some_and(|envelope| contains(envelope, b"\"MemoryError\""))) =>
+        {
+            Some(TaskError::memory_limit(
+                config
+                    .max_memory_mb
+                    .min(engine::MAX_POOLED_MEMORY as u64 >> 20),
+                "the Wasm linear memory could not grow",
+            ))
+        }
+        None => None,
+    }
+}
+
+/// wasm32 is a 32-bit platform: a size past 2 GiB (`'a' * 10**12`) fails as
+/// an OverflowError before any allocation, as on 32-bit CPython. It asked
+/// for more memory than any limit here allows, and is reported as that.
+fn beyond_address_space(error: TaskError, config: &SandboxConfig) -> TaskError {
+    match &error {
+        TaskError::Failed {
+            type_name, message, ..
+        } if type_name == "OverflowError" && message.contains("index-sized integer") => {
+            TaskError::memory_limit(
+                config.max_memory_mb,
+                "the task asked for more memory than a 32-bit address space holds",
+            )
+        }
+        _ => error,
+    }
+}
+
+/// A call that failed without a limit firing: the guest exited or trapped.
+fn trap_error(error: &wasmtime::Error, report: &RunReport) -> TaskError {
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return TaskError::Failed {
+            type_name: "SystemExit".into(),
+            message: format!(
+                "the task exited with code {} before returning a result",
+                exit.0
+            ),
+            traceback: String::new(),
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => TaskError::Failed {
+            type_name: "RecursionError".into(),
+            message: "maximum recursion depth exceeded (the Wasm stack is full)".into(),
+            traceback: String::new(),
+        },
+        _ => TaskError::Failed {
+            type_name: "WasmTrap".into(),
+            message: format!("the interpreter trapped: {error:#}{}", stderr_tail(report)),
+            traceback: String::new(),
+        },
+    }
+}
+
+fn stderr_tail(report: &RunReport) -> String {
+    let kept = report.stderr.kept();
+    let tail = String::from_utf8_lossy(&kept[kept.len().saturating_sub(500)..]);
+    let tail = tail.trim();
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr ends with: {tail}")
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

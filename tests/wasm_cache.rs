@@ -1,0 +1,85 @@
+//! The compiled-guest cache: made on first use, private, never trusted
+//! blindly (a truncated or corrupted file is rebuilt), and each snapshot has
+//! its own str hash secret.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn exec_in(cache: &Path, task: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
+        .arg("exec")
+        .env("LATTICE_CACHE_DIR", cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(task.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn hash_of_abc(cache: &Path) -> (Value, String) {
+    let out = exec_in(
+        cache,
+        r#"{"tier": "wasm", "code": "def f(x):\n    return [hash('abc'), hash(x)]", "input": "xyz"}"#,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (result["result"].clone(), stderr)
+}
+
+fn cached_module(cache: &Path) -> PathBuf {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("a compiled guest in the cache")
+}
+
+#[test]
+fn bad_cache_files_are_rebuilt_and_each_snapshot_has_its_own_hash_secret() {
+    let cache = tempfile::tempdir().unwrap();
+    let (first, stderr) = hash_of_abc(cache.path());
+    assert!(stderr.contains("preparing the Python sandbox"), "{stderr}");
+    let module = cached_module(cache.path());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&module).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "the cache file is readable by others");
+
+    // Within one snapshot the hash is stable (that is what a snapshot is).
+    let (again, stderr) = hash_of_abc(cache.path());
+    assert_eq!(again, first);
+    assert!(!stderr.contains("preparing"), "{stderr}");
+
+    // Truncated: noticed by its length, rebuilt, with a new hash secret.
+    let length = std::fs::metadata(&module).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&module)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    let (rebuilt, stderr) = hash_of_abc(cache.path());
+    assert!(stderr.contains("ignoring the cached module"), "{stderr}");
+    assert!(stderr.contains("preparing the Python sandbox"), "{stderr}");
+    assert_ne!(
+        rebuilt[0], first[0],
+        "two snapshots share a str hash secret"
+    );
+
+    // Same length, garbage inside: wasmtime refuses it, and it is rebuilt.
+    let length = std::fs::metadata(&module).unwrap().len() as usize;
+    std::fs::write(&module, vec![0x5a; length]).unwrap();
+    let (_, stderr) = hash_of_abc(cache.path());
+    assert!(stderr.contains("ignoring the cached module"), "{stderr}");
+    assert!(stderr.contains("preparing the Python sandbox"), "{stderr}");
+}

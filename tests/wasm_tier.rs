@@ -1,0 +1,398 @@
+//! The wasm tier, attacked and measured against CPython: isolation by
+//! construction, limits that fire as what they are, the snapshot hazards,
+//! user Wasm modules, and the compatibility corpus.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lattice::sandbox::{CancelToken, Mount, SandboxConfig, SandboxExecutor, SandboxLevel};
+use lattice::task::{TaskError, TaskSubmission, TimeLimit, WasmSource};
+use serde_json::{json, Value};
+
+const TIER: SandboxLevel = SandboxLevel::Wasm;
+
+fn wasm(config: SandboxConfig) -> SandboxExecutor {
+    SandboxExecutor::new(SandboxConfig {
+        level: TIER,
+        ..config
+    })
+}
+
+fn run_with(executor: &SandboxExecutor, code: &str, input: Value) -> lattice::task::TaskOutcome {
+    executor.run(
+        &TaskSubmission::python(code).with_input(input),
+        &CancelToken::new(),
+    )
+}
+
+#[test]
+fn a_trivial_task_runs() {
+    let outcome = run_code(
+        TIER,
+        "def f(x):\n    print('hi')\n    return x + 1\n",
+        json!(41),
+    );
+    assert_eq!(ok(&outcome), json!(42));
+    assert_eq!(outcome.stdout, "hi\n");
+    assert_eq!(outcome.tier, Some(TIER));
+}
+
+#[test]
+fn the_host_filesystem_environment_network_and_processes_are_out_of_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    std::env::set_var("LATTICE_WASM_TEST_SECRET", "hunter2");
+    let attacks = [
+        ("read a host file", format!("def f(x):\n    return open({:?}).read()\n", secret.display().to_string())),
+        ("read /etc/passwd", "def f(x):\n    return open('/etc/passwd').read()\n".into()),
+        ("list /", "import os\ndef f(x):\n    return os.listdir('/')\n".into()),
+        ("write /tmp", "def f(x):\n    open('/tmp/lattice-escape', 'w').write('x')\n    return 'wrote'\n".into()),
+        ("socket", "import socket\ndef f(x):\n    s = socket.socket()\n    s.connect(('127.0.0.1', 22))\n    return 'connected'\n".into()),
+        ("dns", "import socket\ndef f(x):\n    return socket.getaddrinfo('localhost', 80)\n".into()),
+        ("subprocess", "import subprocess\ndef f(x):\n    return subprocess.run(['id']).returncode\n".into()),
+        ("os.system", "import os\ndef f(x):\n    return os.system('id')\n".into()),
+        ("fork", "import os\ndef f(x):\n    return os.fork()\n".into()),
+        ("environment", "import os\ndef f(x):\n    assert not os.environ, dict(os.environ)\n    raise PermissionError('no environment')\n".into()),
+        (
+            "introspection to os",
+            "def f(x):\n    for cls in ().__class__.__base__.__subclasses__():\n        g = getattr(getattr(cls, '__init__', None), '__globals__', None)\n        if g and 'os' in g and hasattr(g['os'], 'listdir'):\n            return g['os'].listdir('/')\n    import sys\n    return sys.modules['os'].listdir('/')\n".into(),
+        ),
+        (
+            "builtins tampering",
+            "import builtins\ndef f(x):\n    builtins.open = lambda *a: 'patched'\n    __builtins__['__import__'] if isinstance(__builtins__, dict) else None\n    import io\n    return io.open('/etc/passwd').read()\n".into(),
+        ),
+    ];
+    for (name, code) in attacks {
+        let outcome = run_code(TIER, &code, json!(null));
+        match &outcome.result {
+            Err(TaskError::Failed { type_name, .. }) => {
+                assert!(
+                    type_name.ends_with("Error") || type_name == "PermissionError",
+                    "{name}: {type_name}"
+                )
+            }
+            other => panic!("{name}: the attack was not stopped: {other:?}"),
+        }
+    }
+    assert!(!Path::new("/tmp/lattice-escape").exists());
+    let env = run_code(
+        TIER,
+        "import os, sys\ndef f(x):\n    return [dict(os.environ), sys.argv]\n",
+        json!(null),
+    );
+    assert_eq!(ok(&env), json!([{}, []]));
+}
+
+#[test]
+fn mounts_are_read_only_unless_marked_and_do_not_leak_their_parent() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "secret").unwrap();
+    let mounted = outside.path().join("data");
+    std::fs::create_dir(&mounted).unwrap();
+    std::fs::write(mounted.join("in.txt"), "hello").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), mounted.join("link")).unwrap();
+    std::os::unix::fs::symlink("../secret.txt", mounted.join("rel")).unwrap();
+    let read_only = wasm(SandboxConfig {
+        mount_paths: vec![Mount::new(&mounted, "/data", false).unwrap()],
+        ..SandboxConfig::default()
+    });
+    assert_eq!(
+        ok(&run_with(
+            &read_only,
+            "def f(x):\n    return open('/data/in.txt').read()\n",
+            json!(null)
+        )),
+        json!("hello")
+    );
+    for code in [
+        "def f(x):\n    open('/data/new.txt', 'w').write('x')\n",
+        "def f(x):\n    open('/data/in.txt', 'a').write('x')\n",
+        "import os\ndef f(x):\n    os.remove('/data/in.txt')\n",
+        "def f(x):\n    return open('/data/../secret.txt').read()\n",
+        "def f(x):\n    return open('/data/link').read()\n",
+        "def f(x):\n    return open('/data/rel').read()\n",
+        "import os\ndef f(x):\n    return os.listdir('/data/..')\n",
+    ] {
+        let outcome = run_with(&read_only, code, json!(null));
+        assert!(
+            matches!(outcome.result, Err(TaskError::Failed { .. })),
+            "{code}: {:?}",
+            outcome.result
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(mounted.join("in.txt")).unwrap(),
+        "hello"
+    );
+    assert!(!mounted.join("new.txt").exists());
+
+    let writable = wasm(SandboxConfig {
+        mount_paths: vec![Mount::new(&mounted, "/data", true).unwrap()],
+        ..SandboxConfig::default()
+    });
+    let outcome = run_with(
+        &writable,
+        "def f(x):\n    open('/data/out.txt', 'w').write(x)\n    return 'ok'\n",
+        json!("written"),
+    );
+    assert_eq!(ok(&outcome), json!("ok"));
+    assert_eq!(
+        std::fs::read_to_string(mounted.join("out.txt")).unwrap(),
+        "written"
+    );
+    let escape = run_with(
+        &writable,
+        "def f(x):\n    open('/data/../escaped.txt', 'w').write('x')\n",
+        json!(null),
+    );
+    assert!(escape.result.is_err());
+    assert!(!outside.path().join("escaped.txt").exists());
+}
+
+#[test]
+fn wall_and_cpu_limits_fire_as_timeouts() {
+    let spin = "def f(x):\n    while True:\n        pass\n";
+    let started = Instant::now();
+    let outcome = run_with(
+        &wasm(SandboxConfig {
+            timeout: Duration::from_millis(500),
+            ..SandboxConfig::default()
+        }),
+        spin,
+        json!(null),
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(
+        err(&outcome),
+        TaskError::Timeout {
+            limit: TimeLimit::Wall,
+            ..
+        }
+    ));
+    let outcome = run_with(
+        &wasm(SandboxConfig {
+            timeout: Duration::from_secs(30),
+            max_cpu_time: Duration::from_millis(500),
+            ..SandboxConfig::default()
+        }),
+        spin,
+        json!(null),
+    );
+    assert!(matches!(
+        err(&outcome),
+        TaskError::Timeout {
+            limit: TimeLimit::Cpu,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn memory_bombs_are_memory_limits() {
+    let executor = wasm(SandboxConfig {
+        max_memory_mb: 64,
+        timeout: Duration::from_secs(30),
+        ..SandboxConfig::default()
+    });
+    for code in [
+        "def f(x):\n    return len('a' * 10**9)\n",
+        "def f(x):\n    return len(bytearray(10**9))\n",
+        "def f(x):\n    l = []\n    while True:\n        l.append('x' * 1000)\n",
+        "def f(x):\n    l = []\n    while True:\n        l.append([0] * 100000)\n",
+        "def f(x):\n    return len('a' * 10**12)\n",
+    ] {
+        let outcome = run_with(&executor, code, json!(null));
+        assert!(
+            matches!(err(&outcome), TaskError::MemoryLimit { .. }),
+            "{code}: {:?}",
+            outcome.result
+        );
+    }
+    // The next task on the same engine is unharmed.
+    assert_eq!(
+        ok(&run_with(&executor, "def f(x):\n    return x\n", json!(1))),
+        json!(1)
+    );
+}
+
+#[test]
+fn deep_recursion_is_a_recursion_error_not_a_crash() {
+    for code in [
+        "def f(x):\n    return f(x)\n",
+        "import sys\nsys.setrecursionlimit(10**6)\ndef g(n):\n    return 0 if n == 0 else 1 + g(n - 1)\ndef f(x):\n    return g(10**5)\n",
+    ] {
+        assert_eq!(failed_type(&run_code(TIER, code, json!(null))), "RecursionError", "{code}");
+    }
+}
+
+#[test]
+fn output_floods_are_capped_and_cancel_interrupts() {
+    let executor = wasm(SandboxConfig {
+        max_output_bytes: 10_000,
+        ..SandboxConfig::default()
+    });
+    let outcome = run_with(
+        &executor,
+        "def f(x):\n    for _ in range(100000):\n        print('x' * 100)\n    return 'done'\n",
+        json!(null),
+    );
+    assert_eq!(ok(&outcome), json!("done"));
+    assert!(outcome.stdout.contains("[lattice: output truncated:"));
+
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        })
+    };
+    let outcome = sandbox(TIER).run(
+        &TaskSubmission::python("def f(x):\n    while True: pass\n").with_input(json!(0)),
+        &cancel,
+    );
+    canceller.join().unwrap();
+    assert_eq!(err(&outcome), TaskError::Cancelled);
+}
+
+#[test]
+fn tasks_never_share_random_streams_or_state() {
+    let code = "import random\nSEEN = []\ndef f(x):\n    SEEN.append(x)\n    return [random.random(), random.getrandbits(64), len(SEEN)]\n";
+    let a = ok(&run_code(TIER, code, json!(1)));
+    let b = ok(&run_code(TIER, code, json!(2)));
+    assert_ne!(a[0], b[0]);
+    assert_ne!(a[1], b[1]);
+    assert_eq!(
+        (a[2].clone(), b[2].clone()),
+        (json!(1), json!(1)),
+        "state leaked between tasks"
+    );
+    let poison = run_code(
+        TIER,
+        "import json\ndef f(x):\n    json.dumps = None\n    return 1\n",
+        json!(0),
+    );
+    ok(&poison);
+    assert_eq!(
+        ok(&run_code(
+            TIER,
+            "import json\ndef f(x):\n    return json.dumps(x)\n",
+            json!([1])
+        )),
+        json!("[1]")
+    );
+}
+
+#[test]
+fn settings_the_tier_cannot_honour_are_errors() {
+    let networked = wasm(SandboxConfig {
+        network_enabled: true,
+        ..SandboxConfig::default()
+    });
+    assert!(matches!(
+        err(&run_with(&networked, "def f(x):\n    return 1\n", json!(0))),
+        TaskError::InvalidTask { .. }
+    ));
+    let command = sandbox(TIER).run(&TaskSubmission::command(["true"]), &CancelToken::new());
+    assert!(matches!(err(&command), TaskError::InvalidTask { .. }));
+}
+
+/// Builds the echo module fixture for wasm32-wasip1 (once per test run).
+fn echo_module() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/fixtures");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
+        .arg(root.join("tests/fixtures/echo-module/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    target.join("wasm32-wasip1/release/echo-module.wasm")
+}
+
+#[test]
+fn user_wasm_modules_run_under_the_same_limits() {
+    let path = echo_module();
+    let run_module = |input: Value, config: SandboxConfig| {
+        wasm(config).run(
+            &TaskSubmission::wasm(WasmSource::Path(path.clone())).with_input(input),
+            &CancelToken::new(),
+        )
+    };
+    let outcome = run_module(
+        json!({"n": 1267650600228229401496703205376u128}),
+        SandboxConfig::default(),
+    );
+    assert_eq!(
+        ok(&outcome)["echo"]["n"].to_string(),
+        "1267650600228229401496703205376"
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let by_value = wasm(SandboxConfig::default()).run(
+        &TaskSubmission::wasm(WasmSource::Bytes(bytes.into())).with_input(json!([1])),
+        &CancelToken::new(),
+    );
+    assert_eq!(ok(&by_value)["echo"], json!([1]));
+    let failing = run_module(json!("fail"), SandboxConfig::default());
+    match err(&failing) {
+        TaskError::Failed { message, .. } => assert!(message.contains("code 3"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(failing.stderr.contains("asked to fail"));
+    let spin = run_module(
+        json!("spin"),
+        SandboxConfig {
+            timeout: Duration::from_millis(300),
+            ..SandboxConfig::default()
+        },
+    );
+    assert!(matches!(err(&spin), TaskError::Timeout { .. }));
+    assert_eq!(
+        ok(&run_module(json!("read-host"), SandboxConfig::default())),
+        json!({"read_host": false})
+    );
+    let garbage = wasm(SandboxConfig::default()).run(
+        &TaskSubmission::wasm(WasmSource::Bytes(b"\0asm\x01\0\0\0garbage".to_vec().into())),
+        &CancelToken::new(),
+    );
+    assert!(matches!(err(&garbage), TaskError::InvalidTask { .. }));
+}
+
+#[test]
+fn the_compatibility_corpus_gives_cpythons_results() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8);
+    let mut differences = Vec::new();
+    for file in files {
+        let code = std::fs::read_to_string(&file).unwrap();
+        let input = json!(["b", "a", "c"]);
+        let cpython = ok(&run_code(SandboxLevel::Subprocess, &code, input.clone()));
+        let wasm = run_code(TIER, &code, input);
+        match &wasm.result {
+            Ok(value) if *value == cpython => {}
+            other => differences.push(format!(
+                "{}: CPython {cpython}\n  wasm {other:?}",
+                file.display()
+            )),
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
