@@ -25,4 +25,4 @@ cargo clippy --all-targets --locked -- -D warnings
 # The wasm tier snapshots and compiles its guest once per machine (~30 s);
 # do it before the tests so none of them waits on it.
 cargo run --locked --quiet -- doctor --warm
-cargo test --locked
+cargo test --locked --no-fail-fast

@@ -235,11 +235,7 @@ fn settings_the_tier_cannot_honour_are_errors() {
         err(&run(TIER, task)),
         TaskError::InvalidTask { .. }
     ));
-    for level in [
-        SandboxLevel::Wasm,
-        SandboxLevel::Seccomp,
-        SandboxLevel::Docker,
-    ] {
+    for level in [SandboxLevel::Seccomp, SandboxLevel::Docker] {
         let outcome = run_code(level, "def f(x):\n    return 1\n", json!(1));
         match err(&outcome) {
             TaskError::SandboxUnavailable { reason } => {

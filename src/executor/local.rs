@@ -120,9 +120,7 @@ impl LocalExecutor {
         while state.workers.len() < self.shared.max_workers {
             let shared = self.shared.clone();
             let name = format!("lattice-worker-{}", state.workers.len());
-            let worker = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || shared.work())
+            let worker = crate::sandbox::spawn_task_thread(name, move || shared.work())
                 .expect("the OS refused to start a worker thread");
             state.workers.push(worker);
         }

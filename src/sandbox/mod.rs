@@ -113,6 +113,49 @@ pub(crate) fn reject_unsupported(
     Ok(())
 }
 
+/// The native stack of threads that run tasks: enough for any tier (the
+/// wasm tier runs Wasm with an 8 MiB stack on the calling thread).
+const TASK_THREAD_STACK: usize = 16 << 20;
+
+std::thread_local! {
+    static ON_TASK_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Starts a thread meant to run tasks (an executor's worker): it has the
+/// stack every tier needs, so tiers run on it directly.
+pub(crate) fn spawn_task_thread<T: Send + 'static>(
+    name: String,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(TASK_THREAD_STACK)
+        .spawn(move || {
+            ON_TASK_THREAD.set(true);
+            work()
+        })
+}
+
+/// Runs `work` on a thread with the task stack: this one if it is a task
+/// thread, else a scoped one (for callers on threads of their own).
+pub(crate) fn on_task_thread<R: Send>(work: impl FnOnce() -> R + Send) -> Result<R, TaskError> {
+    if ON_TASK_THREAD.get() {
+        return Ok(work());
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("lattice-task".into())
+            .stack_size(TASK_THREAD_STACK)
+            .spawn_scoped(scope, || {
+                ON_TASK_THREAD.set(true);
+                work()
+            })
+            .map_err(|e| TaskError::internal(format!("can't start a task thread: {e}")))?
+            .join()
+            .map_err(|_| TaskError::internal("a task thread panicked"))
+    })
+}
+
 /// Runs tasks in their sandbox tier: the seed's `SandboxExecutor`.
 ///
 /// ```no_run

@@ -12,11 +12,10 @@ use super::host::TICK;
 use crate::task::TaskError;
 
 /// Deepest Wasm stack a task may use. RustPython raises RecursionError well
-/// before it; a trap at this depth is still a typed error.
+/// before it; a trap at this depth is still a typed error. Wasm runs on the
+/// calling thread's stack, so tasks run on task threads
+/// ([`crate::sandbox::on_task_thread`]), whose stack leaves room for it.
 const MAX_WASM_STACK: usize = 8 << 20;
-/// The native stack of the threads that run Wasm: the Wasm stack plus room
-/// for the host functions it calls.
-const RUNNER_STACK: usize = MAX_WASM_STACK + (8 << 20);
 /// Instances that may live at once (the pooling allocator's slots).
 const POOL_SLOTS: u32 = 256;
 /// Largest linear memory of a task (the pool reserves this per slot).
@@ -79,20 +78,6 @@ pub(super) fn config(pooling: bool) -> Config {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
-}
-
-/// Runs `work` on a thread whose stack fits the deepest Wasm stack, whatever
-/// the caller's own stack is.
-pub(super) fn on_runner_thread<R: Send>(work: impl FnOnce() -> R + Send) -> Result<R, TaskError> {
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("lattice-wasm-run".into())
-            .stack_size(RUNNER_STACK)
-            .spawn_scoped(scope, work)
-            .map_err(|e| TaskError::internal(format!("can't start a Wasm thread: {e}")))?
-            .join()
-            .map_err(|_| TaskError::internal("a Wasm thread panicked"))
-    })
 }
 
 /// Where compiled modules are cached: `$LATTICE_CACHE_DIR`, else

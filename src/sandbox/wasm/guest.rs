@@ -82,7 +82,7 @@ fn prepare(engine: &Engine, path: &std::path::Path) -> Result<Module, TaskError>
         "lattice-wasm: preparing the Python sandbox (snapshot + compile, once per machine; ~30 s on 2 cores)..."
     );
     let started = Instant::now();
-    let snapshot = engine::on_runner_thread(|| snapshot(GUEST_WASM))??;
+    let snapshot = crate::sandbox::on_task_thread(|| snapshot(GUEST_WASM))??;
     let module = Module::new(engine, &snapshot).map_err(internal)?;
     let bytes = module.serialize().map_err(internal)?;
     if let Err(e) = engine::store_cached(path, &bytes) {

@@ -50,10 +50,10 @@ impl Sandbox for WasmSandbox {
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
         let config = job.config;
         let ran = match &job.work {
-            Work::Python { request } => engine::on_runner_thread(|| {
+            Work::Python { request } => crate::sandbox::on_task_thread(|| {
                 guest::run(request, config, cancel).map(|report| python_outcome(report, config))
             }),
-            Work::Wasm { source, input } => engine::on_runner_thread(|| {
+            Work::Wasm { source, input } => crate::sandbox::on_task_thread(|| {
                 module::run(source, input, config, cancel)
                     .map(|report| module::outcome(report, config))
             }),
@@ -71,7 +71,7 @@ impl Sandbox for WasmSandbox {
 /// Prepares the Python guest now (snapshot and compile, cached on disk), so
 /// that the first task does not pay for it. Returns where it is cached.
 pub fn warm() -> Result<std::path::PathBuf, TaskError> {
-    engine::on_runner_thread(guest::python)??;
+    crate::sandbox::on_task_thread(guest::python)??;
     Ok(guest::cache_path())
 }
 
