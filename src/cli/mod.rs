@@ -208,8 +208,13 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
             } else {
                 ""
             };
+            let note = if *level == SandboxLevel::Wasm && !wasm::cache_path().exists() {
+                " (the Python guest is prepared on first use, ~30 s once; `lattice-wasm doctor --warm` does it now)"
+            } else {
+                ""
+            };
             match status {
-                Ok(()) => println!("{level:<11} ok{default}"),
+                Ok(()) => println!("{level:<11} ok{default}{note}"),
                 Err(e) => println!("{level:<11} unavailable{default}: {}", reason(e)),
             }
         }

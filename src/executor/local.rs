@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::completion::{Completion, Signal};
 use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
-use crate::sandbox::{get_sandbox_config, CancelToken, SandboxConfig, SandboxExecutor};
+use crate::sandbox::{
+    get_sandbox_config, CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel,
+};
 use crate::task::{ExecutorType, Payload, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
 
 /// The id of the one node of the local executor.
@@ -52,6 +54,8 @@ struct Slot {
     task: Mutex<Option<TaskSubmission>>,
     id: Option<serde_json::Value>,
     native: bool,
+    /// The tier the task runs in (none for a native closure).
+    level: SandboxLevel,
     config: SandboxConfig,
     cancel: CancelToken,
     completion: Arc<Completion>,
@@ -76,7 +80,7 @@ impl Slot {
             // task is killed instead, and its worker reports Cancelled once
             // the process is gone.
             self.completion.complete(TaskOutcome {
-                tier: Some(self.config.level),
+                tier: Some(self.level),
                 node_id: Some(LOCAL_NODE_ID.into()),
                 ..TaskOutcome::from_error(self.id.clone(), TaskError::Cancelled)
             });
@@ -204,9 +208,15 @@ impl ExecutorBackend for LocalExecutor {
             .sandbox
             .clone()
             .unwrap_or_else(get_sandbox_config);
+        let native = matches!(task.payload, Payload::Native(_));
         let slot = Arc::new(Slot {
             id: task.id.clone(),
-            native: matches!(task.payload, Payload::Native(_)),
+            native,
+            level: match task.sandbox.tier {
+                _ if native => SandboxLevel::None,
+                Some(level) => level,
+                None => config.level,
+            },
             task: Mutex::new(Some(task)),
             config,
             cancel: CancelToken::new(),
@@ -366,7 +376,8 @@ fn meminfo() -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-/// NVIDIA GPUs the driver reports (0 without a driver).
+/// NVIDIA GPUs the driver reports (0 without a driver), read once.
 fn gpu_count() -> usize {
-    std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |dir| dir.count())
+    static GPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *GPUS.get_or_init(|| std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |dir| dir.count()))
 }

@@ -12,6 +12,7 @@ User output is never part of the envelope: prints go to the process's stdout
 and stderr, the envelope goes back on a channel of its own.
 """
 
+import re
 import sys
 from json import dumps as _dumps, loads as _loads
 
@@ -60,8 +61,27 @@ def _task_failure(exc):
     return _error("task_error", type(exc).__name__, _exception_message(exc), _format_exception(exc))
 
 
+# Compiled at import: in the wasm tier that is before the snapshot, so no
+# task pays for it.
+_TOP_LEVEL_DEF = re.compile(r"^(?:async[ \t]+)?def[ \t]+([^\W\d]\w*)", re.M)
+
+
 def _entry_name(code):
-    """The name of the last top-level function definition, or None."""
+    """The name of the last top-level function definition, or None.
+
+    A scan for ``def`` at column 0 finds it without building an AST (which
+    costs more than a trivial task); ``_check_entry`` confirms it after the
+    module ran, and the AST decides when the scan could be fooled.
+    """
+    last = None
+    for last in _TOP_LEVEL_DEF.finditer(code):
+        pass
+    if last is None:
+        return _entry_name_from_ast(code), None
+    return last.group(1), code.count("\n", 0, last.start()) + 1
+
+
+def _entry_name_from_ast(code):
     import ast
 
     name = None
@@ -69,6 +89,24 @@ def _entry_name(code):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             name = node.name
     return name
+
+
+def _check_entry(code, name, line, namespace):
+    """``name`` if the scan found the real last top-level def, else the AST's answer."""
+    if line is None:
+        return name
+    function = namespace.get(name)
+    function = getattr(function, "__wrapped__", function)
+    body = getattr(function, "__code__", None)
+    if (
+        body is not None
+        and body.co_filename == TASK_FILENAME
+        and getattr(function, "__qualname__", None) == name
+        and body.co_firstlineno <= line
+    ):
+        return name
+    # A "def" inside a string, or a name rebound after its def: ask the AST.
+    return _entry_name_from_ast(code)
 
 
 def _guarded_builtins(allowed):
@@ -138,9 +176,12 @@ def run_request(request_text):
     except Exception as exc:
         return _error("internal", type(exc).__name__, "malformed driver request: %s" % _exception_message(exc))
 
+    entry_line = None
     try:
         compiled = compile(code, TASK_FILENAME, "exec")
-        entry = request.get("entry") or _entry_name(code)
+        entry = request.get("entry")
+        if not entry:
+            entry, entry_line = _entry_name(code)
     except SyntaxError as exc:
         return _error(
             "invalid_task",
@@ -161,7 +202,8 @@ def run_request(request_text):
     result = None
     try:
         exec(compiled, namespace)
-        function = namespace.get(entry)
+        entry = _check_entry(code, entry, entry_line, namespace)
+        function = namespace.get(entry) if entry else None
         if function is None or not callable(function):
             return _error(
                 "invalid_task",
