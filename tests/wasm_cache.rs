@@ -2,28 +2,15 @@
 //! blindly (a truncated or corrupted file is rebuilt), and each snapshot has
 //! its own str hash secret.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
 
 fn exec_in(cache: &Path, task: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
-        .arg("exec")
-        .env("LATTICE_CACHE_DIR", cache)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(task.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::lattice_cli(&["exec"], task, &[("LATTICE_CACHE_DIR", cache)])
 }
 
 fn hash_of_abc(cache: &Path) -> (Value, String) {

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel};
@@ -91,4 +93,23 @@ pub fn pids_in(text: &str) -> Vec<i64> {
 /// True if `path` no longer exists.
 pub fn removed(path: &str) -> bool {
     !Path::new(path).exists()
+}
+
+/// Runs the `lattice-wasm` binary with `args`, `stdin` and extra `env`.
+pub fn lattice_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
