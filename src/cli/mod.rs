@@ -208,7 +208,7 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
             } else {
                 ""
             };
-            let note = if *level == SandboxLevel::Wasm && !wasm::cache_path().exists() {
+            let note = if *level == SandboxLevel::Wasm && !wasm_is_warm() {
                 " (the Python guest is prepared on first use, ~30 s once; `lattice-wasm doctor --warm` does it now)"
             } else {
                 ""
@@ -228,13 +228,18 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
 /// Before the first Wasm task of a machine, prepares the Python guest with
 /// a spinner on a terminal (it takes ~30 s once; later runs load the cache).
 pub fn prepare_wasm_if_cold(level: SandboxLevel) -> Result<()> {
-    if level == SandboxLevel::Wasm && !wasm::cache_path().exists() {
+    if level == SandboxLevel::Wasm && !wasm_is_warm() {
         with_spinner(
             "preparing the Python sandbox (once per machine)",
             wasm::warm,
         )?;
     }
     Ok(())
+}
+
+/// True if the compiled Python guest is in the cache.
+fn wasm_is_warm() -> bool {
+    wasm::cache_path().is_ok_and(|path| path.exists())
 }
 
 /// Runs `work`, showing a spinner on stderr while it runs if stderr is a terminal.

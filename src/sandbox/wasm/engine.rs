@@ -21,9 +21,6 @@ const POOL_SLOTS: u32 = 256;
 /// Largest linear memory of a task (the pool reserves this per slot).
 pub(super) const MAX_POOLED_MEMORY: usize = 1 << 30;
 
-/// Part of every cache key: change it whenever the configuration below changes.
-pub(super) const ENGINE_TAG: &str = "cow-epoch-stack8m-pool256-mem1g-keep32m-v1";
-
 /// The shared engine, built once (with its epoch ticker).
 pub(super) fn engine() -> Result<&'static Engine, TaskError> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
@@ -45,6 +42,15 @@ pub(super) fn engine() -> Result<&'static Engine, TaskError> {
         })
         .as_ref()
         .map_err(|e| TaskError::unavailable(format!("can't create the Wasm engine: {e}")))
+}
+
+/// The part of a cache key that says which compiled code this engine
+/// accepts: wasmtime's own hash of its version and compiler settings.
+pub(super) fn engine_key(engine: &Engine) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// The engine configuration: copy-on-write memory images, epoch

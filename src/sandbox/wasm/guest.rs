@@ -39,24 +39,19 @@ pub(super) fn python() -> Result<&'static PythonGuest, TaskError> {
         .map_err(|reason| TaskError::unavailable(reason.clone()))
 }
 
-/// The cache file of the compiled snapshot for this guest, wasmtime and engine.
-pub fn cache_path() -> PathBuf {
-    engine::cache_dir().join(format!(
-        "python-{GUEST_HASH}-wasmtime{}-{}.cwasm",
-        wasmtime_version(),
-        engine::ENGINE_TAG
-    ))
-}
-
-fn wasmtime_version() -> &'static str {
-    // The crate is pinned in Cargo.toml; the version is part of the key so
-    // an upgrade never loads an old artefact (wasmtime would refuse it too).
-    "48.0.8"
+/// The cache file of the compiled snapshot: keyed by the guest's hash and
+/// by the engine's (wasmtime version and compiler settings).
+pub fn cache_path() -> Result<PathBuf, TaskError> {
+    let engine = engine::engine()?;
+    Ok(engine::cache_dir().join(format!(
+        "python-{GUEST_HASH}-{}.cwasm",
+        engine::engine_key(engine)
+    )))
 }
 
 fn load() -> Result<PythonGuest, TaskError> {
     let engine = engine::engine()?;
-    let path = cache_path();
+    let path = cache_path()?;
     let module = match engine::load_cached(engine, &path) {
         Some(module) => module,
         None => {

@@ -72,7 +72,7 @@ impl Sandbox for WasmSandbox {
 /// that the first task does not pay for it. Returns where it is cached.
 pub fn warm() -> Result<std::path::PathBuf, TaskError> {
     crate::sandbox::on_task_thread(guest::python)??;
-    Ok(guest::cache_path())
+    guest::cache_path()
 }
 
 /// What a Python run means: the same result and error kinds as every tier.
