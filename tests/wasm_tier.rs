@@ -193,6 +193,56 @@ fn wall_and_cpu_limits_fire_as_timeouts() {
 }
 
 #[test]
+fn a_sleeping_task_still_honours_its_limits() {
+    let started = Instant::now();
+    let outcome = run_with(
+        &wasm(SandboxConfig {
+            timeout: Duration::from_millis(500),
+            ..SandboxConfig::default()
+        }),
+        "import time\ndef f(x):\n    time.sleep(10**6)\n",
+        json!(null),
+    );
+    assert!(matches!(
+        err(&outcome),
+        TaskError::Timeout {
+            limit: TimeLimit::Wall,
+            ..
+        }
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Sleeping still sleeps as long as asked.
+    let slept = ok(&run_code(
+        TIER,
+        "import time\ndef f(x):\n    t = time.monotonic()\n    time.sleep(0.3)\n    return time.monotonic() - t\n",
+        json!(null),
+    ));
+    assert!((0.29..1.0).contains(&slept.as_f64().unwrap()), "{slept}");
+    // And a cancel reaches a sleeping task.
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        })
+    };
+    let started = Instant::now();
+    let outcome = sandbox(TIER).run(
+        &TaskSubmission::python("import time\ndef f(x):\n    time.sleep(60)\n")
+            .with_input(json!(0)),
+        &cancel,
+    );
+    canceller.join().unwrap();
+    assert_eq!(err(&outcome), TaskError::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
 fn memory_bombs_are_memory_limits() {
     let executor = wasm(SandboxConfig {
         max_memory_mb: 64,

@@ -28,6 +28,43 @@ pub(super) struct TaskState {
     result: Option<Vec<u8>>,
     /// Why the host stopped the task, if it did.
     stop: Option<Stop>,
+    /// The task's time limits and cancel flag (none while snapshotting).
+    limits: Option<Limits>,
+}
+
+/// What may stop a running task, checked at every epoch tick and while
+/// the guest sleeps in `poll_oneoff`.
+struct Limits {
+    started: Instant,
+    wall: Duration,
+    cpu_started: Duration,
+    cpu: Duration,
+    cancel: CancelToken,
+}
+
+impl Limits {
+    fn exceeded(&self) -> Option<Stop> {
+        if self.cancel.is_cancelled() {
+            Some(Stop::Cancelled)
+        } else if self.started.elapsed() >= self.wall {
+            Some(Stop::WallTimeout)
+        } else if thread_cpu_time().saturating_sub(self.cpu_started) >= self.cpu {
+            Some(Stop::CpuTimeout)
+        } else {
+            None
+        }
+    }
+}
+
+impl TaskState {
+    /// Records and returns the limit that stops the task now, if any.
+    fn check_limits(&mut self) -> Option<Stop> {
+        let stop = self.limits.as_ref().and_then(Limits::exceeded);
+        if stop.is_some() {
+            self.stop = stop;
+        }
+        stop
+    }
 }
 
 /// Why the host interrupted a task.
@@ -157,9 +194,12 @@ impl tokio::io::AsyncWrite for CappedOutput {
 }
 
 /// WASI preview 1 plus `lattice.result(ptr, len)`, through which the guest
-/// hands back its envelope.
+/// hands back its envelope, with `poll_oneoff` replaced (see [`poll_oneoff`]).
 pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p1::add_to_linker_sync(linker, |state: &mut TaskState| &mut state.wasi)?;
+    linker.allow_shadowing(true);
+    linker.func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)?;
+    linker.allow_shadowing(false);
     linker.func_wrap(
         "lattice",
         "result",
@@ -182,6 +222,116 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         },
     )?;
     Ok(())
+}
+
+/// WASI errno values used by [`poll_oneoff`].
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+const ERRNO_NOTSUP: i32 = 58;
+/// A subscription and an event of `poll_oneoff`, in bytes.
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+
+/// `poll_oneoff`, the guest's only way to block (`time.sleep`), done here so
+/// that a sleeping task still honours its limits: wasmtime-wasi's version
+/// blocks in host code, where epoch interruption can't reach, so
+/// `time.sleep(10**9)` would outlive any timeout. We sleep in ticks and
+/// check the limits between them. Every descriptor the guest has (in-memory
+/// pipes, preopened files) is always ready, so an fd subscription is
+/// answered at once; an absolute monotonic-clock deadline is not supported.
+fn poll_oneoff(
+    mut caller: Caller<'_, TaskState>,
+    subscriptions: i32,
+    events: i32,
+    count: i32,
+    event_count: i32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let count = count as u32 as usize;
+    if count == 0 {
+        return Ok(ERRNO_INVAL);
+    }
+    let (subscriptions, events, event_count) = (
+        subscriptions as u32 as usize,
+        events as u32 as usize,
+        event_count as u32 as usize,
+    );
+    let data = memory.data(&caller);
+    let Some(input) = data.get(subscriptions..subscriptions + count * SUBSCRIPTION_SIZE) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let field = |bytes: &[u8], at: usize, len: usize| {
+        let mut word = [0u8; 8];
+        word[..len].copy_from_slice(&bytes[at..at + len]);
+        u64::from_le_bytes(word)
+    };
+    // (userdata, kind) of the events to report, and the earliest clock deadline.
+    let mut ready: Vec<(u64, u8)> = Vec::new();
+    let mut clocks: Vec<(u64, Duration)> = Vec::new();
+    for subscription in input.chunks_exact(SUBSCRIPTION_SIZE) {
+        let userdata = field(subscription, 0, 8);
+        match subscription[8] {
+            0 => {
+                let clock = field(subscription, 16, 4);
+                let timeout = field(subscription, 24, 8);
+                let absolute = field(subscription, 40, 2) & 1 == 1;
+                let wait = match (clock, absolute) {
+                    (_, false) => Duration::from_nanos(timeout),
+                    (0, true) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        Duration::from_nanos(timeout).saturating_sub(now)
+                    }
+                    _ => return Ok(ERRNO_NOTSUP),
+                };
+                clocks.push((userdata, wait));
+            }
+            kind @ (1 | 2) => ready.push((userdata, kind)),
+            _ => return Ok(ERRNO_INVAL),
+        }
+    }
+    if ready.is_empty() {
+        let wait = clocks
+            .iter()
+            .map(|(_, wait)| *wait)
+            .min()
+            .unwrap_or_default();
+        let until = Instant::now() + wait;
+        loop {
+            if caller.data_mut().check_limits().is_some() {
+                return Err(wasmtime::Trap::Interrupt.into());
+            }
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            std::thread::sleep((until - now).min(TICK));
+        }
+        ready.extend(
+            clocks
+                .iter()
+                .filter(|(_, w)| *w <= wait)
+                .map(|(userdata, _)| (*userdata, 0)),
+        );
+    }
+    let data = memory.data_mut(&mut caller);
+    let Some(output) = data.get_mut(events..events + ready.len() * EVENT_SIZE) else {
+        return Ok(ERRNO_FAULT);
+    };
+    for (event, (userdata, kind)) in output.chunks_exact_mut(EVENT_SIZE).zip(&ready) {
+        event.fill(0);
+        event[..8].copy_from_slice(&userdata.to_le_bytes());
+        event[10] = *kind;
+    }
+    let Some(slot) = data.get_mut(event_count..event_count + 4) else {
+        return Ok(ERRNO_FAULT);
+    };
+    slot.copy_from_slice(&(ready.len() as u32).to_le_bytes());
+    Ok(ERRNO_SUCCESS)
 }
 
 /// The state of a store for a task (or for the snapshot run): stdin from
@@ -223,6 +373,7 @@ pub(super) fn task_state(
         },
         result: None,
         stop: None,
+        limits: None,
     })
 }
 
@@ -257,27 +408,16 @@ pub(super) fn run(
     // The deadline must always be set (it starts at 0 and would fire at
     // once); every tick the callback checks the limits and the cancel flag.
     store.set_epoch_deadline(1);
-    let started = Instant::now();
-    let cpu_started = thread_cpu_time();
-    let (wall, cpu) = (config.timeout, config.max_cpu_time);
-    let cancel = cancel.clone();
-    store.epoch_deadline_callback(move |mut context| {
-        let stop = if cancel.is_cancelled() {
-            Some(Stop::Cancelled)
-        } else if started.elapsed() >= wall {
-            Some(Stop::WallTimeout)
-        } else if thread_cpu_time().saturating_sub(cpu_started) >= cpu {
-            Some(Stop::CpuTimeout)
-        } else {
-            None
-        };
-        match stop {
-            None => Ok(UpdateDeadline::Continue(1)),
-            Some(stop) => {
-                context.data_mut().stop = Some(stop);
-                Err(wasmtime::Trap::Interrupt.into())
-            }
-        }
+    store.data_mut().limits = Some(Limits {
+        started: Instant::now(),
+        wall: config.timeout,
+        cpu_started: thread_cpu_time(),
+        cpu: config.max_cpu_time,
+        cancel: cancel.clone(),
+    });
+    store.epoch_deadline_callback(|mut context| match context.data_mut().check_limits() {
+        None => Ok(UpdateDeadline::Continue(1)),
+        Some(_) => Err(wasmtime::Trap::Interrupt.into()),
     });
     let instance = pre
         .instantiate(&mut store)
