@@ -191,14 +191,7 @@ fn fork_bombs_are_contained() {
 #[test]
 fn cancel_kills_a_running_task() {
     let executor = limited(60.0, 512, 60.0);
-    let cancel = CancelToken::new();
-    let canceller = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(500));
-            cancel.cancel();
-        })
-    };
+    let (cancel, canceller) = cancel_after(Duration::from_millis(500));
     let started = Instant::now();
     let outcome = executor.run(
         &TaskSubmission::python("import time\ndef f(x):\n    print('pid:%d' % __import__('os').getpid(), flush=True)\n    time.sleep(60)\n").with_input(json!(null)),

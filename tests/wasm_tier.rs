@@ -223,14 +223,7 @@ fn a_sleeping_task_still_honours_its_limits() {
     ));
     assert!((0.29..1.0).contains(&slept.as_f64().unwrap()), "{slept}");
     // And a cancel reaches a sleeping task.
-    let cancel = CancelToken::new();
-    let canceller = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            cancel.cancel();
-        })
-    };
+    let (cancel, canceller) = cancel_after(Duration::from_millis(300));
     let started = Instant::now();
     let outcome = sandbox(TIER).run(
         &TaskSubmission::python("import time\ndef f(x):\n    time.sleep(60)\n")
@@ -294,14 +287,7 @@ fn output_floods_are_capped_and_cancel_interrupts() {
     assert_eq!(ok(&outcome), json!("done"));
     assert!(outcome.stdout.contains("[lattice: output truncated:"));
 
-    let cancel = CancelToken::new();
-    let canceller = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            cancel.cancel();
-        })
-    };
+    let (cancel, canceller) = cancel_after(Duration::from_millis(300));
     let outcome = sandbox(TIER).run(
         &TaskSubmission::python("def f(x):\n    while True: pass\n").with_input(json!(0)),
         &cancel,

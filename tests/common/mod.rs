@@ -113,3 +113,16 @@ pub fn lattice_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output 
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// A cancel token that another thread cancels after `delay`.
+pub fn cancel_after(delay: Duration) -> (CancelToken, std::thread::JoinHandle<()>) {
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            cancel.cancel();
+        })
+    };
+    (cancel, canceller)
+}
