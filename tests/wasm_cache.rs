@@ -35,7 +35,16 @@ fn cached_module(cache: &Path) -> PathBuf {
 #[test]
 fn bad_cache_files_are_rebuilt_and_each_snapshot_has_its_own_hash_secret() {
     let cache = tempfile::tempdir().unwrap();
+    // A guest compiled by another build: replaced, not kept beside ours.
+    let stale = cache
+        .path()
+        .join("python-0000000000000000-0000000000000000.cwasm");
+    std::fs::write(&stale, b"stale").unwrap();
     let (first, stderr) = hash_of_abc(cache.path());
+    assert!(
+        !stale.exists(),
+        "a stale compiled guest was left in the cache"
+    );
     assert!(stderr.contains("preparing the Python sandbox"), "{stderr}");
     let module = cached_module(cache.path());
     let mode =

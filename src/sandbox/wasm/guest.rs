@@ -86,12 +86,35 @@ fn prepare(engine: &Engine, path: &std::path::Path) -> Result<Module, TaskError>
             path.display()
         );
     }
+    remove_stale_guests(path);
     eprintln!(
         "lattice-wasm: Python sandbox ready in {:.1} s (cached at {})",
         started.elapsed().as_secs_f64(),
         path.display()
     );
     Ok(module)
+}
+
+/// Removes the cached guests of other builds (a different guest or engine),
+/// which would otherwise pile up at ~80 MB each. A process still using one
+/// keeps its mapping; it would rebuild on its next start.
+fn remove_stale_guests(current: &std::path::Path) {
+    let (Some(dir), Some(stem)) = (current.parent(), current.file_stem()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let ours = path.file_stem() == Some(stem);
+        let a_guest = name.starts_with("python-")
+            && (name.ends_with(".cwasm") || name.ends_with(".len") || name.ends_with(".lock"));
+        if a_guest && !ours {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Runs the guest's `wizer.initialize` (interpreter, driver, common stdlib
