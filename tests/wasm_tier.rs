@@ -57,7 +57,7 @@ fn the_host_filesystem_environment_network_and_processes_are_out_of_reach() {
         ("subprocess", "import subprocess\ndef f(x):\n    return subprocess.run(['id']).returncode\n".into()),
         ("os.system", "import os\ndef f(x):\n    return os.system('id')\n".into()),
         ("fork", "import os\ndef f(x):\n    return os.fork()\n".into()),
-        ("environment", "import os\ndef f(x):\n    assert not os.environ, dict(os.environ)\n    raise PermissionError('no environment')\n".into()),
+        ("environment", "import os\ndef f(x):\n    return os.environ['LATTICE_WASM_TEST_SECRET']\n".into()),
         (
             "introspection to os",
             "def f(x):\n    for cls in ().__class__.__base__.__subclasses__():\n        g = getattr(getattr(cls, '__init__', None), '__globals__', None)\n        if g and 'os' in g and hasattr(g['os'], 'listdir'):\n            return g['os'].listdir('/')\n    import sys\n    return sys.modules['os'].listdir('/')\n".into(),

@@ -32,6 +32,22 @@ impl OutputCapture {
         &self.kept
     }
 
+    /// The last few hundred bytes kept, trimmed: what a crashing program said last.
+    pub fn tail(&self) -> String {
+        let start = self.kept.len().saturating_sub(500);
+        String::from_utf8_lossy(&self.kept[start..])
+            .trim()
+            .to_string()
+    }
+
+    /// `"; stderr ends with: ..."` to append to an error message, or `""`.
+    pub fn tail_note(&self) -> String {
+        match self.tail() {
+            tail if tail.is_empty() => String::new(),
+            tail => format!("; stderr ends with: {tail}"),
+        }
+    }
+
     pub fn is_truncated(&self) -> bool {
         self.dropped > 0
     }

@@ -196,8 +196,7 @@ fn private_dir(uid: Option<u32>) -> Result<tempfile::TempDir, TaskError> {
 
 /// What a Python child's ending means (shared by every process tier).
 pub(crate) fn python_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
-    let stderr_has_memory_error =
-        String::from_utf8_lossy(run_stderr_tail(&run)).contains("MemoryError");
+    let stderr_has_memory_error = run.stderr.tail().contains("MemoryError");
     let result = match limit_error(&run, config) {
         Some(error) => Err(error),
         None if run.channel_overflow => Err(result_too_big()),
@@ -272,26 +271,17 @@ fn died_without_result(run: &ChildRun) -> TaskError {
         Ending::Signaled(signal) => format!("was killed by signal {}", signal_name(signal)),
         Ending::TimedOut | Ending::Cancelled => "was stopped".into(),
     };
-    let tail = String::from_utf8_lossy(run_stderr_tail(run))
-        .trim()
-        .to_string();
     TaskError::Failed {
         type_name: match run.ending {
             Ending::Signaled(_) => "Crash".into(),
             _ => "SystemExit".into(),
         },
-        message: if tail.is_empty() {
-            format!("the task's process {how} before returning a result")
-        } else {
-            format!("the task's process {how} before returning a result; stderr ends with: {tail}")
-        },
+        message: format!(
+            "the task's process {how} before returning a result{}",
+            run.stderr.tail_note()
+        ),
         traceback: String::new(),
     }
-}
-
-fn run_stderr_tail(run: &ChildRun) -> &[u8] {
-    let kept = run.stderr.kept();
-    &kept[kept.len().saturating_sub(500)..]
 }
 
 fn signal_name(signal: i32) -> String {

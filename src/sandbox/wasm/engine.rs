@@ -106,7 +106,9 @@ pub fn cache_dir() -> PathBuf {
 /// Anything else is reported and ignored, so the caller recompiles.
 pub(super) fn load_cached(engine: &Engine, path: &Path) -> Option<Module> {
     let meta = std::fs::metadata(path).ok()?;
-    let complaint = if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o022 != 0 {
+    // SAFETY: geteuid never fails.
+    let euid = unsafe { libc::geteuid() };
+    let complaint = if meta.uid() != euid || meta.mode() & 0o022 != 0 {
         Some("it is not private to this user".to_string())
     } else {
         match std::fs::read_to_string(sidecar(path)) {

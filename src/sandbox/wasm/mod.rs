@@ -82,9 +82,10 @@ fn python_outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutput {
         None => match (&report.call, &report.result) {
             (Ok(()), Some(envelope)) => runner::parse_envelope(envelope, config)
                 .map_err(|e| beyond_address_space(e, config)),
+            // The driver itself failed: the task tampered with it, or a bug.
             (Ok(()), None) => Err(TaskError::internal(format!(
-                "the Python guest returned no result{}",
-                stderr_tail(&report)
+                "the CodeRunner driver in the Wasm guest failed before it could answer (did the task replace its modules?){}",
+                report.stderr.tail_note()
             ))),
             (Err(e), _) => Err(trap_error(e, &report)),
         },
@@ -159,20 +160,12 @@ fn trap_error(error: &wasmtime::Error, report: &RunReport) -> TaskError {
         },
         _ => TaskError::Failed {
             type_name: "WasmTrap".into(),
-            message: format!("the interpreter trapped: {error:#}{}", stderr_tail(report)),
+            message: format!(
+                "the interpreter trapped: {error:#}{}",
+                report.stderr.tail_note()
+            ),
             traceback: String::new(),
         },
-    }
-}
-
-fn stderr_tail(report: &RunReport) -> String {
-    let kept = report.stderr.kept();
-    let tail = String::from_utf8_lossy(&kept[kept.len().saturating_sub(500)..]);
-    let tail = tail.trim();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("; stderr ends with: {tail}")
     }
 }
 

@@ -36,12 +36,17 @@ pub(super) fn run(
 
 fn compiled(bytes: &[u8]) -> Result<InstancePre<TaskState>, TaskError> {
     static COMPILED: Mutex<Vec<(u64, InstancePre<TaskState>)>> = Mutex::new(Vec::new());
-    let key = fnv1a(bytes);
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        hasher.finish()
+    };
     if let Some((_, pre)) = lock(&COMPILED).iter().find(|(k, _)| *k == key) {
         return Ok(pre.clone());
     }
     let engine = engine::engine()?;
-    if wasmparser_is_component(bytes) {
+    if is_component(bytes) {
         return Err(TaskError::invalid(
             "this is a Wasm component; give a WASI command module (wasm32-wasip1) that reads the input JSON on stdin and writes the result JSON on stdout",
         ));
@@ -69,7 +74,7 @@ fn compiled(bytes: &[u8]) -> Result<InstancePre<TaskState>, TaskError> {
 }
 
 /// A component's header has layer 1 (a core module's has layer 0).
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
@@ -113,10 +118,4 @@ pub(super) fn outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutpu
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
 }
