@@ -18,6 +18,9 @@ if ! [ -x /usr/bin/python3 ]; then
   fi
 fi
 
+# The Wasm component fixture of the tests is built for WASI preview 2.
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
 cargo fmt --all -- --check
 # Builds the RustPython guest for wasm32-wasip1 too (build.rs installs the
 # rustup target if it is missing).

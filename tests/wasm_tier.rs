@@ -338,25 +338,33 @@ fn settings_the_tier_cannot_honour_are_errors() {
     assert!(matches!(err(&command), TaskError::InvalidTask { .. }));
 }
 
-/// Builds the echo module fixture for wasm32-wasip1 (once per test run).
-fn echo_module() -> PathBuf {
+/// Builds a fixture crate of tests/fixtures for a Wasm target and returns
+/// its artifact (cargo does nothing when it is fresh).
+fn fixture(name: &str, target: &str, artifact: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target/fixtures");
+    let target_dir = root.join("target/fixtures");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "--manifest-path",
-        ])
-        .arg(root.join("tests/fixtures/echo-module/Cargo.toml"))
+        .args(["build", "--release", "--target", target, "--manifest-path"])
+        .arg(root.join("tests/fixtures").join(name).join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(&target)
+        .arg(&target_dir)
         .status()
         .unwrap();
-    assert!(status.success());
-    target.join("wasm32-wasip1/release/echo-module.wasm")
+    assert!(
+        status.success(),
+        "building {name} failed (is the rustup target {target} installed? scripts/test.sh adds it)"
+    );
+    target_dir.join(target).join("release").join(artifact)
+}
+
+/// The echo module fixture: a WASI command for wasm32-wasip1.
+fn echo_module() -> PathBuf {
+    fixture("echo-module", "wasm32-wasip1", "echo-module.wasm")
+}
+
+/// The echo component fixture: the lattice:task world for wasm32-wasip2.
+fn echo_component() -> PathBuf {
+    fixture("echo-component", "wasm32-wasip2", "echo_component.wasm")
 }
 
 #[test]
@@ -405,6 +413,81 @@ fn user_wasm_modules_run_under_the_same_limits() {
         &CancelToken::new(),
     );
     assert!(matches!(err(&garbage), TaskError::InvalidTask { .. }));
+}
+
+#[test]
+fn user_wasm_components_run_under_the_same_limits() {
+    let path = echo_component();
+    let run_component = |input: Value, config: SandboxConfig| {
+        wasm(config).run(
+            &TaskSubmission::wasm(WasmSource::Path(path.clone())).with_input(input),
+            &CancelToken::new(),
+        )
+    };
+    let short = || SandboxConfig {
+        timeout: Duration::from_millis(300),
+        ..SandboxConfig::default()
+    };
+    let outcome = run_component(json!({"n": 2}), SandboxConfig::default());
+    assert_eq!(ok(&outcome)["echo"], json!({"n": 2}));
+    assert_eq!(
+        outcome.stdout, "got 7 bytes\n",
+        "the component's prints are its log"
+    );
+    match err(&run_component(json!("fail"), SandboxConfig::default())) {
+        TaskError::Failed { message, .. } => assert_eq!(message, "asked to fail"),
+        other => panic!("{other:?}"),
+    }
+    match err(&run_component(json!("not-json"), SandboxConfig::default())) {
+        TaskError::Failed { message, .. } => assert!(message.contains("not JSON"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        err(&run_component(json!("spin"), short())),
+        TaskError::Timeout { .. }
+    ));
+    // A sleep blocks in host code, where epochs can't reach: the watchdog must.
+    let started = Instant::now();
+    assert!(matches!(
+        err(&run_component(json!("sleep"), short())),
+        TaskError::Timeout { .. }
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (cancel, canceller) = cancel_after(Duration::from_millis(200));
+    let started = Instant::now();
+    let cancelled = wasm(SandboxConfig::default()).run(
+        &TaskSubmission::wasm(WasmSource::Path(path.clone())).with_input(json!("sleep")),
+        &cancel,
+    );
+    canceller.join().unwrap();
+    assert!(matches!(err(&cancelled), TaskError::Cancelled));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match err(&run_component(
+        json!("grow"),
+        SandboxConfig {
+            max_memory_mb: 64,
+            ..SandboxConfig::default()
+        },
+    )) {
+        TaskError::MemoryLimit { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        ok(&run_component(json!("read-host"), SandboxConfig::default())),
+        json!({"read_host": false})
+    );
+    let garbage = wasm(SandboxConfig::default()).run(
+        &TaskSubmission::wasm(WasmSource::Bytes(
+            b"\0asm\x0d\0\x01\0garbage".to_vec().into(),
+        )),
+        &CancelToken::new(),
+    );
+    match err(&garbage) {
+        TaskError::InvalidTask { message, .. } => {
+            assert!(message.contains("component"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

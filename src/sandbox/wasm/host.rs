@@ -10,7 +10,7 @@ use bytes::Bytes;
 use wasmtime::{Caller, InstancePre, Linker, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::sandbox::{CancelToken, OutputCapture, SandboxConfig};
 use crate::task::TaskError;
@@ -23,18 +23,53 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 /// What the store of one task holds.
 pub(super) struct TaskState {
     wasi: WasiP1Ctx,
-    limiter: Limiter,
+    guard: Guard,
     /// The envelope the guest handed back through `lattice.result`.
     result: Option<Vec<u8>>,
+}
+
+/// The host's hold on a running instance, module or component alike: its
+/// memory cap, its limits, and why it stopped.
+pub(super) struct Guard {
+    limiter: Limiter,
     /// Why the host stopped the task, if it did.
     stop: Option<Stop>,
     /// The task's time limits and cancel flag (none while snapshotting).
     limits: Option<Limits>,
 }
 
+impl Guard {
+    fn new(config: &SandboxConfig) -> Guard {
+        Guard {
+            limiter: Limiter {
+                max_memory: usize::try_from(config.max_memory_mb.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+                memory_hit: false,
+            },
+            stop: None,
+            limits: None,
+        }
+    }
+
+    /// Records that the host stopped the task.
+    pub(super) fn record(&mut self, stop: Stop) {
+        self.stop = Some(stop);
+    }
+
+    /// Records and returns the limit that stops the task now, if any.
+    fn check_limits(&mut self) -> Option<Stop> {
+        let stop = self.limits.as_ref().and_then(Limits::exceeded);
+        if stop.is_some() {
+            self.stop = stop;
+        }
+        stop
+    }
+}
+
 /// What may stop a running task, checked at every epoch tick and while
 /// the guest sleeps in `poll_oneoff`.
-struct Limits {
+#[derive(Clone)]
+pub(super) struct Limits {
     started: Instant,
     wall: Duration,
     cpu_started: Duration,
@@ -43,7 +78,18 @@ struct Limits {
 }
 
 impl Limits {
-    fn exceeded(&self) -> Option<Stop> {
+    /// The limits of `config`, starting now, on the calling thread's CPU clock.
+    pub(super) fn start(config: &SandboxConfig, cancel: &CancelToken) -> Limits {
+        Limits {
+            started: Instant::now(),
+            wall: config.timeout,
+            cpu_started: thread_cpu_time(),
+            cpu: config.max_cpu_time,
+            cancel: cancel.clone(),
+        }
+    }
+
+    pub(super) fn exceeded(&self) -> Option<Stop> {
         if self.cancel.is_cancelled() {
             Some(Stop::Cancelled)
         } else if self.started.elapsed() >= self.wall {
@@ -53,17 +99,6 @@ impl Limits {
         } else {
             None
         }
-    }
-}
-
-impl TaskState {
-    /// Records and returns the limit that stops the task now, if any.
-    fn check_limits(&mut self) -> Option<Stop> {
-        let stop = self.limits.as_ref().and_then(Limits::exceeded);
-        if stop.is_some() {
-            self.stop = stop;
-        }
-        stop
     }
 }
 
@@ -302,7 +337,7 @@ fn poll_oneoff(
             .unwrap_or_default();
         let until = Instant::now() + wait;
         loop {
-            if caller.data_mut().check_limits().is_some() {
+            if caller.data_mut().guard.check_limits().is_some() {
                 return Err(wasmtime::Trap::Interrupt.into());
             }
             let now = Instant::now();
@@ -334,14 +369,15 @@ fn poll_oneoff(
     Ok(ERRNO_SUCCESS)
 }
 
-/// The state of a store for a task (or for the snapshot run): stdin from
-/// `stdin`, capped outputs, only the given mounts, no env, no args, no network.
-pub(super) fn task_state(
+/// The WASI context of a task (or of the snapshot run), module or
+/// component: stdin from `stdin`, capped outputs, only the given mounts
+/// (read-only unless marked), no env, no args, no network.
+fn wasi_context(
     stdin: Vec<u8>,
     config: &SandboxConfig,
     stdout: &CappedOutput,
     stderr: &CappedOutput,
-) -> Result<TaskState, TaskError> {
+) -> Result<WasiCtxBuilder, TaskError> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdin(MemoryInputPipe::new(stdin))
         .stdout(stdout.clone())
@@ -364,17 +400,90 @@ pub(super) fn task_state(
                 ))
             })?;
     }
+    Ok(wasi)
+}
+
+/// The state of a module's store (see [`wasi_context`]).
+pub(super) fn task_state(
+    stdin: Vec<u8>,
+    config: &SandboxConfig,
+    stdout: &CappedOutput,
+    stderr: &CappedOutput,
+) -> Result<TaskState, TaskError> {
     Ok(TaskState {
-        wasi: wasi.build_p1(),
-        limiter: Limiter {
-            max_memory: usize::try_from(config.max_memory_mb.saturating_mul(1 << 20))
-                .unwrap_or(usize::MAX),
-            memory_hit: false,
-        },
+        wasi: wasi_context(stdin, config, stdout, stderr)?.build_p1(),
+        guard: Guard::new(config),
         result: None,
-        stop: None,
-        limits: None,
     })
+}
+
+/// What the store of one component task holds: WASI preview 2 state.
+pub(super) struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    guard: Guard,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The state of a component's store (see [`wasi_context`]; its input is an
+/// argument, so stdin is empty).
+pub(super) fn component_state(
+    config: &SandboxConfig,
+    stdout: &CappedOutput,
+    stderr: &CappedOutput,
+) -> Result<ComponentState, TaskError> {
+    Ok(ComponentState {
+        wasi: wasi_context(Vec::new(), config, stdout, stderr)?.build(),
+        table: ResourceTable::new(),
+        guard: Guard::new(config),
+    })
+}
+
+/// A store's state that has a [`Guard`].
+pub(super) trait Guarded: Send + 'static {
+    fn guard(&mut self) -> &mut Guard;
+}
+
+impl Guarded for TaskState {
+    fn guard(&mut self) -> &mut Guard {
+        &mut self.guard
+    }
+}
+
+impl Guarded for ComponentState {
+    fn guard(&mut self) -> &mut Guard {
+        &mut self.guard
+    }
+}
+
+/// A fresh store for one task under the limits of `config`: the memory
+/// cap, and at every epoch tick a check of wall time, CPU time and cancel.
+pub(super) fn guarded_store<T: Guarded>(
+    engine: &wasmtime::Engine,
+    mut state: T,
+    config: &SandboxConfig,
+    cancel: &CancelToken,
+) -> Store<T> {
+    state.guard().limits = Some(Limits::start(config, cancel));
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.guard().limiter);
+    // The deadline must always be set (it starts at 0 and would fire at once).
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(
+        |mut context| match context.data_mut().guard().check_limits() {
+            None => Ok(UpdateDeadline::Continue(1)),
+            Some(_) => Err(wasmtime::Trap::Interrupt.into()),
+        },
+    );
+    store
 }
 
 /// How a run ended.
@@ -383,9 +492,29 @@ pub(super) struct RunReport {
     pub call: wasmtime::Result<()>,
     pub stop: Option<Stop>,
     pub memory_hit: bool,
+    /// What the guest handed back (the envelope, or a component's result).
     pub result: Option<Vec<u8>>,
     pub stdout: OutputCapture,
     pub stderr: OutputCapture,
+}
+
+impl RunReport {
+    pub(super) fn new(
+        call: wasmtime::Result<()>,
+        guard: &Guard,
+        result: Option<Vec<u8>>,
+        stdout: &CappedOutput,
+        stderr: &CappedOutput,
+    ) -> RunReport {
+        RunReport {
+            call,
+            stop: guard.stop,
+            memory_hit: guard.limiter.memory_hit,
+            result,
+            stdout: stdout.take(),
+            stderr: stderr.take(),
+        }
+    }
 }
 
 /// How often the engine's epoch ticks: the resolution of time limits and cancel.
@@ -403,22 +532,7 @@ pub(super) fn run(
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
     let state = task_state(stdin, config, &stdout, &stderr)?;
-    let mut store = Store::new(pre.module().engine(), state);
-    store.limiter(|state| &mut state.limiter);
-    // The deadline must always be set (it starts at 0 and would fire at
-    // once); every tick the callback checks the limits and the cancel flag.
-    store.set_epoch_deadline(1);
-    store.data_mut().limits = Some(Limits {
-        started: Instant::now(),
-        wall: config.timeout,
-        cpu_started: thread_cpu_time(),
-        cpu: config.max_cpu_time,
-        cancel: cancel.clone(),
-    });
-    store.epoch_deadline_callback(|mut context| match context.data_mut().check_limits() {
-        None => Ok(UpdateDeadline::Continue(1)),
-        Some(_) => Err(wasmtime::Trap::Interrupt.into()),
-    });
+    let mut store = guarded_store(pre.module().engine(), state, config, cancel);
     let instance = pre
         .instantiate(&mut store)
         .map_err(|e| TaskError::unavailable(format!("can't instantiate the Wasm module: {e:#}")))?;
@@ -426,15 +540,13 @@ pub(super) fn run(
         .get_typed_func::<(), ()>(&mut store, entry)
         .and_then(|function| function.call(&mut store, ()));
     let state = store.data_mut();
-    let report = RunReport {
+    Ok(RunReport::new(
         call,
-        stop: state.stop,
-        memory_hit: state.limiter.memory_hit,
-        result: state.result.take(),
-        stdout: stdout.take(),
-        stderr: stderr.take(),
-    };
-    Ok(report)
+        &state.guard,
+        state.result.take(),
+        &stdout,
+        &stderr,
+    ))
 }
 
 /// CPU time of the calling thread.

@@ -7,8 +7,10 @@
 //! arguments. Linear memory is capped by the store's limiter, wall time,
 //! CPU time and cancel are checked at every epoch tick, output is capped.
 //! User Wasm modules (WASI commands: input JSON on stdin, result JSON on
-//! stdout) run under the same limits.
+//! stdout) and components (the `lattice:task` world of `wit/task.wit`) run
+//! under the same limits.
 
+mod component;
 mod engine;
 mod guest;
 mod host;
@@ -54,8 +56,13 @@ impl Sandbox for WasmSandbox {
                 guest::run(request, config, cancel).map(|report| python_outcome(report, config))
             }),
             Work::Wasm { source, input } => crate::sandbox::on_task_thread(|| {
-                module::run(source, input, config, cancel)
-                    .map(|report| module::outcome(report, config))
+                let bytes = module::load(source)?;
+                if module::is_component(&bytes) {
+                    component::run(&bytes, input, config, cancel)
+                } else {
+                    module::run(&bytes, input, config, cancel)
+                        .map(|report| module::outcome(report, config))
+                }
             }),
             Work::Command { .. } => Err(TaskError::invalid(
                 "the wasm tier can't run commands (it has no processes); use the subprocess tier",

@@ -1,5 +1,6 @@
 //! A user's own WASI command module as a task: the input JSON on its stdin,
 //! the result JSON on its stdout, under the same limits as Python tasks.
+//! (Components, the typed alternative, are in `component.rs`.)
 
 use std::sync::{Arc, Mutex};
 
@@ -15,66 +16,78 @@ use crate::task::{TaskError, WasmSource};
 /// module compiles it once.
 const COMPILED_KEPT: usize = 16;
 
+/// The bytes of a Wasm payload, read from its file if it is one.
+pub(super) fn load(source: &WasmSource) -> Result<Arc<[u8]>, TaskError> {
+    match source {
+        WasmSource::Bytes(bytes) => Ok(bytes.clone()),
+        WasmSource::Path(path) => std::fs::read(path)
+            .map(Arc::from)
+            .map_err(|e| TaskError::invalid(format!("can't read {}: {e}", path.display()))),
+    }
+}
+
+/// Runs `bytes` (a WASI command module) with `input` on its stdin.
 pub(super) fn run(
-    source: &WasmSource,
+    bytes: &[u8],
     input: &str,
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> Result<RunReport, TaskError> {
-    let bytes: Arc<[u8]> = match source {
-        WasmSource::Bytes(bytes) => bytes.clone(),
-        WasmSource::Path(path) => std::fs::read(path)
-            .map_err(|e| TaskError::invalid(format!("can't read {}: {e}", path.display())))?
-            .into(),
-    };
-    let pre = compiled(&bytes)?;
+    let pre = compiled(bytes)?;
     let mut config = config.clone();
     // The result travels on stdout: it gets the result's cap, not the log cap.
     config.max_output_bytes = host::MAX_RESULT_BYTES;
     host::run(&pre, "_start", input.as_bytes().to_vec(), &config, cancel)
 }
 
-fn compiled(bytes: &[u8]) -> Result<InstancePre<TaskState>, TaskError> {
-    static COMPILED: Mutex<Vec<(u64, InstancePre<TaskState>)>> = Mutex::new(Vec::new());
+/// The compiled form of `bytes` from `cache`, or `compile`d and kept: a
+/// batch of tasks with the same module or component compiles it once.
+pub(super) fn cached<T: Clone>(
+    cache: &Mutex<Vec<(u64, T)>>,
+    bytes: &[u8],
+    compile: impl FnOnce() -> Result<T, TaskError>,
+) -> Result<T, TaskError> {
     let key = {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut hasher);
         hasher.finish()
     };
-    if let Some((_, pre)) = lock(&COMPILED).iter().find(|(k, _)| *k == key) {
-        return Ok(pre.clone());
+    if let Some((_, compiled)) = lock(cache).iter().find(|(k, _)| *k == key) {
+        return Ok(compiled.clone());
     }
-    let engine = engine::engine()?;
-    if is_component(bytes) {
-        return Err(TaskError::invalid(
-            "this is a Wasm component; give a WASI command module (wasm32-wasip1) that reads the input JSON on stdin and writes the result JSON on stdout",
-        ));
+    let compiled = compile()?;
+    let mut cache = lock(cache);
+    if cache.len() >= COMPILED_KEPT {
+        cache.remove(0);
     }
-    let module = Module::new(engine, bytes)
-        .map_err(|e| TaskError::invalid(format!("not a valid Wasm module: {e:#}")))?;
-    if module.get_export("_start").is_none() {
-        return Err(TaskError::invalid(
-            "the Wasm module has no _start export (build it as a WASI command)",
-        ));
-    }
-    let mut linker = Linker::new(engine);
-    host::add_imports(&mut linker).map_err(|e| TaskError::internal(format!("{e:#}")))?;
-    let pre = linker.instantiate_pre(&module).map_err(|e| {
-        TaskError::invalid(format!(
-            "the Wasm module imports something other than WASI preview 1: {e:#}"
-        ))
-    })?;
-    let mut compiled = lock(&COMPILED);
-    if compiled.len() >= COMPILED_KEPT {
-        compiled.remove(0);
-    }
-    compiled.push((key, pre.clone()));
-    Ok(pre)
+    cache.push((key, compiled.clone()));
+    Ok(compiled)
+}
+
+fn compiled(bytes: &[u8]) -> Result<InstancePre<TaskState>, TaskError> {
+    static COMPILED: Mutex<Vec<(u64, InstancePre<TaskState>)>> = Mutex::new(Vec::new());
+    cached(&COMPILED, bytes, || {
+        let engine = engine::engine()?;
+        let module = Module::new(engine, bytes)
+            .map_err(|e| TaskError::invalid(format!("not a valid Wasm module: {e:#}")))?;
+        if module.get_export("_start").is_none() {
+            return Err(TaskError::invalid(
+                "the Wasm module has no _start export (build it as a WASI command)",
+            ));
+        }
+        let mut linker = Linker::new(engine);
+        host::add_imports(&mut linker).map_err(|e| TaskError::internal(format!("{e:#}")))?;
+        linker.instantiate_pre(&module).map_err(|e| {
+            TaskError::invalid(format!(
+                "the Wasm module imports something other than WASI preview 1: {e:#}"
+            ))
+        })
+    })
 }
 
 /// A component's header has layer 1 (a core module's has layer 0).
-fn is_component(bytes: &[u8]) -> bool {
+pub(super) fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
@@ -93,26 +106,36 @@ pub(super) fn outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutpu
             report.call.as_ref().expect_err("not exited zero"),
             &report,
         )),
-        None if report.stdout.is_truncated() => Err(TaskError::Failed {
-            type_name: "ValueError".into(),
-            message: format!(
-                "the module's result is larger than {} MiB",
-                host::MAX_RESULT_BYTES >> 20
-            ),
-            traceback: String::new(),
-        }),
-        None => {
-            serde_json::from_slice::<Value>(report.stdout.kept()).map_err(|e| TaskError::Failed {
-                type_name: "ValueError".into(),
-                message: format!("the module's stdout is not JSON: {e}"),
-                traceback: String::new(),
-            })
-        }
+        None if report.stdout.is_truncated() => Err(too_large("module")),
+        None => json_result(report.stdout.kept(), "module"),
     };
     SandboxOutput {
         result,
         stdout: String::new(),
         stderr: report.stderr.finish(),
+    }
+}
+
+/// The result JSON a module or component handed back.
+pub(super) fn json_result(bytes: &[u8], what: &str) -> Result<Value, TaskError> {
+    if bytes.len() > host::MAX_RESULT_BYTES {
+        return Err(too_large(what));
+    }
+    serde_json::from_slice::<Value>(bytes).map_err(|e| TaskError::Failed {
+        type_name: "ValueError".into(),
+        message: format!("the {what}'s result is not JSON: {e}"),
+        traceback: String::new(),
+    })
+}
+
+fn too_large(what: &str) -> TaskError {
+    TaskError::Failed {
+        type_name: "ValueError".into(),
+        message: format!(
+            "the {what}'s result is larger than {} MiB",
+            host::MAX_RESULT_BYTES >> 20
+        ),
+        traceback: String::new(),
     }
 }
 
