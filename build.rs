@@ -1,11 +1,14 @@
-//! Builds the RustPython WASI guest (guest/) for wasm32-wasip1 and hands its
-//! path and content hash to the crate, which embeds it.
+//! Builds the RustPython guest (guest/) twice and hands the paths and
+//! content hashes to the crate, which embeds both: for wasm32-wasip1 (the
+//! wasm tier's guest) and as a native shared library (the none tier's
+//! in-process Python).
 //!
 //! The guest is its own cargo workspace, built into `<target>/guest` (a
 //! separate target dir, so the nested cargo never waits on our own lock).
 //! Cargo's freshness check means an unchanged guest is not rebuilt. The
 //! `wasm32-wasip1` target is installed with rustup when missing.
-//! `LATTICE_GUEST_WASM=/path/to/lattice-guest.wasm` skips the build.
+//! `LATTICE_GUEST_WASM=/path/to/lattice-guest.wasm` and
+//! `LATTICE_NATIVE_PYTHON=/path/to/liblattice_guest.so` skip the builds.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -21,28 +24,53 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=LATTICE_GUEST_WASM");
+    println!("cargo:rerun-if-env-changed=LATTICE_NATIVE_PYTHON");
     let wasm = match env::var_os("LATTICE_GUEST_WASM") {
         Some(path) => PathBuf::from(path),
-        None => build_guest(),
+        None => {
+            ensure_wasm_target();
+            build_guest(
+                "wasm32-wasip1",
+                &["build", "--bin", "lattice-guest"],
+                "lattice-guest.wasm",
+            )
+        }
     };
-    let bytes = std::fs::read(&wasm)
-        .unwrap_or_else(|e| panic!("can't read the guest {}: {e}", wasm.display()));
-    println!("cargo:rustc-env=LATTICE_GUEST_WASM_PATH={}", wasm.display());
-    println!("cargo:rustc-env=LATTICE_GUEST_HASH={:016x}", fnv1a(&bytes));
+    export("LATTICE_GUEST", &wasm);
+    let host = env::var("TARGET").expect("cargo sets TARGET");
+    let native = match env::var_os("LATTICE_NATIVE_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => build_guest(
+            &host,
+            &["rustc", "--lib", "--crate-type", "cdylib"],
+            "liblattice_guest.so",
+        ),
+    };
+    export("LATTICE_NATIVE_PYTHON", &native);
 }
 
-fn build_guest() -> PathBuf {
+/// Tells the crate where `artifact` is (`<NAME>_PATH`) and its content hash
+/// (`<NAME>_HASH`).
+fn export(name: &str, artifact: &Path) {
+    let bytes = std::fs::read(artifact)
+        .unwrap_or_else(|e| panic!("can't read {}: {e}", artifact.display()));
+    println!("cargo:rustc-env={name}_PATH={}", artifact.display());
+    println!("cargo:rustc-env={name}_HASH={:016x}", fnv1a(&bytes));
+}
+
+/// Runs `cargo <how>` on the guest for `target` and returns `artifact`.
+fn build_guest(target: &str, how: &[&str], artifact: &str) -> PathBuf {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("guest");
-    ensure_wasm_target();
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--release", "--locked", "--ignore-rust-version"])
-        .args(["--target", "wasm32-wasip1"])
+        .args(how)
+        .args(["--release", "--locked", "--ignore-rust-version"])
+        .args(["--target", target])
         .arg("--manifest-path")
         .arg(root.join("guest/Cargo.toml"))
         .arg("--target-dir")
@@ -62,9 +90,9 @@ fn build_guest() -> PathBuf {
         .status()
         .unwrap_or_else(|e| panic!("can't run cargo to build the guest: {e}"));
     if !status.success() {
-        panic!("building the RustPython guest (guest/) for wasm32-wasip1 failed: {status}");
+        panic!("building the RustPython guest (guest/) for {target} failed: {status}");
     }
-    target_dir.join("wasm32-wasip1/release/lattice-guest.wasm")
+    target_dir.join(target).join("release").join(artifact)
 }
 
 fn ensure_wasm_target() {

@@ -5,6 +5,7 @@
 
 mod cancel;
 mod config;
+mod limits;
 mod none;
 mod output;
 pub(crate) mod process;
@@ -115,7 +116,7 @@ pub(crate) fn reject_unsupported(
 
 /// The native stack of threads that run tasks: enough for any tier (the
 /// wasm tier runs Wasm with an 8 MiB stack on the calling thread).
-const TASK_THREAD_STACK: usize = 16 << 20;
+pub(super) const TASK_THREAD_STACK: usize = 16 << 20;
 
 std::thread_local! {
     static ON_TASK_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -27,6 +27,11 @@ impl OutputCapture {
         self.dropped += (bytes.len() - take) as u64;
     }
 
+    /// Counts `n` bytes that were dropped before they got here.
+    pub fn count_dropped(&mut self, n: u64) {
+        self.dropped += n;
+    }
+
     /// The bytes kept so far.
     pub fn kept(&self) -> &[u8] {
         &self.kept

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Component, InstancePre, Linker};
 
-use super::host::{self, CappedOutput, ComponentState, Guarded, Limits, RunReport, Stop, TICK};
+use super::host::{self, CappedOutput, ComponentState, Guarded, RunReport, TICK};
 use super::{engine, limit_error, module, trap_error};
+use crate::sandbox::limits::{Limits, Stop};
 use crate::sandbox::{CancelToken, SandboxConfig, SandboxOutput};
 use crate::task::TaskError;
 

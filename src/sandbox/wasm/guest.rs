@@ -21,7 +21,7 @@ use crate::sandbox::{CancelToken, SandboxConfig};
 use crate::task::TaskError;
 
 /// The raw guest, as build.rs built it.
-static GUEST_WASM: &[u8] = include_bytes!(env!("LATTICE_GUEST_WASM_PATH"));
+static GUEST_WASM: &[u8] = include_bytes!(env!("LATTICE_GUEST_PATH"));
 /// The content hash of [`GUEST_WASM`] (build.rs).
 const GUEST_HASH: &str = env!("LATTICE_GUEST_HASH");
 

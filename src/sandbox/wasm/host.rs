@@ -12,6 +12,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::sandbox::limits::{Limits, Stop};
 use crate::sandbox::{CancelToken, OutputCapture, SandboxConfig};
 use crate::task::TaskError;
 
@@ -64,50 +65,6 @@ impl Guard {
         }
         stop
     }
-}
-
-/// What may stop a running task, checked at every epoch tick and while
-/// the guest sleeps in `poll_oneoff`.
-#[derive(Clone)]
-pub(super) struct Limits {
-    started: Instant,
-    wall: Duration,
-    cpu_started: Duration,
-    cpu: Duration,
-    cancel: CancelToken,
-}
-
-impl Limits {
-    /// The limits of `config`, starting now, on the calling thread's CPU clock.
-    pub(super) fn start(config: &SandboxConfig, cancel: &CancelToken) -> Limits {
-        Limits {
-            started: Instant::now(),
-            wall: config.timeout,
-            cpu_started: thread_cpu_time(),
-            cpu: config.max_cpu_time,
-            cancel: cancel.clone(),
-        }
-    }
-
-    pub(super) fn exceeded(&self) -> Option<Stop> {
-        if self.cancel.is_cancelled() {
-            Some(Stop::Cancelled)
-        } else if self.started.elapsed() >= self.wall {
-            Some(Stop::WallTimeout)
-        } else if thread_cpu_time().saturating_sub(self.cpu_started) >= self.cpu {
-            Some(Stop::CpuTimeout)
-        } else {
-            None
-        }
-    }
-}
-
-/// Why the host interrupted a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Stop {
-    Cancelled,
-    WallTimeout,
-    CpuTimeout,
 }
 
 /// Caps linear memory; remembers that a grow was refused, so a trap that
@@ -547,18 +504,4 @@ pub(super) fn run(
         &stdout,
         &stderr,
     ))
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(
-        now.tv_sec.max(0) as u64,
-        now.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
 }

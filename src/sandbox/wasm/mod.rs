@@ -23,7 +23,7 @@ use super::{
 };
 use crate::runner;
 use crate::task::TaskError;
-use host::{RunReport, Stop};
+use host::RunReport;
 
 pub use engine::cache_dir;
 pub use guest::cache_path;
@@ -107,9 +107,7 @@ fn python_outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutput {
 /// The limit that ended the run, if one did.
 fn limit_error(report: &RunReport, config: &SandboxConfig) -> Option<TaskError> {
     match report.stop {
-        Some(Stop::Cancelled) => Some(TaskError::Cancelled),
-        Some(Stop::WallTimeout) => Some(TaskError::wall_timeout(config.timeout)),
-        Some(Stop::CpuTimeout) => Some(TaskError::cpu_timeout(config.max_cpu_time)),
+        Some(stop) => Some(stop.error(config)),
         // A refused grow shows as a MemoryError or as a trap (an allocation
         // failure in the interpreter aborts): either way it is the limit.
         None if report.memory_hit

@@ -1,0 +1,124 @@
+//! lattice-guest: RustPython with the lattice CodeRunner driver loaded.
+//!
+//! One interpreter setup for both places Python runs in-process: the wasm
+//! tier's guest (`main.rs`, compiled to wasm32-wasip1 and snapshotted) and
+//! the none tier's native library (`native.rs`, loaded by the host with
+//! `dlopen`).
+
+use rustpython::InterpreterBuilderExt;
+use rustpython_vm::compiler::Mode;
+use rustpython_vm::{Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
+
+#[cfg(not(target_family = "wasm"))]
+pub mod native;
+
+/// The CodeRunner driver shared with the CPython tiers.
+const DRIVER_SRC: &str = include_str!("../../src/runner/driver.py");
+
+/// Run after the driver is loaded. Pre-imports stdlib modules that tasks
+/// commonly use, but never `random` (a snapshot would freeze its seed): any
+/// module whose import pulls in `random` is removed from `sys.modules` again,
+/// with everything it brought in, so it is imported fresh (and seeded fresh)
+/// by the task that needs it.
+const PRELOAD_SRC: &str = r#"
+import sys
+import time as _time
+# WASI has no time zones: the guest's clock is UTC. RustPython leaves these
+# out, and `_strptime` (datetime.strptime) needs them.
+for _k, _v in (("tzname", ("UTC", "UTC")), ("timezone", 0), ("altzone", 0), ("daylight", 0)):
+    if not hasattr(_time, _k):
+        setattr(_time, _k, _v)
+_PRELOAD = (
+    "json", "re", "math", "cmath", "collections", "collections.abc", "itertools", "functools",
+    "operator", "string", "datetime", "time", "decimal", "fractions", "numbers", "heapq",
+    "bisect", "dataclasses", "enum", "typing", "copy", "textwrap", "base64", "binascii",
+    "hashlib", "struct", "unicodedata", "array", "io", "os", "traceback", "types",
+    "contextlib", "abc", "keyword", "pprint", "reprlib", "weakref", "warnings", "ast",
+    "_random", "linecache", "tokenize", "_strptime", "calendar",
+)
+_skipped = []
+for _name in _PRELOAD:
+    _before = set(sys.modules)
+    try:
+        __import__(_name)
+    except Exception as _e:
+        _skipped.append((_name, repr(_e)))
+        continue
+    if "random" in sys.modules:
+        for _k in set(sys.modules) - _before:
+            del sys.modules[_k]
+        _skipped.append((_name, "imports random"))
+assert "random" not in sys.modules
+import gc as _gc
+_gc.collect()
+"#;
+
+/// An interpreter with the driver loaded.
+pub struct Guest {
+    pub interp: Interpreter,
+    pub run_request: PyObjectRef,
+}
+
+/// Builds the interpreter: isolated settings, frozen stdlib, the driver
+/// as `lattice_driver`, the common modules imported. `init` runs on the VM
+/// before anything else (the native library installs its signal channel).
+pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest> {
+    let mut settings = Settings::default();
+    settings.isolated = true;
+    settings.ignore_environment = true;
+    settings.import_site = false;
+    settings.user_site_directory = false;
+    settings.safe_path = true;
+    settings.write_bytecode = false;
+    settings.install_signal_handlers = false;
+    settings.buffered_stdio = false;
+    let interp = Interpreter::builder(settings)
+        .init_stdlib()
+        .init_hook(init)
+        .build();
+    let run_request = interp.enter(|vm| -> PyResult<PyObjectRef> {
+        let code = vm
+            .compile(DRIVER_SRC, Mode::Exec, "lattice_driver.py")
+            .map_err(|e| e.into_pyexception(vm, Some(DRIVER_SRC)))?;
+        let module = rustpython_vm::import::import_code_obj(vm, "lattice_driver", code, true)?;
+        let run_request = module.get_attr("run_request", vm)?;
+        let scope = vm.new_scope_with_builtins();
+        vm.run_string(scope, PRELOAD_SRC, "<lattice_preload>")?;
+        Ok(run_request)
+    });
+    match run_request {
+        Ok(run_request) => Ok(Guest {
+            interp,
+            run_request,
+        }),
+        Err(exc) => {
+            interp.enter(|vm| vm.print_exception(&exc));
+            Err(exc)
+        }
+    }
+}
+
+impl Guest {
+    /// Runs one request through the driver: the envelope text, or the
+    /// driver's own failure (printed to the task's stderr).
+    pub fn run(&self, vm: &VirtualMachine, request: String) -> Option<String> {
+        let returned = self.run_request.call((vm.ctx.new_str(request),), vm);
+        flush_std(vm);
+        match returned.and_then(|envelope| envelope.str(vm)) {
+            Ok(envelope) => Some(envelope.to_string_lossy().into_owned()),
+            Err(exc) => {
+                vm.print_exception(&exc);
+                flush_std(vm);
+                None
+            }
+        }
+    }
+}
+
+fn flush_std(vm: &VirtualMachine) {
+    for name in ["__stdout__", "__stderr__", "stdout", "stderr"] {
+        if let Ok(stream) = vm.sys_module.get_attr(name, vm) {
+            let _ = vm.call_method(&stream, "flush", ());
+        }
+    }
+}
