@@ -187,6 +187,9 @@ pub struct SandboxConfig {
     pub mount_paths: Vec<Mount>,
     /// Syscall numbers that replace the seccomp tier's allowlist.
     pub allowed_syscalls: Option<Vec<i64>>,
+    /// Seccomp tier: kill the task (SIGSYS) on a forbidden system call
+    /// instead of failing the call with EPERM.
+    pub seccomp_kill: bool,
     /// Cap on each of stdout and stderr kept per task; the rest is dropped
     /// and the text marked truncated.
     pub max_output_bytes: usize,
@@ -204,6 +207,7 @@ impl Default for SandboxConfig {
             network_enabled: false,
             mount_paths: Vec::new(),
             allowed_syscalls: None,
+            seccomp_kill: false,
             max_output_bytes: 1 << 20,
         }
     }

@@ -9,6 +9,7 @@ mod limits;
 mod none;
 mod output;
 pub(crate) mod process;
+mod seccomp;
 mod subprocess;
 mod unbuilt;
 pub mod wasm;
@@ -21,6 +22,7 @@ use serde_json::{Map, Value};
 pub use cancel::CancelToken;
 pub use config::{get_sandbox_config, set_sandbox_config, Mount, SandboxConfig, SandboxLevel};
 pub(crate) use output::OutputCapture;
+pub use seccomp::allowlist as seccomp_allowlist;
 
 use crate::runner;
 use crate::task::{NativeCall, Payload, TaskError, TaskOutcome, TaskSubmission, WasmSource};
@@ -86,7 +88,7 @@ pub fn tier(level: SandboxLevel) -> &'static dyn Sandbox {
         SandboxLevel::None => &none::NoneSandbox,
         SandboxLevel::Wasm => &wasm::WasmSandbox,
         SandboxLevel::Subprocess => &subprocess::SubprocessSandbox,
-        SandboxLevel::Seccomp => &unbuilt::SECCOMP,
+        SandboxLevel::Seccomp => &seccomp::SeccompSandbox,
         SandboxLevel::Docker => &unbuilt::DOCKER,
     }
 }

@@ -53,7 +53,16 @@ impl Sandbox for SubprocessSandbox {
 }
 
 /// Builds a tier's child hook for one task.
-pub(crate) type MakeHook = fn(&SandboxConfig) -> Result<ChildHook, TaskError>;
+pub(crate) type MakeHook = fn(&SandboxConfig, &ExecPlan<'_>) -> Result<ChildHook, TaskError>;
+
+/// What the child will exec, and where: for hooks that exec it themselves.
+pub(crate) struct ExecPlan<'a> {
+    pub program: &'a Path,
+    pub args: &'a [OsString],
+    pub env: &'a [(OsString, OsString)],
+    /// The task's private temp dir (its cwd, HOME and TMPDIR).
+    pub workdir: &'a Path,
+}
 
 /// How a process tier sets up its child.
 pub(crate) struct ProcessTier {
@@ -120,6 +129,18 @@ impl ProcessTier {
             env.push(("CUDA_VISIBLE_DEVICES".into(), gpu.to_string().into()));
         }
 
+        let hook = match self.hook {
+            Some(make) => Some(make(
+                config,
+                &ExecPlan {
+                    program: &program,
+                    args: &args,
+                    env: &env,
+                    workdir: workdir.path(),
+                },
+            )?),
+            None => None,
+        };
         let spec = ChildSpec {
             program: &program,
             args,
@@ -137,10 +158,7 @@ impl ProcessTier {
                 MAX_RESULT_BYTES
             },
             channel_cap: MAX_RESULT_BYTES,
-            hook: match self.hook {
-                Some(make) => Some(make(config)?),
-                None => None,
-            },
+            hook,
         };
         let run = process::run_child(spec, cancel)?;
         drop(lease);
@@ -266,6 +284,15 @@ fn result_too_big() -> TaskError {
 }
 
 fn died_without_result(run: &ChildRun) -> TaskError {
+    if let Ending::Signaled(libc::SIGSYS) = run.ending {
+        return TaskError::Failed {
+            type_name: "SandboxViolation".into(),
+            message:
+                "the task made a system call its seccomp filter forbids, and was killed by SIGSYS"
+                    .into(),
+            traceback: String::new(),
+        };
+    }
     let how = match run.ending {
         Ending::Exited(code) => format!("exited with code {code}"),
         Ending::Signaled(signal) => format!("was killed by signal {}", signal_name(signal)),

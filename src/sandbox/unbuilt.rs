@@ -9,10 +9,6 @@ pub(crate) struct Unbuilt {
     what: &'static str,
 }
 
-pub(crate) const SECCOMP: Unbuilt = Unbuilt {
-    level: SandboxLevel::Seccomp,
-    what: "CPython under seccomp-BPF and Landlock",
-};
 pub(crate) const DOCKER: Unbuilt = Unbuilt {
     level: SandboxLevel::Docker,
     what: "CPython in a hardened Docker container",
