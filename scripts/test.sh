@@ -18,6 +18,21 @@ if ! [ -x /usr/bin/python3 ]; then
   fi
 fi
 
+# The docker tier's tests need a running engine and a local Python image
+# (no registry is needed: scripts/docker-image.sh builds one from the host's
+# python3). In CI they fail, not skip, without them.
+if [ "$(id -u)" = 0 ]; then
+  if ! command -v dockerd >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    nohup dockerd --bridge=none --iptables=false --ip-forward=false \
+      >/tmp/lattice-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  fi
+fi
+docker image inspect lattice/python:3.11 >/dev/null 2>&1 || scripts/docker-image.sh
+
 # The Wasm component fixture of the tests is built for WASI preview 2.
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 

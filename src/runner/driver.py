@@ -248,10 +248,16 @@ def run_request(request_text):
 
 
 def main_stdio():
-    """CPython entry: request on stdin, user output on fds 1/2, envelope on fd 3."""
+    """CPython entry: request on stdin, user output on fds 1/2, envelope on fd 3.
+
+    Where there is no fd 3 (a container's attached streams), the host sets
+    LATTICE_ENVELOPE_MARK: the envelope then follows that line on stdout,
+    after the user's output (the host splits at the last mark).
+    """
     import os
 
     pid = os.getpid()
+    mark = os.environ.pop("LATTICE_ENVELOPE_MARK", None)
     request_text = sys.stdin.buffer.read().decode("utf-8")
     try:
         sys.stdin.close()
@@ -262,8 +268,12 @@ def main_stdio():
         # A process the task forked returned through the driver: only the
         # task's own process answers.
         os._exit(0)
+    fd = 3
+    if mark is not None:
+        fd = 1
+        envelope = b"\n" + mark.encode("ascii") + b"\n" + envelope
     while envelope:
-        written = os.write(3, envelope)
+        written = os.write(fd, envelope)
         envelope = envelope[written:]
 
 

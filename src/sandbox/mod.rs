@@ -5,13 +5,13 @@
 
 mod cancel;
 mod config;
+mod docker;
 mod limits;
 mod none;
 mod output;
 pub(crate) mod process;
 mod seccomp;
 mod subprocess;
-mod unbuilt;
 pub mod wasm;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -89,7 +89,7 @@ pub fn tier(level: SandboxLevel) -> &'static dyn Sandbox {
         SandboxLevel::Wasm => &wasm::WasmSandbox,
         SandboxLevel::Subprocess => &subprocess::SubprocessSandbox,
         SandboxLevel::Seccomp => &seccomp::SeccompSandbox,
-        SandboxLevel::Docker => &unbuilt::DOCKER,
+        SandboxLevel::Docker => &docker::DockerSandbox,
     }
 }
 

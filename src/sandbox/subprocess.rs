@@ -230,7 +230,7 @@ pub(crate) fn python_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOu
 }
 
 /// What a command child's ending means: its stdout is its result.
-fn command_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
+pub(crate) fn command_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
     let result = match limit_error(&run, config) {
         Some(error) => Err(error),
         None => match run.ending {

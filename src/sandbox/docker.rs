@@ -1,0 +1,465 @@
+//! The docker tier: CPython in a hardened, single-use container, through
+//! the Docker Engine API (bollard; the API version is negotiated).
+//!
+//! Each task gets a fresh container with the seed's hardening: memory =
+//! `max_memory_mb` (no swap), 1 CPU, at most 100 processes, a read-only
+//! root filesystem with a 64 MiB tmpfs at /tmp, no network unless enabled,
+//! `no-new-privileges`, every capability dropped, the nobody user, and the
+//! CPU-time, file-size and open-file rlimits of the process tiers. Input goes
+//! on stdin; the driver's envelope comes back on stdout after a per-task
+//! mark line (attached streams have no fd 3). The container is always
+//! removed: after the run, on timeout and cancel; containers are labelled
+//! with our pid, and the first docker task of a process removes those of
+//! processes that died before they could.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::process::{ChildRun, Ending};
+use super::subprocess::{command_outcome, python_outcome, MAX_RESULT_BYTES};
+use super::{
+    reject_unsupported, CancelToken, Job, OutputCapture, Sandbox, SandboxConfig, SandboxLevel,
+    SandboxOutput, Work,
+};
+use crate::runner::DRIVER;
+use crate::task::TaskError;
+
+/// The label every container of ours carries: the pid of the process that
+/// created it.
+const OWNER_LABEL: &str = "lattice-wasm.owner";
+/// Any single Engine API call taking longer than this is an error, not a hang.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_PROCESSES: i64 = 100;
+const TMPFS: &str = "rw,nosuid,nodev,size=64m,mode=1777";
+
+pub(crate) struct DockerSandbox;
+
+impl Sandbox for DockerSandbox {
+    fn level(&self) -> SandboxLevel {
+        SandboxLevel::Docker
+    }
+
+    fn check_available(&self) -> Result<(), TaskError> {
+        runtime()?.block_on(async { engine().await.map(|_| ()) })
+    }
+
+    fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError> {
+        reject_unsupported(SandboxLevel::Docker, config, true, false)?;
+        if config.docker_image.trim().is_empty() {
+            return Err(TaskError::invalid("docker_image is empty"));
+        }
+        Ok(())
+    }
+
+    fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
+        let ran = runtime().and_then(|runtime| runtime.block_on(run(job, cancel)));
+        ran.unwrap_or_else(SandboxOutput::error)
+    }
+}
+
+/// The runtime the Engine API calls run on, shared by all task threads.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, TaskError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("lattice-docker")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| TaskError::internal(format!("can't start the Docker client's runtime: {e}")))
+}
+
+/// The engine, connected and version-negotiated once; on the first
+/// connection, stale containers of dead processes are removed.
+async fn engine() -> Result<Docker, TaskError> {
+    static ENGINE: tokio::sync::OnceCell<Docker> = tokio::sync::OnceCell::const_new();
+    ENGINE
+        .get_or_try_init(|| async {
+            let down = |e: &dyn std::fmt::Display| {
+                TaskError::unavailable(format!(
+                    "the Docker engine is not reachable ({e}): start it (e.g. `dockerd`), or use another tier"
+                ))
+            };
+            let docker = Docker::connect_with_local_defaults().map_err(|e| down(&e))?;
+            let docker = api(docker.negotiate_version()).await.map_err(|e| down(&e))?;
+            api(docker.ping()).await.map_err(|e| down(&e))?;
+            sweep_stale(&docker).await;
+            Ok(docker)
+        })
+        .await
+        .cloned()
+}
+
+/// An Engine API call that gives up after [`API_TIMEOUT`].
+async fn api<T>(
+    call: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the Docker engine did not answer in {} s",
+            API_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Removes our containers whose owning process is gone (it crashed between
+/// create and remove).
+async fn sweep_stale(docker: &Docker) {
+    let filters = HashMap::from([("label", vec![OWNER_LABEL])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(containers) = api(docker.list_containers(Some(options))).await else {
+        return;
+    };
+    for container in containers {
+        let owner = container
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(OWNER_LABEL))
+            .and_then(|pid| pid.parse::<i32>().ok());
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = owner.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if let (false, Some(id)) = (alive, container.id) {
+            remove(docker, &id).await;
+        }
+    }
+}
+
+async fn remove(docker: &Docker, id: &str) {
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    let _ = api(docker.remove_container(id, Some(options))).await;
+}
+
+/// Removes the container when dropped (also when the run's future is).
+struct Removal {
+    docker: Docker,
+    id: String,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if self.id.is_empty() {
+            return;
+        }
+        let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+        // Inside the runtime: finish the removal there, without blocking it.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { remove(&docker, &id).await });
+        }
+    }
+}
+
+async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskError> {
+    let config = job.config;
+    let docker = engine().await?;
+    let mark = format!("lattice-envelope-{:032x}", rand_u128());
+    let (cmd, stdin, python) =
+        match &job.work {
+            Work::Python { request } => (
+                vec![
+                    "python3".to_string(),
+                    "-I".into(),
+                    "-c".into(),
+                    DRIVER.into(),
+                ],
+                request.as_bytes(),
+                true,
+            ),
+            Work::Command { argv, input } => (argv.to_vec(), input.as_bytes(), false),
+            Work::Wasm { .. } => return Err(TaskError::invalid(
+                "the docker tier runs Python code and commands; run Wasm payloads on the wasm tier",
+            )),
+        };
+    if api(docker.inspect_image(&config.docker_image))
+        .await
+        .is_err()
+    {
+        return Err(TaskError::unavailable(format!(
+            "the image {} is not on this Docker engine: `docker pull {0}`, or build a local one with scripts/docker-image.sh (no registry needed) and set docker_image / --docker-image",
+            config.docker_image
+        )));
+    }
+    let mut env = vec!["HOME=/tmp".to_string(), "LANG=C.UTF-8".to_string()];
+    if python {
+        env.push(format!("LATTICE_ENVELOPE_MARK={mark}"));
+    }
+    if let Some(gpu) = job.gpu_id {
+        env.push(format!("CUDA_VISIBLE_DEVICES={gpu}"));
+    }
+    let body = ContainerCreateBody {
+        image: Some(config.docker_image.clone()),
+        cmd: Some(cmd),
+        env: Some(env),
+        user: Some("65534:65534".into()),
+        working_dir: Some("/tmp".into()),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        network_disabled: Some(!config.network_enabled),
+        labels: Some(HashMap::from([(
+            OWNER_LABEL.to_string(),
+            std::process::id().to_string(),
+        )])),
+        host_config: Some(host_config(config)),
+        ..Default::default()
+    };
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "lattice-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let options = CreateContainerOptionsBuilder::new().name(&name).build();
+    let created = api(docker.create_container(Some(options), body))
+        .await
+        .map_err(|e| TaskError::unavailable(format!("can't create the container: {e}")))?;
+    // Removed on every path: awaited below, or by the guard if this future
+    // is dropped midway.
+    let mut removal = Removal {
+        docker: docker.clone(),
+        id: created.id.clone(),
+    };
+    let ran = run_container(&docker, &created.id, stdin, python, &mark, config, cancel).await;
+    remove(&docker, &created.id).await;
+    removal.id.clear();
+    ran
+}
+
+/// Attaches, starts, feeds and collects one created container.
+async fn run_container(
+    docker: &Docker,
+    id: &str,
+    stdin: &[u8],
+    python: bool,
+    mark: &str,
+    config: &SandboxConfig,
+    cancel: &CancelToken,
+) -> Result<SandboxOutput, TaskError> {
+    let attach = AttachContainerOptionsBuilder::new()
+        .stream(true)
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut streams = api(docker.attach_container(id, Some(attach)))
+        .await
+        .map_err(|e| TaskError::unavailable(format!("can't attach to the container: {e}")))?;
+    api(docker.start_container(id, None))
+        .await
+        .map_err(|e| TaskError::unavailable(format!("can't start the container: {e}")))?;
+    // A task that never reads its stdin must not block us: write in the background.
+    let input = stdin.to_vec();
+    let mut writer = streams.input;
+    tokio::spawn(async move {
+        let _ = writer.write_all(&input).await;
+        let _ = writer.shutdown().await;
+    });
+
+    let mut stdout = Collected::new(config.max_output_bytes, python, mark);
+    let mut stderr = OutputCapture::new(config.max_output_bytes);
+    let deadline = tokio::time::Instant::now() + config.timeout;
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    let stopped = loop {
+        tokio::select! {
+            item = streams.output.next() => match item {
+                Some(Ok(bollard::container::LogOutput::StdOut { message })) => stdout.push(&message),
+                Some(Ok(bollard::container::LogOutput::StdErr { message })) => stderr.push(&message),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break None,
+            },
+            _ = tokio::time::sleep_until(deadline) => break Some(Ending::TimedOut),
+            _ = poll.tick() => if cancel.is_cancelled() { break Some(Ending::Cancelled) },
+        }
+    };
+    if stopped.is_some() {
+        let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        let _ = api(docker.kill_container(id, Some(kill))).await;
+    }
+    let wait = WaitContainerOptionsBuilder::new()
+        .condition("not-running")
+        .build();
+    let mut waiting = docker.wait_container(id, Some(wait));
+    let exit = match tokio::time::timeout(API_TIMEOUT, waiting.next()).await {
+        Ok(Some(Ok(status))) => status.status_code,
+        // A non-zero exit comes back as an error carrying the code.
+        Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
+        _ => -1,
+    };
+    let state = api(docker.inspect_container(id, None::<InspectContainerOptions>))
+        .await
+        .ok()
+        .and_then(|inspected| inspected.state);
+    let oom_killed = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+    if oom_killed && stopped.is_none() {
+        return Ok(SandboxOutput {
+            result: Err(TaskError::memory_limit(
+                config.max_memory_mb,
+                "the container was killed by the kernel's OOM killer",
+            )),
+            stdout: String::new(),
+            stderr: stderr.finish(),
+        });
+    }
+    let ending = stopped.unwrap_or(match exit {
+        code if code > 128 && code < 160 => Ending::Signaled((code - 128) as i32),
+        code => Ending::Exited(code as i32),
+    });
+    let (stdout, channel, channel_overflow) = stdout.finish();
+    let run = ChildRun {
+        ending,
+        stdout,
+        stderr,
+        channel,
+        channel_overflow,
+        cpu_time: Duration::ZERO,
+    };
+    Ok(if python {
+        python_outcome(run, config)
+    } else {
+        command_outcome(run, config)
+    })
+}
+
+fn host_config(config: &SandboxConfig) -> HostConfig {
+    let memory = i64::try_from(config.max_memory_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
+    let cpu = config.max_cpu_time.as_secs_f64().ceil().max(1.0) as i64;
+    let ulimit = |name: &str, soft: i64, hard: i64| ResourcesUlimits {
+        name: Some(name.into()),
+        soft: Some(soft),
+        hard: Some(hard),
+    };
+    HostConfig {
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some(1_000_000_000),
+        pids_limit: Some(MAX_PROCESSES),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([("/tmp".to_string(), TMPFS.to_string())])),
+        network_mode: Some(
+            if config.network_enabled {
+                "bridge"
+            } else {
+                "none"
+            }
+            .into(),
+        ),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        cap_drop: Some(vec!["ALL".into()]),
+        // SIGXCPU at the soft limit, SIGKILL a second later, as the process tiers.
+        ulimits: Some(vec![
+            ulimit("cpu", cpu, cpu + 1),
+            ulimit("core", 0, 0),
+            ulimit("nofile", 256, 256),
+            ulimit("fsize", 64 << 20, 64 << 20),
+        ]),
+        binds: Some(
+            config
+                .mount_paths
+                .iter()
+                .map(|m| {
+                    let mode = if m.writable { "rw" } else { "ro" };
+                    format!("{}:{}:{mode}", m.host.display(), m.guest)
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// A container's stdout: the user's output, then (Python) the mark line and
+/// the envelope. Keeps the first `cap` bytes for the user, and enough of
+/// the end to find the last mark and the envelope after it.
+struct Collected {
+    cap: usize,
+    split: bool,
+    mark: Vec<u8>,
+    bytes: Vec<u8>,
+    /// Bytes dropped from the middle (a flood) to bound memory.
+    dropped: u64,
+}
+
+impl Collected {
+    fn new(cap: usize, split: bool, mark: &str) -> Collected {
+        Collected {
+            cap,
+            split,
+            mark: format!("\n{mark}\n").into_bytes(),
+            bytes: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Most bytes kept: the user's cap plus the largest envelope.
+    fn limit(&self) -> usize {
+        self.cap + MAX_RESULT_BYTES + self.mark.len() + 1
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        let limit = self.limit();
+        if self.bytes.len() > 2 * limit {
+            // Drop from just after the user's cap, keeping the tail.
+            let excess = self.bytes.len() - limit;
+            self.bytes.drain(self.cap..self.cap + excess);
+            self.dropped += excess as u64;
+        }
+    }
+
+    /// (user output, envelope, whether the envelope was too big).
+    fn finish(mut self) -> (OutputCapture, Vec<u8>, bool) {
+        let mut envelope = Vec::new();
+        if self.split {
+            if let Some(at) = rfind(&self.bytes, &self.mark) {
+                envelope = self.bytes.split_off(at);
+                envelope.drain(..self.mark.len());
+            }
+        }
+        let overflow = envelope.len() > MAX_RESULT_BYTES;
+        let mut user = OutputCapture::new(self.cap);
+        user.push(&self.bytes);
+        user.count_dropped(self.dropped);
+        (user, envelope, overflow)
+    }
+}
+
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
+}
+
+/// A per-task mark the task can't predict before it runs.
+fn rand_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom fills the buffer we own.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return now.as_nanos() ^ u128::from(std::process::id());
+    }
+    u128::from_le_bytes(bytes)
+}

@@ -1,0 +1,277 @@
+//! The docker tier against a real Docker engine (CI starts `dockerd` and
+//! builds the image with scripts/docker-image.sh): the seed's hardening
+//! holds under attack, limits fire as what they are, and no container of
+//! ours outlives its task. These tests fail, not skip, without an engine.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lattice::sandbox::{CancelToken, Mount, SandboxConfig, SandboxExecutor, SandboxLevel};
+use lattice::task::{TaskError, TaskSubmission};
+use serde_json::{json, Value};
+
+const TIER: SandboxLevel = SandboxLevel::Docker;
+
+/// The settings of these tests: the docker tier, 30 s, 256 MiB.
+fn base() -> SandboxConfig {
+    SandboxConfig {
+        level: TIER,
+        timeout: Duration::from_secs(30),
+        max_memory_mb: 256,
+        ..SandboxConfig::default()
+    }
+}
+
+fn docker(config: SandboxConfig) -> SandboxExecutor {
+    SandboxExecutor::new(SandboxConfig {
+        level: TIER,
+        ..config
+    })
+}
+
+fn run_with(config: SandboxConfig, code: &str) -> lattice::task::TaskOutcome {
+    docker(config).run(
+        &TaskSubmission::python(code).with_input(json!(null)),
+        &CancelToken::new(),
+    )
+}
+
+/// One test at a time: each checks that none of this process's containers
+/// is left, which only means something while no other test runs one.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Our containers still on the engine (created by this test process).
+fn our_containers() -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=lattice-wasm.owner={}", std::process::id()))
+        .output()
+        .expect("the docker CLI runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `f` returns the exception type its body raised, or "ok".
+fn attempt(body: &str) -> Value {
+    let code = format!(
+        "import os, sys, socket, subprocess\ndef f(x):\n    try:\n{}\n    except BaseException as e:\n        return type(e).__name__\n    return 'ok'\n",
+        body.lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    ok(&run_with(base(), &code))
+}
+
+#[test]
+fn a_task_runs_hardened_and_its_container_is_removed() {
+    let _serial = serial();
+    let code = "import os, json\ndef f(x):\n    print('hello from the container')\n    status = open('/proc/self/status').read()\n    caps = [l for l in status.splitlines() if l.startswith(('CapEff', 'NoNewPrivs'))]\n    return {'x': x, 'uid': os.getuid(), 'caps': caps, 'env': sorted(os.environ)}\n";
+    let outcome = docker(base()).run(
+        &TaskSubmission::python(code).with_input(json!({"n": 1})),
+        &CancelToken::new(),
+    );
+    let result = ok(&outcome);
+    assert_eq!(result["x"], json!({"n": 1}));
+    assert_eq!(result["uid"], json!(65534));
+    assert_eq!(
+        result["caps"],
+        json!(["CapEff:\t0000000000000000", "NoNewPrivs:\t1"])
+    );
+    assert!(!result["env"].to_string().contains("LATTICE"), "{result}");
+    assert_eq!(outcome.stdout, "hello from the container\n");
+    assert!(our_containers().is_empty(), "{:?}", our_containers());
+}
+
+#[test]
+fn the_filesystem_network_and_processes_are_locked_down() {
+    let _serial = serial();
+    assert_eq!(attempt("open('/etc/passwd-new', 'w')"), json!("OSError"));
+    assert_eq!(attempt("open('/usr/evil', 'w')"), json!("OSError"));
+    // The host's files are not there at all.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    assert_eq!(
+        attempt(&format!("open({:?}).read()", secret.display().to_string())),
+        json!("FileNotFoundError")
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = attempt(&format!(
+        "socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x')"
+    ));
+    assert_ne!(connect, json!("ok"));
+    assert!(listener.accept().is_err());
+    // A fork bomb meets the pids limit.
+    let bomb = ok(&run_with(
+        base(),
+        "import os\ndef f(x):\n    n = 0\n    try:\n        for _ in range(1000):\n            if os.fork() == 0:\n                import time\n                time.sleep(60)\n                os._exit(0)\n            n += 1\n    except OSError:\n        return n\n    return -1\n",
+    ));
+    assert!(bomb.as_i64().unwrap() < 100, "{bomb}");
+    // The tmpfs is the place to write.
+    assert_eq!(
+        attempt("open('/tmp/scratch', 'w').write('ok')"),
+        json!("ok")
+    );
+    assert!(our_containers().is_empty());
+}
+
+#[test]
+fn mounts_are_read_only_unless_marked() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.txt"), "shared").unwrap();
+    let config = SandboxConfig {
+        mount_paths: vec![Mount::new(dir.path(), "/data", false).unwrap()],
+        ..base()
+    };
+    let code = "def f(x):\n    data = open('/data/data.txt').read()\n    try:\n        open('/data/new.txt', 'w')\n    except OSError:\n        return [data, 'read-only']\n    return [data, 'writable']\n";
+    assert_eq!(ok(&run_with(config, code)), json!(["shared", "read-only"]));
+}
+
+#[test]
+fn limits_fire_as_what_they_are() {
+    let _serial = serial();
+    let memory = run_with(
+        SandboxConfig {
+            max_memory_mb: 64,
+            ..base()
+        },
+        "def f(x):\n    blocks = []\n    while True:\n        blocks.append(bytearray(8 << 20))\n",
+    );
+    assert!(
+        matches!(err(&memory), TaskError::MemoryLimit { .. }),
+        "{:?}",
+        memory.result
+    );
+    let started = Instant::now();
+    let spin = run_with(
+        SandboxConfig {
+            timeout: Duration::from_secs(2),
+            ..base()
+        },
+        "def f(x):\n    while True:\n        pass\n",
+    );
+    assert!(matches!(err(&spin), TaskError::Timeout { .. }));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let flood = run_with(
+        SandboxConfig {
+            max_output_bytes: 1000,
+            ..base()
+        },
+        "def f(x):\n    print('x' * 10**6)\n    return 'done'\n",
+    );
+    assert_eq!(ok(&flood), json!("done"));
+    assert!(flood.stdout.contains("output truncated"));
+    assert!(our_containers().is_empty());
+}
+
+#[test]
+fn cancel_kills_and_removes_the_container() {
+    let _serial = serial();
+    let (cancel, canceller) = cancel_after(Duration::from_millis(1500));
+    let started = Instant::now();
+    let outcome = docker(base()).run(
+        &TaskSubmission::python("import time\ndef f(x):\n    time.sleep(600)\n")
+            .with_input(json!(null)),
+        &cancel,
+    );
+    canceller.join().unwrap();
+    assert!(
+        matches!(err(&outcome), TaskError::Cancelled),
+        "{:?} after {:?}",
+        outcome.result,
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(our_containers().is_empty());
+}
+
+#[test]
+fn a_missing_image_is_unavailable_with_the_fix() {
+    let _serial = serial();
+    let outcome = run_with(
+        SandboxConfig {
+            docker_image: "lattice/no-such-image:0".into(),
+            ..base()
+        },
+        "def f(x):\n    return 1\n",
+    );
+    match err(&outcome) {
+        TaskError::SandboxUnavailable { reason } => {
+            assert!(reason.contains("docker-image.sh"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn containers_of_a_crashed_process_are_swept_on_start() {
+    let _serial = serial();
+    // A container left by a process that died between create and remove.
+    let created = Command::new("docker")
+        .args([
+            "create",
+            "--label",
+            "lattice-wasm.owner=2147483646",
+            "lattice/python:3.11",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let run = lattice_cli(
+        &["run", "-", "--tier", "docker", "--input", "1"],
+        "def f(x):\n    return x + 1\n",
+        &[],
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&run.stdout).unwrap()["result"],
+        json!(2),
+        "{run:?}"
+    );
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("id={id}"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty());
+}
+
+#[test]
+fn an_engine_that_is_down_is_unavailable_not_a_hang() {
+    let _serial = serial();
+    let started = Instant::now();
+    let run = lattice_cli(
+        &["run", "-", "--tier", "docker", "--input", "1"],
+        "def f(x):\n    return x\n",
+        &[(
+            "DOCKER_HOST",
+            std::path::Path::new("unix:///nonexistent/docker.sock"),
+        )],
+    );
+    let outcome: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        outcome["error"]["kind"],
+        json!("sandbox_unavailable"),
+        "{outcome}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
