@@ -8,10 +8,12 @@ use lattice::sandbox::SandboxLevel;
 use lattice::task::{TaskError, TaskSubmission};
 use serde_json::json;
 
-const TIERS: [SandboxLevel; 3] = [
+const TIERS: [SandboxLevel; 5] = [
     SandboxLevel::Wasm,
     SandboxLevel::Subprocess,
     SandboxLevel::None,
+    SandboxLevel::Seccomp,
+    SandboxLevel::Docker,
 ];
 
 fn each_tier(check: impl Fn(SandboxLevel)) {
