@@ -31,16 +31,9 @@ fn run_with(config: SandboxConfig, code: &str) -> lattice::task::TaskOutcome {
     )
 }
 
-/// `f` returns the exception type its body raised, or "ok".
+/// What the task saw when it tried `body` (see [`attack_code`]).
 fn attempt(body: &str) -> Value {
-    let code = format!(
-        "import os, sys, socket, subprocess\ndef f(x):\n    try:\n{}\n    except BaseException as e:\n        return type(e).__name__\n    return 'ok'\n",
-        body.lines()
-            .map(|l| format!("        {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    ok(&run_with(SandboxConfig::default(), &code))
+    ok(&run_with(SandboxConfig::default(), &attack_code(body)))
 }
 
 #[test]

@@ -32,6 +32,19 @@ pub fn run_code(level: SandboxLevel, code: &str, input: Value) -> TaskOutcome {
     run(level, TaskSubmission::python(code).with_input(input))
 }
 
+/// A task whose `f` runs `body` (with os, sys, socket and subprocess
+/// imported) and returns the type of the exception it raised, or "ok": an
+/// attack's outcome as the task itself saw it.
+pub fn attack_code(body: &str) -> String {
+    format!(
+        "import os, sys, socket, subprocess\ndef f(x):\n    try:\n{}\n    except BaseException as e:\n        return type(e).__name__\n    return 'ok'\n",
+        body.lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
 /// The result, or a panic that shows the whole outcome.
 pub fn ok(outcome: &TaskOutcome) -> Value {
     match &outcome.result {
