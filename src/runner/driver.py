@@ -258,6 +258,8 @@ def main_stdio():
 
     pid = os.getpid()
     mark = os.environ.pop("LATTICE_ENVELOPE_MARK", None)
+    # Our own copy of stdout for the envelope: the task may close fd 1.
+    envelope_fd = 3 if mark is None else os.dup(1)
     request_text = sys.stdin.buffer.read().decode("utf-8")
     try:
         sys.stdin.close()
@@ -268,12 +270,10 @@ def main_stdio():
         # A process the task forked returned through the driver: only the
         # task's own process answers.
         os._exit(0)
-    fd = 3
     if mark is not None:
-        fd = 1
         envelope = b"\n" + mark.encode("ascii") + b"\n" + envelope
     while envelope:
-        written = os.write(fd, envelope)
+        written = os.write(envelope_fd, envelope)
         envelope = envelope[written:]
 
 

@@ -1,0 +1,5 @@
+# attack: spin forever
+# expect: *=timeout
+def f(x):
+    while True:
+        pass

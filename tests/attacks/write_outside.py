@@ -1,0 +1,8 @@
+# attack: write a file outside the sandbox (the host checks it does not appear)
+# expect: wasm=task_error seccomp=task_error docker=ok
+# (docker: its own /tmp; the subprocess tier does not promise this)
+# canary: /tmp/lattice-attack-canary-{tier}
+def f(x):
+    with open("/tmp/lattice-attack-canary-{tier}", "w") as out:
+        out.write("escaped")
+    return "written"
