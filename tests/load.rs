@@ -95,7 +95,7 @@ fn run_mix(workers: usize) {
         growth < 64.0,
         "memory grew by {growth:.0} MiB over 8,000 tasks at {workers} workers"
     );
-    executor.shutdown();
+    executor.shutdown().unwrap();
 }
 
 #[test]
@@ -197,5 +197,5 @@ fn a_cancel_storm_gives_every_task_one_outcome() {
         // A second look gives the same single outcome.
         assert_eq!(executor.get_result(handle).result, outcome.result);
     }
-    executor.shutdown();
+    executor.shutdown().unwrap();
 }

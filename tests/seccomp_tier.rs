@@ -114,9 +114,12 @@ fn writes_outside_the_temp_dir_and_host_reads_are_refused() {
         json!("PermissionError")
     );
     // Unless it is mounted (read-only: no writes).
-    let mut mounted = SandboxConfig::default();
-    mounted.mount_paths =
-        vec![Mount::new(dir.path(), &dir.path().display().to_string(), false).unwrap()];
+    let mounted = SandboxConfig {
+        mount_paths: vec![
+            Mount::new(dir.path(), &dir.path().display().to_string(), false).unwrap(),
+        ],
+        ..SandboxConfig::default()
+    };
     let code = format!(
         "def f(x):\n    data = open({0:?}).read()\n    try:\n        open({0:?}, 'w')\n    except PermissionError:\n        return [data, 'read-only']\n    return [data, 'writable']\n",
         secret.display().to_string()

@@ -330,10 +330,10 @@ fn filters(config: &SandboxConfig, exec_path: u64) -> Result<Vec<BpfProgram>, Ta
     );
     // isatty() and non-blocking mode, nothing else of ioctl.
     let mut ioctls = Vec::new();
-    for request in [libc::TCGETS, libc::FIONBIO, libc::FIOCLEX] {
+    let requests: [u64; 3] = [libc::TCGETS, libc::FIONBIO, libc::FIOCLEX];
+    for request in requests {
         ioctls.push(
-            SeccompRule::new(vec![condition(1, SeccompCmpOp::Eq, request as u64)?])
-                .map_err(internal)?,
+            SeccompRule::new(vec![condition(1, SeccompCmpOp::Eq, request)?]).map_err(internal)?,
         );
     }
     rules.insert(libc::SYS_ioctl, ioctls);
