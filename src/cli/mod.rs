@@ -1,8 +1,9 @@
-//! The `lattice-wasm` command line: `run`, `batch`, `exec`, `resources`, `doctor`.
+//! The `lattice-wasm` command line: `run`, `batch`, `exec`, `resources`, `doctor`, `bench`.
 //!
 //! Exit codes: 0 ok, 1 a task failed, 2 usage error or invalid input.
 
 mod batch;
+mod bench;
 mod single;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
     Resources(ResourcesArgs),
     /// Check which sandbox tiers work on this host, and how to fix the others.
     Doctor(DoctorArgs),
+    /// Compare the sandbox tiers (and a bare CPython, and pydantic-monty when
+    /// installed) on the same workloads, side by side, with ratios.
+    Bench(bench::BenchArgs),
 }
 
 /// Limits and settings shared by `run` and `batch` (a task's own fields win).
@@ -55,6 +59,14 @@ pub struct LimitArgs {
     /// Cap on each of stdout and stderr kept per task, in bytes.
     #[arg(long, value_name = "BYTES")]
     max_output_bytes: Option<usize>,
+    /// Seccomp tier: kill a task that makes a forbidden system call
+    /// (reported as SandboxViolation) instead of failing the call (EPERM).
+    #[arg(long)]
+    seccomp_kill: bool,
+    /// Docker tier: the image to run (default python:3.11-slim; build a
+    /// local one with scripts/docker-image.sh).
+    #[arg(long, value_name = "IMAGE")]
+    docker_image: Option<String>,
 }
 
 impl LimitArgs {
@@ -75,6 +87,10 @@ impl LimitArgs {
         }
         if let Some(bytes) = self.max_output_bytes {
             config.max_output_bytes = bytes;
+        }
+        config.seccomp_kill = self.seccomp_kill;
+        if let Some(image) = &self.docker_image {
+            config.docker_image = image.clone();
         }
         config
     }
@@ -153,6 +169,7 @@ pub fn main() -> i32 {
         Command::Exec(args) => single::exec(args),
         Command::Resources(args) => resources(args),
         Command::Doctor(args) => doctor(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,163 @@
+//! `lattice-wasm bench`, run as a user would: the real binary, real tiers.
+
+mod common;
+
+use std::process::Output;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Output {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    common::lattice_cli(&all, "", &[])
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The result row of `tier` on `workload`.
+fn row<'a>(report: &'a Value, workload: &str, tier: &str) -> &'a Value {
+    report["results"]
+        .as_array()
+        .expect("results is a list")
+        .iter()
+        .find(|row| row["workload"] == workload && row["tier"] == tier)
+        .unwrap_or_else(|| panic!("no {tier} row for {workload} in {report:#}"))
+}
+
+fn positive(value: &Value, what: &str) -> f64 {
+    let number = value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {value}"));
+    assert!(number > 0.0, "{what} is {number}");
+    number
+}
+
+#[test]
+fn compares_wasm_and_subprocess_with_checked_answers() {
+    let output = bench(&[
+        "--tiers",
+        "wasm,subprocess",
+        "--tasks",
+        "3",
+        "--concurrency",
+        "2",
+        "--workloads",
+        "trivial,raises",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+
+    assert!(positive(&report["machine"]["cores"], "cores") >= 1.0);
+    assert_eq!(report["concurrency"], 2);
+    let tiers: Vec<&str> = report["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tiers, ["wasm", "subprocess"]);
+    // The in-process tier's engine and pooled instances stay resident.
+    positive(
+        &report["tiers"][0]["kept_resident_mb"],
+        "wasm kept resident",
+    );
+
+    for workload in ["trivial", "raises"] {
+        for tier in ["wasm", "subprocess"] {
+            let row = row(&report, workload, tier);
+            let what = format!("{tier} {workload}");
+            assert_eq!(row["tasks"], 3, "{what}");
+            assert_eq!(row["concurrency"], 2, "{what}");
+            assert_eq!(row["reference"], false, "{what}");
+            let p50 = positive(&row["p50_ms"], &format!("{what} p50"));
+            let p99 = positive(&row["p99_ms"], &format!("{what} p99"));
+            assert!(p99 >= p50, "{what}: p99 {p99} < p50 {p50}");
+            positive(&row["throughput_c1"], &format!("{what} throughput c=1"));
+            positive(&row["throughput_cn"], &format!("{what} throughput c=2"));
+            let memory = &row["peak_rss_mb_per_sandbox"];
+            assert!(
+                memory.as_f64().is_some_and(|mb| mb >= 0.0),
+                "{what} memory: {memory}"
+            );
+        }
+        // A subprocess sandbox is a CPython process: megabytes of its own.
+        positive(
+            &row(&report, workload, "subprocess")["peak_rss_mb_per_sandbox"],
+            "subprocess memory",
+        );
+        // The wasm tier is tens of times faster per task; more than 1 is safe.
+        let wasm = row(&report, workload, "wasm");
+        positive(&wasm["ratio_vs_subprocess"], "wasm ratio");
+        assert!(
+            wasm["ratio_vs_subprocess"].as_f64().unwrap() > 1.0,
+            "{workload}: {wasm:#}"
+        );
+        assert_eq!(
+            row(&report, workload, "subprocess")["ratio_vs_subprocess"],
+            1.0
+        );
+    }
+
+    // Each reference is measured or says why not.
+    let references = report["references"].as_array().unwrap();
+    let names: Vec<&str> = references
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["python3 -c", "pydantic-monty"]);
+    for reference in references {
+        let name = reference["name"].as_str().unwrap();
+        if reference["available"] == true {
+            let row = row(&report, "trivial", name);
+            assert_eq!(row["reference"], true);
+            positive(&row["p50_ms"], &format!("{name} p50"));
+            positive(&row["throughput_c1"], &format!("{name} throughput"));
+        } else {
+            let reason = reference["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("not installed"), "{reference}");
+        }
+    }
+}
+
+#[test]
+fn an_unknown_tier_or_workload_is_a_usage_error() {
+    let output = bench(&["--tiers", "nope", "--tasks", "1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("unknown tier 'nope'"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(output.stdout.is_empty());
+
+    let output = bench(&["--workloads", "trivial,nope"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("nope"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_missing_monty_python_is_reported_not_fatal() {
+    let output = bench(&[
+        "--tiers",
+        "wasm",
+        "--tasks",
+        "1",
+        "--concurrency",
+        "1",
+        "--workloads",
+        "trivial",
+        "--monty-python",
+        "/nonexistent/python",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("pydantic-monty: unavailable: not installed (pip install pydantic-monty): /nonexistent/python"),
+        "{table}"
+    );
+    assert!(table.contains("== trivial"), "{table}");
+}
