@@ -43,4 +43,9 @@ cargo clippy --all-targets --locked -- -D warnings
 # The wasm tier snapshots and compiles its guest once per machine (~30 s);
 # do it before the tests so none of them waits on it.
 cargo run --locked --quiet -- doctor --warm
+# The Ray executor's tests run on a two-node Ray cluster on this machine: a
+# venv with ray[default] in target/ray-venv (~35 s, once), ~20 s to start;
+# only that cluster is stopped on exit.
+./scripts/ray-cluster.sh start
+trap './scripts/ray-cluster.sh stop' EXIT
 cargo test --locked --no-fail-fast

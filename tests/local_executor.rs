@@ -41,6 +41,7 @@ fn results_come_back_through_the_trait_object() {
                 level: SandboxLevel::Subprocess,
                 ..SandboxConfig::default()
             }),
+            ..ExecutorOptions::default()
         },
     )
     .unwrap();
@@ -228,11 +229,27 @@ fn resources_describe_this_machine() {
 }
 
 #[test]
-fn the_ray_executor_is_unavailable_until_built() {
-    assert!(matches!(
-        create_executor(ExecutorType::Ray, ExecutorOptions::default()).err(),
-        Some(TaskError::SandboxUnavailable { .. })
-    ));
+fn the_ray_executor_says_how_to_get_ray_when_its_python_has_none() {
+    // The factory builds it; starting it needs a Python with ray (tests/ray_executor.rs
+    // runs it on a real cluster).
+    let executor = create_executor(
+        ExecutorType::Ray,
+        ExecutorOptions {
+            ray: lattice::executor::RayOptions {
+                python: "/nonexistent/python3".into(),
+                ..Default::default()
+            },
+            ..ExecutorOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(executor.executor_type(), ExecutorType::Ray);
+    match executor.initialize() {
+        Err(TaskError::SandboxUnavailable { reason }) => {
+            assert!(reason.contains("pip install \"ray[default]\""), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions};
+use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions, RayOptions};
 use lattice::task::json::{outcome_to_json, parse_task};
 use lattice::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome};
 use serde_json::Value;
@@ -30,6 +30,45 @@ pub struct BatchArgs {
     /// Where tasks run: local or ray.
     #[arg(long, default_value = "local", value_parser = parse_executor)]
     executor: ExecutorType,
+    #[command(flatten)]
+    ray: RayArgs,
+}
+
+/// Where the Ray executor finds its cluster (`--executor ray`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct RayArgs {
+    /// The Ray cluster: its GCS address (host:6379) or its dashboard URL
+    /// (http://host:8265); default: $RAY_ADDRESS. Without either, a Ray head
+    /// is started on this machine for the run and stopped after.
+    #[arg(long, value_name = "ADDRESS")]
+    ray_address: Option<String>,
+    /// The dashboard URL, if not on port 8265 of the address's host.
+    #[arg(long, value_name = "URL")]
+    ray_dashboard: Option<String>,
+    /// The Python that has `ray` installed (default: $LATTICE_RAY_PYTHON, else python3 on PATH).
+    #[arg(long, value_name = "PATH")]
+    ray_python: Option<PathBuf>,
+    /// The path of the lattice-wasm binary on the Ray nodes (default: this one).
+    #[arg(long, value_name = "PATH")]
+    ray_binary: Option<PathBuf>,
+}
+
+impl RayArgs {
+    /// The Ray executor's options these flags describe.
+    pub fn options(&self) -> RayOptions {
+        let defaults = RayOptions::default();
+        RayOptions {
+            address: self.ray_address.clone().or_else(|| {
+                std::env::var("RAY_ADDRESS")
+                    .ok()
+                    .filter(|a| !a.is_empty() && a != "auto")
+            }),
+            dashboard: self.ray_dashboard.clone(),
+            python: self.ray_python.clone().unwrap_or(defaults.python.clone()),
+            binary: self.ray_binary.clone(),
+            ..defaults
+        }
+    }
 }
 
 enum Pending {
@@ -90,6 +129,7 @@ pub fn run(args: BatchArgs) -> Result<i32> {
         ExecutorOptions {
             max_workers: args.concurrency.map(|n| n as usize),
             sandbox: Some(args.limits.config()),
+            ray: args.ray.options(),
         },
     )?;
     executor.initialize()?;

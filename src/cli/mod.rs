@@ -101,6 +101,8 @@ struct ResourcesArgs {
     /// Which executor: local or ray.
     #[arg(long, default_value = "local", value_parser = parse_executor)]
     executor: ExecutorType,
+    #[command(flatten)]
+    ray: batch::RayArgs,
 }
 
 #[derive(Args)]
@@ -185,9 +187,17 @@ pub fn main() -> i32 {
 }
 
 fn resources(args: ResourcesArgs) -> Result<i32> {
-    let executor = lattice::executor::create_executor(args.executor, Default::default())?;
-    let resources = executor.get_available_resources()?;
-    println!("{}", serde_json::to_string_pretty(&resources)?);
+    let executor = lattice::executor::create_executor(
+        args.executor,
+        lattice::executor::ExecutorOptions {
+            ray: args.ray.options(),
+            ..Default::default()
+        },
+    )?;
+    executor.initialize()?;
+    let resources = executor.get_available_resources();
+    executor.shutdown()?;
+    println!("{}", serde_json::to_string_pretty(&resources?)?);
     Ok(0)
 }
 

@@ -1,6 +1,6 @@
 //! The seed's `create_executor`.
 
-use super::{ExecutorBackend, LocalExecutor};
+use super::{ExecutorBackend, LocalExecutor, RayExecutor, RayOptions};
 use crate::sandbox::SandboxConfig;
 use crate::task::{ExecutorType, TaskError};
 
@@ -11,12 +11,16 @@ pub struct ExecutorOptions {
     pub max_workers: Option<usize>,
     /// The executor's sandbox configuration (default: the process-wide one).
     pub sandbox: Option<SandboxConfig>,
+    /// Ray: the cluster, the Python with `ray`, the binary on the nodes
+    /// (see [`RayOptions`]; its `sandbox` is taken from the field above
+    /// when that is set).
+    pub ray: RayOptions,
 }
 
 /// Makes an executor of the given type.
 ///
 /// ```
-/// use lattice::executor::{create_executor, ExecutorOptions};
+/// use lattice::executor::{create_executor, ExecutorOptions, RayOptions};
 /// use lattice::task::ExecutorType;
 ///
 /// let executor = create_executor(
@@ -25,6 +29,17 @@ pub struct ExecutorOptions {
 /// )
 /// .unwrap();
 /// assert_eq!(executor.executor_type(), ExecutorType::Local);
+///
+/// // Nothing connects before initialize (or the first submit).
+/// let ray = create_executor(
+///     ExecutorType::Ray,
+///     ExecutorOptions {
+///         ray: RayOptions { address: Some("127.0.0.1:6379".into()), ..Default::default() },
+///         ..Default::default()
+///     },
+/// )
+/// .unwrap();
+/// assert_eq!(ray.executor_type(), ExecutorType::Ray);
 /// ```
 pub fn create_executor(
     executor_type: ExecutorType,
@@ -35,8 +50,12 @@ pub fn create_executor(
             options.max_workers,
             options.sandbox,
         ))),
-        ExecutorType::Ray => Err(TaskError::unavailable(
-            "the Ray executor is not built into this version of lattice-wasm yet; use the local executor",
-        )),
+        ExecutorType::Ray => {
+            let mut ray = options.ray;
+            if options.sandbox.is_some() {
+                ray.sandbox = options.sandbox;
+            }
+            Ok(Box::new(RayExecutor::new(ray)))
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! Where tasks run: the [`ExecutorBackend`] trait, the [`LocalExecutor`],
-//! and the factory. An executor never knows how a tier isolates: it hands
+//! the [`RayExecutor`], and the factory. An executor never knows how a tier isolates: it hands
 //! each task to a [`crate::sandbox::SandboxExecutor`].
 
 mod completion;
 mod factory;
 mod local;
+mod ray;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use factory::{create_executor, ExecutorOptions};
 pub use local::LocalExecutor;
+pub use ray::{RayExecutor, RayOptions};
 
 use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
 

@@ -125,8 +125,14 @@ impl ProcessTier {
         env.retain(|(k, _)| k != "HOME" && k != "TMPDIR" && k != "CUDA_VISIBLE_DEVICES");
         env.push(("HOME".into(), workdir.path().into()));
         env.push(("TMPDIR".into(), workdir.path().into()));
-        if let Some(gpu) = job.gpu_id {
-            env.push(("CUDA_VISIBLE_DEVICES".into(), gpu.to_string().into()));
+        // The task's GPU, else the devices this process was given (a Ray
+        // worker's, "" when it has none): never more than ours.
+        let gpus = job
+            .gpu_id
+            .map(|gpu| OsString::from(gpu.to_string()))
+            .or_else(|| std::env::var_os("CUDA_VISIBLE_DEVICES"));
+        if let Some(gpus) = gpus {
+            env.push(("CUDA_VISIBLE_DEVICES".into(), gpus));
         }
 
         let hook = match self.hook {

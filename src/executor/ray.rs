@@ -1,0 +1,1302 @@
+//! The Ray executor: tasks run on the nodes of a real Ray cluster
+//! (design.md §5).
+//!
+//! Ray has no Rust API. The executor starts one Python sidecar
+//! (`ray_sidecar.py`, shipped inside the crate) under a Python that has
+//! `ray`, and speaks JSON lines with it over stdin/stdout. The sidecar turns
+//! each task into one `ray.remote` call (num_cpus, memory, num_gpus, hard
+//! node affinity) that runs `lattice-wasm exec` on its node with the task's
+//! JSON, so a task gets its sandbox tier there exactly as on a laptop; the
+//! ending comes back from a `ref.future()` callback. Cluster membership and
+//! totals are read from the dashboard's HTTP API (`/api/v0/nodes`,
+//! [`dashboard`]); a head the executor starts itself lives in [`head`].
+//!
+//! On each node, a small guardian process per Ray worker (in the sidecar's
+//! source) spawns the `exec` processes: a force-cancel SIGKILLs the worker
+//! and its direct children, and the guardian, detached from it, then kills
+//! the task's process group and every orphan the task's sandbox left (a
+//! subprocess-tier child runs in its own session under its own uid).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod dashboard;
+mod head;
+
+use dashboard::{fetch_nodes, NodeInfo};
+use head::StartedHead;
+
+use super::completion::{Completion, Signal};
+use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
+use crate::sandbox::{get_sandbox_config, SandboxConfig, SandboxLevel};
+use crate::task::json::{parse_outcome, TaskSpec};
+use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
+
+/// The sidecar's source, written to a private file and run by the Python that has ray.
+const SIDECAR_SOURCE: &str = include_str!("ray_sidecar.py");
+
+/// How long membership read from the dashboard is trusted at submit (a
+/// task that does not fit always looks again). A node that died within it
+/// costs little: Ray fails affinity to it at once, and the watchdog ends
+/// tasks that no alive node can run.
+const MEMBERSHIP_TTL: Duration = Duration::from_secs(5);
+
+/// How often the watchdog looks for tasks that no alive node can run any
+/// more (their node died while they were queued) and for lost cancels.
+const WATCH_PERIOD: Duration = Duration::from_secs(2);
+
+/// A task whose cancel got no answer from Ray in this time is reported
+/// Cancelled anyway.
+const CANCEL_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Where and how the Ray executor runs.
+///
+/// ```
+/// use lattice::executor::RayOptions;
+///
+/// let options = RayOptions {
+///     address: Some("127.0.0.1:6379".into()),
+///     python: "/opt/venv/bin/python".into(),
+///     ..RayOptions::default()
+/// };
+/// assert_eq!(options.dashboard_url().as_deref(), Some("http://127.0.0.1:8265"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct RayOptions {
+    /// The cluster to connect to: its GCS address (`host:port`, as given to
+    /// `ray start --address`), or its dashboard URL (`http://host:8265`, in
+    /// which case the GCS is taken to be `host:6379`). None: start a head
+    /// on this machine (the seed's `start_ray`) and stop it at shutdown.
+    pub address: Option<String>,
+    /// The dashboard URL (default: port 8265 on the address's host).
+    pub dashboard: Option<String>,
+    /// The Python that has `ray` installed; it runs the sidecar (and `ray
+    /// start` for a head this executor starts). Default: `$LATTICE_RAY_PYTHON`
+    /// if set, else `python3` on PATH.
+    pub python: PathBuf,
+    /// The path of the `lattice-wasm` binary **on the nodes**. Default: this
+    /// process's own executable (right for a cluster on this machine or
+    /// nodes with the same layout; not for test binaries, which are not the
+    /// CLI).
+    pub binary: Option<PathBuf>,
+    /// The sandbox configuration of the tasks (default: the process-wide
+    /// one at submit). A task's own fields win.
+    pub sandbox: Option<SandboxConfig>,
+    /// CPUs a task asks Ray for when it gives none. Whole CPUs by default:
+    /// fractional requests let Ray pack more tasks per node but start a
+    /// worker process per concurrent task, which was measured 17x slower
+    /// (60 vs 1,043 tasks/s) on a 2-core machine.
+    pub default_cpus: f64,
+    /// The GCS port of a head this executor starts (address None).
+    pub head_port: u16,
+    /// The dashboard port of a head this executor starts (address None).
+    pub head_dashboard_port: u16,
+    /// How long initialize waits for the sidecar to connect.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RayOptions {
+    fn default() -> Self {
+        RayOptions {
+            address: None,
+            dashboard: None,
+            python: std::env::var_os("LATTICE_RAY_PYTHON")
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| PathBuf::from("python3"), PathBuf::from),
+            binary: None,
+            sandbox: None,
+            default_cpus: 1.0,
+            head_port: 6379,
+            head_dashboard_port: 8265,
+            connect_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RayOptions {
+    /// The GCS address `ray.init` gets, if an address was given.
+    pub fn gcs_address(&self) -> Option<String> {
+        let address = self.address.as_deref()?.trim().trim_end_matches('/');
+        match address.split_once("://") {
+            Some(("http" | "https", rest)) => Some(format!("{}:6379", host_of(rest))),
+            _ => Some(address.to_string()),
+        }
+    }
+
+    /// The dashboard URL, if it can be known before a head is started.
+    pub fn dashboard_url(&self) -> Option<String> {
+        if let Some(url) = &self.dashboard {
+            return Some(url.trim_end_matches('/').to_string());
+        }
+        let address = self.address.as_deref()?.trim().trim_end_matches('/');
+        match address.split_once("://") {
+            Some(("http" | "https", _)) => Some(address.to_string()),
+            Some((_, rest)) => Some(format!("http://{}:8265", host_of(rest))),
+            None => Some(format!("http://{}:8265", host_of(address))),
+        }
+    }
+}
+
+/// The host part of `host:port` (IPv6 in brackets kept whole).
+fn host_of(address: &str) -> &str {
+    let address = address.split('/').next().unwrap_or(address);
+    if address.starts_with('[') {
+        return address
+            .split(']')
+            .next()
+            .map_or(address, |h| &address[..=h.len()]);
+    }
+    address.split(':').next().unwrap_or(address)
+}
+
+/// Runs tasks on a Ray cluster, each as `lattice-wasm exec` on its node.
+///
+/// - `submit`: `resources` become `num_cpus` (default [`RayOptions::default_cpus`]),
+///   `memory` and `num_gpus`; `node_id` a hard `NodeAffinitySchedulingStrategy`
+///   (a malformed id is InvalidTask before anything is sent; an unknown one
+///   too); `gpu_id` the task's `CUDA_VISIBLE_DEVICES` (and, unless the task
+///   says how many GPUs it wants, a request for one GPU, so it lands on a
+///   node that has some); with no GPU, `CUDA_VISIBLE_DEVICES` is set empty.
+///   A request no alive node can satisfy (more GPUs than any node has) is
+///   InvalidTask at once instead of pending forever.
+/// - Outcomes: the task's own result or error; Cancelled for **any** ending
+///   after a cancel request (a force-cancel races with the task's end);
+///   NodeFailed when its node dies (or the node its affinity names is dead);
+///   a crashed Ray worker is retried once, a task failure never.
+/// - `cancel` is `ray.cancel(force=True)` (a graceful cancel was measured not
+///   to reach a task blocked in its sandbox); no process of the task
+///   survives it. `shutdown` cancels whatever is
+///   still running, stops the sidecar and, if this executor started a head,
+///   that head (and nothing else). Dropping the executor shuts it down.
+/// - If the sidecar dies, every task in flight gets an Internal error and
+///   later submits are refused: every accepted task gets exactly one outcome.
+///
+/// ```no_run
+/// use lattice::executor::{ExecutorBackend, RayExecutor, RayOptions};
+/// use lattice::task::TaskSubmission;
+/// use serde_json::json;
+///
+/// let executor = RayExecutor::new(RayOptions {
+///     address: Some("127.0.0.1:6379".into()),
+///     python: "target/ray-venv/bin/python".into(),
+///     ..RayOptions::default()
+/// });
+/// executor.initialize()?;
+/// let handle = executor.submit(TaskSubmission::python("def f(x):\n    return x * 2\n").with_input(json!(21)))?;
+/// let outcome = executor.get_result(&handle);
+/// println!("ran on node {:?}", outcome.node_id);
+/// assert_eq!(outcome.into_result()?, json!(42));
+/// executor.shutdown()?;
+/// # Ok::<(), lattice::task::TaskError>(())
+/// ```
+pub struct RayExecutor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    options: RayOptions,
+    signal: Arc<Signal>,
+    table: Mutex<SlotTable>,
+    next_id: AtomicU64,
+    /// Held while starting or stopping, so those never interleave.
+    lifecycle: Mutex<Lifecycle>,
+    /// The sidecar's stdin; None when it is not running.
+    writer: Mutex<Option<ChildStdin>>,
+    /// Set once the cluster is known (after initialize).
+    cluster: Mutex<Option<ClusterInfo>>,
+    membership: Mutex<Option<(Instant, Vec<NodeInfo>)>>,
+    replies: Mutex<HashMap<u64, mpsc::Sender<Value>>>,
+    next_request: AtomicU64,
+    ready: Mutex<Option<mpsc::Sender<Result<Value, String>>>>,
+    stderr_tail: Mutex<VecDeque<u8>>,
+    stopping: AtomicBool,
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    phase: Phase,
+    child: Option<Child>,
+    threads: Vec<JoinHandle<()>>,
+    head: Option<StartedHead>,
+    /// The sidecar's source file, removed when the executor stops.
+    script: Option<tempfile::NamedTempFile>,
+}
+
+#[derive(Default, PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    #[default]
+    New,
+    Running,
+    ShutDown,
+}
+
+#[derive(Clone)]
+struct ClusterInfo {
+    address: String,
+    dashboard: String,
+    binary: PathBuf,
+}
+
+#[derive(Default)]
+struct SlotTable {
+    slots: HashMap<u64, Arc<Slot>>,
+    /// Why no task can be accepted any more (the sidecar is gone).
+    closed: Option<TaskError>,
+}
+
+struct Slot {
+    id: Option<Value>,
+    tier: SandboxLevel,
+    request: Request,
+    completion: Arc<Completion>,
+    submitted: Instant,
+    cancel_requested: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn cancel_requested(&self) -> bool {
+        lock(&self.cancel_requested).is_some()
+    }
+
+    /// Completes the task with `error` (Cancelled if a cancel was asked for).
+    fn fail(&self, error: TaskError, node_id: Option<String>) {
+        let error = if self.cancel_requested() {
+            TaskError::Cancelled
+        } else {
+            error
+        };
+        self.completion.complete(TaskOutcome {
+            tier: Some(self.tier),
+            node_id,
+            duration: self.submitted.elapsed(),
+            ..TaskOutcome::from_error(self.id.clone(), error)
+        });
+    }
+}
+
+/// What a task asks Ray for.
+#[derive(Clone, Debug, PartialEq)]
+struct Request {
+    num_cpus: f64,
+    memory: Option<u64>,
+    num_gpus: f64,
+    node_id: Option<String>,
+    gpu_id: Option<u32>,
+}
+
+impl NodeInfo {
+    fn fits(&self, request: &Request) -> bool {
+        self.alive
+            && self.cpu >= request.num_cpus
+            && self.gpu >= request.num_gpus
+            && request.memory.is_none_or(|m| self.memory >= m)
+            && request
+                .gpu_id
+                .is_none_or(|g| f64::from(g) < self.gpu.max(1.0))
+            && request.node_id.as_ref().is_none_or(|n| *n == self.node_id)
+    }
+}
+
+impl RayExecutor {
+    /// An executor with these options; nothing starts before
+    /// [`ExecutorBackend::initialize`] (or the first submit).
+    pub fn new(options: RayOptions) -> Self {
+        RayExecutor {
+            shared: Arc::new(Shared {
+                options,
+                signal: Arc::new(Signal::default()),
+                table: Mutex::new(SlotTable::default()),
+                next_id: AtomicU64::new(0),
+                lifecycle: Mutex::new(Lifecycle::default()),
+                writer: Mutex::new(None),
+                cluster: Mutex::new(None),
+                membership: Mutex::new(None),
+                replies: Mutex::new(HashMap::new()),
+                next_request: AtomicU64::new(0),
+                ready: Mutex::new(None),
+                stderr_tail: Mutex::new(VecDeque::new()),
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The options this executor was made with.
+    pub fn options(&self) -> &RayOptions {
+        &self.shared.options
+    }
+
+    /// The process id of the sidecar, while it runs.
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        lock(&self.shared.lifecycle)
+            .child
+            .as_ref()
+            .map(|child| child.id())
+    }
+
+    fn slot(&self, handle: &TaskHandle) -> Option<Arc<Slot>> {
+        if handle.executor_type != ExecutorType::Ray {
+            return None;
+        }
+        lock(&self.shared.table)
+            .slots
+            .get(&handle.handle_id)
+            .cloned()
+    }
+
+    /// Starts the sidecar (and a head, if no address was given) unless it runs.
+    fn ensure_running(&self) -> Result<ClusterInfo, TaskError> {
+        let mut lifecycle = lock(&self.shared.lifecycle);
+        match lifecycle.phase {
+            Phase::Running => {
+                return lock(&self.shared.cluster)
+                    .clone()
+                    .ok_or_else(|| TaskError::internal("the Ray executor lost its cluster"))
+            }
+            Phase::ShutDown => return Err(shut_down()),
+            Phase::New => {}
+        }
+        let result = self.start(&mut lifecycle);
+        if result.is_err() {
+            // A half-started executor cleans up after itself; initialize
+            // may be called again.
+            stop_child(&mut lifecycle);
+            for thread in lifecycle.threads.drain(..) {
+                let _ = thread.join();
+            }
+            if let Some(head) = lifecycle.head.take() {
+                head.stop();
+            }
+            *lock(&self.shared.writer) = None;
+        }
+        result
+    }
+
+    fn start(&self, lifecycle: &mut Lifecycle) -> Result<ClusterInfo, TaskError> {
+        let options = &self.shared.options;
+        let binary = match &options.binary {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().map_err(|e| {
+                TaskError::unavailable(format!(
+                    "can't find this program's path to run on the Ray nodes ({e}); set RayOptions::binary"
+                ))
+            })?,
+        };
+        let (address, dashboard) = match options.gcs_address() {
+            Some(address) => (
+                address,
+                options
+                    .dashboard_url()
+                    .expect("an address gives a dashboard URL"),
+            ),
+            None => {
+                let head = StartedHead::start(options)?;
+                lifecycle.head = Some(head);
+                (
+                    format!("127.0.0.1:{}", options.head_port),
+                    options.dashboard.clone().unwrap_or_else(|| {
+                        format!("http://127.0.0.1:{}", options.head_dashboard_port)
+                    }),
+                )
+            }
+        };
+        let cluster = ClusterInfo {
+            address,
+            dashboard,
+            binary,
+        };
+        self.spawn_sidecar(lifecycle, &cluster)?;
+        *lock(&self.shared.cluster) = Some(cluster.clone());
+        lifecycle.phase = Phase::Running;
+        let watchdog = {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("lattice-ray-watch".into())
+                .spawn(move || shared.watch())
+                .map_err(|e| TaskError::internal(format!("can't start a thread: {e}")))?
+        };
+        lifecycle.threads.push(watchdog);
+        Ok(cluster)
+    }
+
+    fn spawn_sidecar(
+        &self,
+        lifecycle: &mut Lifecycle,
+        cluster: &ClusterInfo,
+    ) -> Result<(), TaskError> {
+        let options = &self.shared.options;
+        let python = &options.python;
+        let config = json!({
+            "address": cluster.address,
+            "binary": cluster.binary,
+            "exec_args": exec_args(&self.sandbox_config()),
+        });
+        // From a private file rather than `-c`, so that `ps` shows a name
+        // instead of the whole source.
+        let script = write_sidecar()?;
+        let mut command = Command::new(python);
+        command
+            .arg("-u")
+            .arg(script.path())
+            .arg(config.to_string())
+            .env("RAY_USAGE_STATS_ENABLED", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Its own process group, so shutdown can end it and whatever it
+        // spawned without touching ours.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(|e| {
+            TaskError::unavailable(format!(
+                "can't start `{}` for the Ray sidecar ({e}); install Python with `pip install \"ray[default]\"`, \
+                 or point the executor at a Python that has ray (RayOptions::python, --ray-python PATH)",
+                python.display()
+            ))
+        })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        *lock(&self.shared.writer) = child.stdin.take();
+        lifecycle.child = Some(child);
+        lifecycle.script = Some(script);
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        *lock(&self.shared.ready) = Some(ready_tx);
+        *lock(&self.shared.table) = SlotTable::default();
+        self.shared.stopping.store(false, Ordering::SeqCst);
+        let reader = {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("lattice-ray-events".into())
+                .spawn(move || shared.read_events(stdout))
+        };
+        let errors = {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("lattice-ray-stderr".into())
+                .spawn(move || shared.read_stderr(stderr))
+        };
+        for thread in [reader, errors] {
+            lifecycle.threads.push(
+                thread.map_err(|e| TaskError::internal(format!("can't start a thread: {e}")))?,
+            );
+        }
+
+        let answer = ready_rx
+            .recv_timeout(options.connect_timeout)
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer from the sidecar within {} s",
+                    options.connect_timeout.as_secs()
+                ))
+            });
+        match answer {
+            Ok(_) => Ok(()),
+            Err(message) => {
+                let detail = format!("{message}{}", self.shared.stderr_excerpt());
+                Err(if message.starts_with("no_ray:") {
+                    TaskError::unavailable(format!(
+                        "the Python at `{p}` can't import ray ({detail}); install it there with \
+                         `{p} -m pip install \"ray[default]\"`, or point the executor at a Python that has ray \
+                         (RayOptions::python, --ray-python PATH, e.g. a venv's bin/python)",
+                        p = python.display()
+                    ))
+                } else {
+                    TaskError::unavailable(format!(
+                        "can't connect to the Ray cluster at {} ({detail}); is it running? \
+                         (`ray start --head`, or `scripts/ray-cluster.sh start` for the test cluster)",
+                        cluster.address
+                    ))
+                })
+            }
+        }
+    }
+
+    fn sandbox_config(&self) -> SandboxConfig {
+        self.shared
+            .options
+            .sandbox
+            .clone()
+            .unwrap_or_else(get_sandbox_config)
+    }
+
+    /// The task's JSON for `lattice-wasm exec` and its Ray request.
+    fn prepare(&self, task: &TaskSubmission) -> Result<(String, Request, SandboxLevel), TaskError> {
+        let node_id = task.node_id.as_deref().map(check_node_id).transpose()?;
+        let config = self.sandbox_config();
+        let effective = config.with_overrides(&task.sandbox);
+        if effective.level == SandboxLevel::Seccomp && config.allowed_syscalls.is_some() {
+            return Err(TaskError::invalid(
+                "allowed_syscalls can't be sent to Ray nodes; give the seccomp tier's default allowlist or run locally",
+            ));
+        }
+        if effective.level == SandboxLevel::Docker
+            && config.docker_image != SandboxConfig::default().docker_image
+        {
+            return Err(TaskError::invalid(
+                "a custom docker_image can't be sent to Ray nodes; run the docker tier locally",
+            ));
+        }
+        let mut spec = TaskSpec::from_submission(task)?;
+        // Placement is Ray's; on the node the task runs as a plain local task.
+        spec.resources = None;
+        spec.node_id = None;
+        spec.tier = Some(effective.level);
+        spec.timeout_s = Some(effective.timeout.as_secs_f64());
+        spec.max_memory_mb = Some(effective.max_memory_mb);
+        spec.max_cpu_time_s = Some(effective.max_cpu_time.as_secs_f64());
+        spec.allowed_imports = effective.allowed_imports.clone();
+        spec.network = Some(effective.network_enabled);
+        spec.mounts = Some(effective.mount_paths.clone()).filter(|m| !m.is_empty());
+        let task_json = serde_json::to_string(&spec)
+            .map_err(|e| TaskError::internal(format!("can't encode the task: {e}")))?;
+
+        let default_cpus = self.shared.options.default_cpus;
+        let request = Request {
+            num_cpus: task.resources.cpu.unwrap_or(default_cpus),
+            memory: task.resources.cpu_mem.filter(|&m| m > 0),
+            num_gpus: task
+                .resources
+                .gpu
+                .unwrap_or(if task.gpu_id.is_some() { 1.0 } else { 0.0 }),
+            node_id,
+            gpu_id: task.gpu_id,
+        };
+        Ok((task_json, request, effective.level))
+    }
+
+    /// Checks the request against the cluster: InvalidTask if no alive
+    /// node could ever run it; Ok(Some(error)) if it names a dead node.
+    fn check_feasible(
+        &self,
+        cluster: &ClusterInfo,
+        request: &Request,
+    ) -> Result<Option<TaskError>, TaskError> {
+        let mut nodes = self.shared.nodes(cluster, false)?;
+        let missing_node = |nodes: &[NodeInfo]| {
+            request
+                .node_id
+                .as_ref()
+                .is_some_and(|id| !nodes.iter().any(|n| n.node_id == *id))
+        };
+        if missing_node(&nodes) || !nodes.iter().any(|n| n.fits(request)) {
+            // The cache may predate a node that joined: look again.
+            nodes = self.shared.nodes(cluster, true)?;
+        }
+        if let Some(id) = &request.node_id {
+            match nodes.iter().find(|n| n.node_id == *id) {
+                None => {
+                    return Err(TaskError::invalid(format!(
+                        "node {id} is not part of the Ray cluster at {}",
+                        cluster.address
+                    )))
+                }
+                Some(node) if !node.alive => {
+                    return Ok(Some(TaskError::NodeFailed {
+                        message: format!("node {id} ({}) is dead", node.node_ip),
+                    }))
+                }
+                Some(_) => {}
+            }
+        }
+        if nodes.iter().any(|n| n.fits(request)) {
+            return Ok(None);
+        }
+        Err(TaskError::invalid(format!(
+            "no alive node of the Ray cluster can run this task: it asks for {}; the nodes have {}",
+            describe_request(request),
+            describe_nodes(&nodes, request.node_id.as_deref())
+        )))
+    }
+
+    fn send(&self, message: &Value) -> Result<(), TaskError> {
+        self.shared.send(message)
+    }
+}
+
+impl Shared {
+    fn send(&self, message: &Value) -> Result<(), TaskError> {
+        let mut writer = lock(&self.writer);
+        let Some(stdin) = writer.as_mut() else {
+            return Err(TaskError::unavailable("the Ray sidecar is not running"));
+        };
+        let mut line = message.to_string();
+        line.push('\n');
+        stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| TaskError::unavailable(format!("the Ray sidecar is gone ({e})")))
+    }
+
+    fn stderr_excerpt(&self) -> String {
+        let tail = lock(&self.stderr_tail);
+        if tail.is_empty() {
+            return String::new();
+        }
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        format!(
+            "; sidecar stderr: {}",
+            String::from_utf8_lossy(&bytes).trim()
+        )
+    }
+
+    /// Reads the sidecar's events until it exits, then ends every task
+    /// still in flight.
+    fn read_events(self: Arc<Self>, stdout: impl Read) {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            self.handle_event(event);
+        }
+        // The sidecar is gone: no task can end any other way now.
+        let error = if self.stopping.load(Ordering::SeqCst) {
+            TaskError::Cancelled
+        } else {
+            TaskError::internal(format!(
+                "the Ray sidecar exited unexpectedly; the task's fate on the cluster is unknown{}",
+                self.stderr_excerpt()
+            ))
+        };
+        if let Some(ready) = lock(&self.ready).take() {
+            let _ = ready.send(Err("the sidecar exited before it was ready".into()));
+        }
+        *lock(&self.writer) = None;
+        let slots: Vec<Arc<Slot>> = {
+            let mut table = lock(&self.table);
+            table.closed = Some(TaskError::unavailable(
+                "the Ray sidecar has exited; make a new executor",
+            ));
+            table.slots.values().cloned().collect()
+        };
+        for slot in slots {
+            slot.fail(error.clone(), None);
+        }
+        lock(&self.replies).clear();
+    }
+
+    fn handle_event(&self, event: Value) {
+        let kind = event.get("ev").and_then(Value::as_str).unwrap_or_default();
+        match kind {
+            "ready" => {
+                if let Some(ready) = lock(&self.ready).take() {
+                    let _ = ready.send(Ok(event));
+                }
+            }
+            "fatal" => {
+                if let Some(ready) = lock(&self.ready).take() {
+                    let _ = ready.send(Err(format!(
+                        "{}: {}",
+                        text(&event, "kind"),
+                        text(&event, "message")
+                    )));
+                }
+            }
+            "reply" => {
+                let request = event.get("req").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                if let Some(reply) = lock(&self.replies).remove(&request) {
+                    let _ = reply.send(event);
+                }
+            }
+            "done" | "failed" => {
+                let Some(id) = event.get("id").and_then(Value::as_u64) else {
+                    return;
+                };
+                let Some(slot) = lock(&self.table).slots.get(&id).cloned() else {
+                    return;
+                };
+                if kind == "done" {
+                    self.finish_done(&slot, &event);
+                } else {
+                    slot.fail(failure(&event, self), None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A Ray task returned: the exec's result line is the outcome.
+    fn finish_done(&self, slot: &Slot, event: &Value) {
+        let node = Some(text(event, "node").to_string()).filter(|n| !n.is_empty());
+        if slot.cancel_requested() {
+            slot.fail(TaskError::Cancelled, node);
+            return;
+        }
+        let out = text(event, "out");
+        let last_line = out.lines().rev().find(|l| !l.trim().is_empty());
+        match last_line.map(parse_outcome) {
+            Some(Ok(mut outcome)) => {
+                outcome.id = slot.id.clone();
+                outcome.node_id = node;
+                slot.completion.complete(outcome);
+            }
+            _ => {
+                let rc = event.get("rc").and_then(Value::as_i64).unwrap_or(i64::MIN);
+                let err = text(event, "err");
+                let how = if rc < 0 {
+                    format!("was killed by signal {}", -rc)
+                } else {
+                    format!("exited with status {rc}")
+                };
+                slot.fail(
+                    TaskError::internal(format!(
+                        "`lattice-wasm exec` on node {} {how} without a result: {}",
+                        node.as_deref().unwrap_or("?"),
+                        err.trim()
+                    )),
+                    node,
+                );
+            }
+        }
+    }
+
+    fn read_stderr(self: Arc<Self>, mut stderr: impl Read) {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            let mut tail = lock(&self.stderr_tail);
+            tail.extend(&buffer[..n]);
+            let excess = tail.len().saturating_sub(4096);
+            tail.drain(..excess);
+        }
+    }
+
+    /// The dashboard's node list, from the cache unless `fresh` or stale.
+    fn nodes(&self, cluster: &ClusterInfo, fresh: bool) -> Result<Vec<NodeInfo>, TaskError> {
+        if !fresh {
+            if let Some((at, nodes)) = &*lock(&self.membership) {
+                if at.elapsed() < MEMBERSHIP_TTL {
+                    return Ok(nodes.clone());
+                }
+            }
+        }
+        let nodes = fetch_nodes(&cluster.dashboard)?;
+        *lock(&self.membership) = Some((Instant::now(), nodes.clone()));
+        Ok(nodes)
+    }
+
+    /// Every WATCH_PERIOD: tasks no alive node can run any more (their
+    /// node died while they waited) end as NodeFailed instead of pending
+    /// forever; a cancel Ray never answered ends as Cancelled.
+    fn watch(self: Arc<Self>) {
+        let tick = Duration::from_millis(200);
+        let mut last_check = Instant::now();
+        loop {
+            std::thread::sleep(tick);
+            if self.stopping.load(Ordering::SeqCst) || lock(&self.writer).is_none() {
+                return;
+            }
+            if last_check.elapsed() < WATCH_PERIOD {
+                continue;
+            }
+            last_check = Instant::now();
+            let pending: Vec<(u64, Arc<Slot>)> = lock(&self.table)
+                .slots
+                .iter()
+                // Only tasks that have waited a while: the check costs an
+                // HTTP request, and short tasks must not pay for it.
+                .filter(|(_, slot)| {
+                    !slot.completion.is_done() && slot.submitted.elapsed() > WATCH_PERIOD
+                })
+                .map(|(id, slot)| (*id, slot.clone()))
+                .collect();
+            if pending.is_empty() {
+                continue;
+            }
+            for (_, slot) in &pending {
+                if lock(&slot.cancel_requested).is_some_and(|at| at.elapsed() > CANCEL_DEADLINE) {
+                    slot.fail(TaskError::Cancelled, None);
+                }
+            }
+            let Some(cluster) = lock(&self.cluster).clone() else {
+                continue;
+            };
+            let Ok(nodes) = self.nodes(&cluster, true) else {
+                continue;
+            };
+            for (id, slot) in pending {
+                if slot.completion.is_done() || nodes.iter().any(|n| n.fits(&slot.request)) {
+                    continue;
+                }
+                slot.fail(
+                    TaskError::NodeFailed {
+                        message: format!(
+                            "no alive node can run the task any more (it asks for {}; the nodes have {})",
+                            describe_request(&slot.request),
+                            describe_nodes(&nodes, slot.request.node_id.as_deref())
+                        ),
+                    },
+                    None,
+                );
+                let _ = self.send(&json!({"op": "cancel", "id": id}));
+            }
+        }
+    }
+}
+
+impl ExecutorBackend for RayExecutor {
+    fn executor_type(&self) -> ExecutorType {
+        ExecutorType::Ray
+    }
+
+    fn initialize(&self) -> Result<(), TaskError> {
+        self.ensure_running().map(|_| ())
+    }
+
+    fn submit(&self, task: TaskSubmission) -> Result<TaskHandle, TaskError> {
+        // Everything that can be checked without the cluster is, first: a
+        // malformed task never starts anything.
+        let (task_json, request, tier) = self.prepare(&task)?;
+        let cluster = self.ensure_running()?;
+        let dead_node = self.check_feasible(&cluster, &request)?;
+        let handle_id = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
+        let slot = Arc::new(Slot {
+            id: task.id.clone(),
+            tier,
+            request: request.clone(),
+            completion: Arc::new(Completion::new(self.shared.signal.clone())),
+            submitted: Instant::now(),
+            cancel_requested: Mutex::new(None),
+        });
+        {
+            let mut table = lock(&self.shared.table);
+            if let Some(error) = &table.closed {
+                return Err(error.clone());
+            }
+            table.slots.insert(handle_id, slot.clone());
+        }
+        let handle = TaskHandle {
+            handle_id,
+            executor_type: ExecutorType::Ray,
+        };
+        if let Some(error) = dead_node {
+            // Affinity to a dead node fails at once, without a round trip.
+            slot.fail(error, request.node_id.clone());
+            return Ok(handle);
+        }
+        let cuda = match (task.gpu_id, request.num_gpus > 0.0) {
+            (Some(gpu), _) => Value::from(gpu.to_string()),
+            // Ray's own assignment stands.
+            (None, true) => Value::Null,
+            // Ray leaves CUDA_VISIBLE_DEVICES unset without GPUs: every GPU
+            // would be visible.
+            (None, false) => Value::from(""),
+        };
+        let message = json!({
+            "op": "submit",
+            "id": handle_id,
+            "task": task_json,
+            "num_cpus": request.num_cpus,
+            "memory": request.memory,
+            "num_gpus": request.num_gpus,
+            "node_id": request.node_id,
+            "cuda": cuda,
+        });
+        if let Err(error) = self.send(&message) {
+            // The reader ends every task once it sees the sidecar gone; this
+            // one was never sent.
+            slot.fail(error, None);
+        }
+        Ok(handle)
+    }
+
+    fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {
+        match self.slot(handle) {
+            Some(slot) => slot.completion.wait(),
+            None => unknown_handle(handle),
+        }
+    }
+
+    fn get_result_async(&self, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
+        match self.slot(handle) {
+            Some(slot) => Box::pin(slot.completion.clone().future()),
+            None => {
+                let outcome = unknown_handle(handle);
+                Box::pin(async move { outcome })
+            }
+        }
+    }
+
+    fn wait(
+        &self,
+        handles: &[TaskHandle],
+        timeout: Duration,
+    ) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
+        let deadline = Instant::now().checked_add(timeout);
+        let slots: Vec<Option<Arc<Slot>>> = handles.iter().map(|h| self.slot(h)).collect();
+        loop {
+            let seen = self.shared.signal.generation();
+            let (done, pending): (Vec<_>, Vec<_>) = handles
+                .iter()
+                .zip(&slots)
+                .partition(|(_, slot)| slot.as_ref().is_none_or(|s| s.completion.is_done()));
+            let unzip = |v: Vec<(&TaskHandle, _)>| v.into_iter().map(|(h, _)| h.clone()).collect();
+            if pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return (unzip(done), unzip(pending));
+            }
+            self.shared.signal.wait_past(seen, deadline);
+        }
+    }
+
+    fn cancel(&self, handle: &TaskHandle) -> bool {
+        let Some(slot) = self.slot(handle) else {
+            return false;
+        };
+        if slot.completion.is_done() {
+            return false;
+        }
+        lock(&slot.cancel_requested).get_or_insert_with(Instant::now);
+        if self
+            .send(&json!({"op": "cancel", "id": handle.handle_id}))
+            .is_err()
+        {
+            slot.fail(TaskError::Cancelled, None);
+        }
+        true
+    }
+
+    fn shutdown(&self) -> Result<(), TaskError> {
+        let mut lifecycle = lock(&self.shared.lifecycle);
+        if lifecycle.phase == Phase::ShutDown {
+            return Ok(());
+        }
+        lifecycle.phase = Phase::ShutDown;
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for slot in lock(&self.shared.table).slots.values() {
+            if !slot.completion.is_done() {
+                lock(&slot.cancel_requested).get_or_insert_with(Instant::now);
+            }
+        }
+        // The sidecar force-cancels what is in flight, waits for the
+        // endings (reported as Cancelled) and disconnects; closing its
+        // stdin is the signal.
+        let _ = self.send(&json!({"op": "shutdown"}));
+        *lock(&self.shared.writer) = None;
+        if let Some(child) = lifecycle.child.as_mut() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        stop_child(&mut lifecycle);
+        for thread in lifecycle.threads.drain(..) {
+            let _ = thread.join();
+        }
+        // Whatever got no ending (the sidecar never started) is cancelled.
+        let slots: Vec<Arc<Slot>> = {
+            let mut table = lock(&self.shared.table);
+            table.closed = Some(shut_down());
+            table.slots.values().cloned().collect()
+        };
+        for slot in slots {
+            slot.fail(TaskError::Cancelled, None);
+        }
+        if let Some(head) = lifecycle.head.take() {
+            head.stop();
+        }
+        Ok(())
+    }
+
+    fn get_available_resources(&self) -> Result<ClusterResources, TaskError> {
+        let cluster = self.ensure_running()?;
+        let nodes = self.shared.nodes(&cluster, true)?;
+        let request = self.shared.next_request.fetch_add(1, Ordering::SeqCst);
+        let (reply_tx, reply_rx) = mpsc::channel();
+        lock(&self.shared.replies).insert(request, reply_tx);
+        self.send(&json!({"op": "available", "req": request}))?;
+        let reply = reply_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| {
+                lock(&self.shared.replies).remove(&request);
+                TaskError::internal("the Ray sidecar did not report the available resources")
+            })?;
+        if let Some(error) = reply.get("error").and_then(Value::as_str) {
+            return Err(TaskError::internal(format!(
+                "Ray could not report the available resources: {error}"
+            )));
+        }
+        let available = reply.get("available").cloned().unwrap_or_default();
+        Ok(ClusterResources {
+            nodes: nodes
+                .into_iter()
+                .filter(|node| node.alive)
+                .map(|node| {
+                    let free = &available[&node.node_id];
+                    let amount = |key: &str| free.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+                    NodeResources {
+                        cpu_available: amount("CPU"),
+                        memory_available: amount("memory") as u64,
+                        gpu_available: amount("GPU"),
+                        node_id: node.node_id,
+                        node_ip: node.node_ip,
+                        alive: node.alive,
+                        cpu: node.cpu,
+                        memory: node.memory,
+                        gpu: node.gpu,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    fn release(&self, handle: &TaskHandle) {
+        if handle.executor_type != ExecutorType::Ray {
+            return;
+        }
+        let mut table = lock(&self.shared.table);
+        if table
+            .slots
+            .get(&handle.handle_id)
+            .is_some_and(|slot| slot.completion.is_done())
+        {
+            table.slots.remove(&handle.handle_id);
+        }
+    }
+}
+
+impl Drop for RayExecutor {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Ends the sidecar and anything in its process group, and reaps it.
+fn stop_child(lifecycle: &mut Lifecycle) {
+    if let Some(mut child) = lifecycle.child.take() {
+        // The whole group, even if the sidecar itself has exited: anything
+        // it left behind would hold its stdout open. (A group id is not
+        // reused while any member lives, so this reaches only its group.)
+        // SAFETY: kill(2) on the sidecar's own process group (it was
+        // started as its leader).
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+    lifecycle.script = None;
+}
+
+/// The sidecar's source in a private (0600) temp file.
+fn write_sidecar() -> Result<tempfile::NamedTempFile, TaskError> {
+    let mut file = tempfile::Builder::new()
+        .prefix("lattice-ray-sidecar-")
+        .suffix(".py")
+        .tempfile()
+        .map_err(|e| TaskError::internal(format!("can't write the Ray sidecar: {e}")))?;
+    file.write_all(SIDECAR_SOURCE.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| TaskError::internal(format!("can't write the Ray sidecar: {e}")))?;
+    Ok(file)
+}
+
+/// The flags `lattice-wasm exec` needs for the settings that have no
+/// field in the task JSON.
+fn exec_args(config: &SandboxConfig) -> Vec<String> {
+    let mut args = vec![
+        "--max-output-bytes".to_string(),
+        config.max_output_bytes.to_string(),
+    ];
+    if config.seccomp_kill {
+        args.push("--seccomp-kill".into());
+    }
+    args
+}
+
+/// A Ray node id: 56 hex digits (lowercased).
+fn check_node_id(id: &str) -> Result<String, TaskError> {
+    if id.len() == 56 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(TaskError::invalid(format!(
+            "'{id}' is not a Ray node id (56 hex digits, as `resources --executor ray` lists them)"
+        )))
+    }
+}
+
+/// The error of a task that Ray ended with an exception.
+fn failure(event: &Value, shared: &Shared) -> TaskError {
+    let message = text(event, "message");
+    match text(event, "kind") {
+        "cancelled" => TaskError::Cancelled,
+        "node_failed" => TaskError::NodeFailed {
+            message: format!("{}: {message}", text(event, "type")),
+        },
+        "memory_limit" => TaskError::MemoryLimit {
+            message: format!("Ray's memory monitor killed the task's worker: {message}"),
+        },
+        "unavailable" => {
+            let binary = lock(&shared.cluster)
+                .as_ref()
+                .map(|c| c.binary.display().to_string())
+                .unwrap_or_default();
+            TaskError::unavailable(format!(
+                "can't run `{binary} exec` on the node ({message}); install lattice-wasm on the nodes \
+                 and set its path there (RayOptions::binary)"
+            ))
+        }
+        "unschedulable" => TaskError::invalid(format!("Ray can't schedule the task: {message}")),
+        _ => TaskError::internal(format!(
+            "Ray failed the task ({}): {message}",
+            text(event, "type")
+        )),
+    }
+}
+
+fn describe_request(request: &Request) -> String {
+    let mut parts = vec![format!("{} CPU", request.num_cpus)];
+    if request.num_gpus > 0.0 {
+        parts.push(format!("{} GPU", request.num_gpus));
+    }
+    if let Some(gpu) = request.gpu_id {
+        parts.push(format!("GPU #{gpu}"));
+    }
+    if let Some(memory) = request.memory {
+        parts.push(format!("{memory} bytes of memory"));
+    }
+    if let Some(node) = &request.node_id {
+        parts.push(format!("node {node}"));
+    }
+    parts.join(", ")
+}
+
+fn describe_nodes(nodes: &[NodeInfo], only: Option<&str>) -> String {
+    let listed: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.alive && only.is_none_or(|id| id == n.node_id))
+        .map(|n| {
+            format!(
+                "{} ({}): {} CPU, {} GPU, {} bytes",
+                &n.node_id[..n.node_id.len().min(8)],
+                n.node_ip,
+                n.cpu,
+                n.gpu,
+                n.memory
+            )
+        })
+        .collect();
+    if listed.is_empty() {
+        "no alive node".into()
+    } else {
+        listed.join("; ")
+    }
+}
+
+pub(super) fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+pub(super) fn tail(text: &str, max: usize) -> &str {
+    let text = text.trim();
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+fn shut_down() -> TaskError {
+    TaskError::invalid("the executor is shut down")
+}
+
+fn unknown_handle(handle: &TaskHandle) -> TaskOutcome {
+    TaskOutcome::from_error(
+        None,
+        TaskError::invalid(format!(
+            "handle {} ({}) was not made by this executor",
+            handle.handle_id, handle.executor_type
+        )),
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_must_be_56_hex_digits() {
+        let good = "0fa5419e082f6b07e0c07755b8e30cba794f9622ecc86ec5a8c4bfef";
+        assert_eq!(check_node_id(good).unwrap(), good);
+        assert_eq!(check_node_id(&good.to_uppercase()).unwrap(), good);
+        for bad in [
+            "",
+            "local",
+            &good[1..],
+            &format!("{good}0"),
+            &good.replace('0', "g"),
+        ] {
+            assert_eq!(
+                check_node_id(bad).unwrap_err().kind(),
+                crate::task::ErrorKind::InvalidTask
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_give_the_gcs_and_the_dashboard() {
+        let options = |address: &str| RayOptions {
+            address: Some(address.into()),
+            ..RayOptions::default()
+        };
+        let gcs = options("10.0.0.5:6379");
+        assert_eq!(gcs.gcs_address().as_deref(), Some("10.0.0.5:6379"));
+        assert_eq!(gcs.dashboard_url().as_deref(), Some("http://10.0.0.5:8265"));
+        let dashboard = options("http://10.0.0.5:8265/");
+        assert_eq!(dashboard.gcs_address().as_deref(), Some("10.0.0.5:6379"));
+        assert_eq!(
+            dashboard.dashboard_url().as_deref(),
+            Some("http://10.0.0.5:8265")
+        );
+        assert_eq!(RayOptions::default().gcs_address(), None);
+    }
+
+    #[test]
+    fn a_request_fits_only_nodes_that_have_enough() {
+        let node = NodeInfo {
+            node_id: "a".into(),
+            node_ip: "127.0.0.2".into(),
+            alive: true,
+            cpu: 1.0,
+            memory: 2_000_000_000,
+            gpu: 2.0,
+        };
+        let request = Request {
+            num_cpus: 1.0,
+            memory: None,
+            num_gpus: 2.0,
+            node_id: None,
+            gpu_id: Some(1),
+        };
+        assert!(node.fits(&request));
+        assert!(!node.fits(&Request {
+            num_gpus: 3.0,
+            ..request.clone()
+        }));
+        assert!(!node.fits(&Request {
+            gpu_id: Some(2),
+            ..request.clone()
+        }));
+        assert!(!node.fits(&Request {
+            node_id: Some("b".into()),
+            ..request.clone()
+        }));
+        assert!(!NodeInfo {
+            alive: false,
+            ..node
+        }
+        .fits(&request));
+    }
+}
