@@ -6,7 +6,65 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::task::TaskOutcome;
+use super::BoxFuture;
+use crate::task::{TaskError, TaskHandle, TaskOutcome};
+
+/// `get_result` of an executor whose task `handle` has `completion` (none:
+/// the handle is not one of its own).
+pub(crate) fn result_of(completion: Option<Arc<Completion>>, handle: &TaskHandle) -> TaskOutcome {
+    match completion {
+        Some(completion) => completion.wait(),
+        None => unknown_handle(handle),
+    }
+}
+
+/// `get_result_async`, as [`result_of`].
+pub(crate) fn future_of(
+    completion: Option<Arc<Completion>>,
+    handle: &TaskHandle,
+) -> BoxFuture<TaskOutcome> {
+    match completion {
+        Some(completion) => Box::pin(completion.future()),
+        None => {
+            let outcome = unknown_handle(handle);
+            Box::pin(async move { outcome })
+        }
+    }
+}
+
+/// `wait`: splits `handles` (with their completions, none for a foreign
+/// handle, which counts as done) into finished and pending, waiting on
+/// `signal` until all are finished or `timeout` passes.
+pub(crate) fn wait_for(
+    handles: &[TaskHandle],
+    completions: &[Option<Arc<Completion>>],
+    signal: &Signal,
+    timeout: std::time::Duration,
+) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let seen = signal.generation();
+        let (done, pending): (Vec<_>, Vec<_>) = handles
+            .iter()
+            .zip(completions)
+            .partition(|(_, completion)| completion.as_ref().is_none_or(|c| c.is_done()));
+        let unzip = |v: Vec<(&TaskHandle, _)>| v.into_iter().map(|(h, _)| h.clone()).collect();
+        if pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return (unzip(done), unzip(pending));
+        }
+        signal.wait_past(seen, deadline);
+    }
+}
+
+fn unknown_handle(handle: &TaskHandle) -> TaskOutcome {
+    TaskOutcome::from_error(
+        None,
+        TaskError::invalid(format!(
+            "handle {} ({}) was not made by this executor",
+            handle.handle_id, handle.executor_type
+        )),
+    )
+}
 
 /// Wakes whoever waits for "some task of this executor finished".
 #[derive(Default)]

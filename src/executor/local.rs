@@ -4,9 +4,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::completion::{Completion, Signal};
+use super::completion::{self, Completion, Signal};
 use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
 use crate::sandbox::{
     get_sandbox_config, CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel,
@@ -111,6 +111,11 @@ impl LocalExecutor {
     /// The number of workers.
     pub fn max_workers(&self) -> usize {
         self.shared.max_workers
+    }
+
+    /// The completion of task `handle`, if it is one of ours.
+    fn completion(&self, handle: &TaskHandle) -> Option<Arc<Completion>> {
+        self.slot(handle).map(|slot| slot.completion.clone())
     }
 
     fn slot(&self, handle: &TaskHandle) -> Option<Arc<Slot>> {
@@ -240,20 +245,11 @@ impl ExecutorBackend for LocalExecutor {
     }
 
     fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {
-        match self.slot(handle) {
-            Some(slot) => slot.completion.wait(),
-            None => unknown_handle(handle),
-        }
+        completion::result_of(self.completion(handle), handle)
     }
 
     fn get_result_async(&self, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
-        match self.slot(handle) {
-            Some(slot) => Box::pin(slot.completion.clone().future()),
-            None => {
-                let outcome = unknown_handle(handle);
-                Box::pin(async move { outcome })
-            }
-        }
+        completion::future_of(self.completion(handle), handle)
     }
 
     fn wait(
@@ -261,20 +257,8 @@ impl ExecutorBackend for LocalExecutor {
         handles: &[TaskHandle],
         timeout: Duration,
     ) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
-        let deadline = Instant::now().checked_add(timeout);
-        let slots: Vec<Option<Arc<Slot>>> = handles.iter().map(|h| self.slot(h)).collect();
-        loop {
-            let seen = self.shared.signal.generation();
-            let (done, pending): (Vec<_>, Vec<_>) = handles
-                .iter()
-                .zip(&slots)
-                .partition(|(_, slot)| slot.as_ref().is_none_or(|s| s.completion.is_done()));
-            let unzip = |v: Vec<(&TaskHandle, _)>| v.into_iter().map(|(h, _)| h.clone()).collect();
-            if pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
-                return (unzip(done), unzip(pending));
-            }
-            self.shared.signal.wait_past(seen, deadline);
-        }
+        let completions: Vec<_> = handles.iter().map(|h| self.completion(h)).collect();
+        completion::wait_for(handles, &completions, &self.shared.signal, timeout)
     }
 
     fn cancel(&self, handle: &TaskHandle) -> bool {
@@ -346,16 +330,6 @@ impl Drop for LocalExecutor {
 
 fn shut_down() -> TaskError {
     TaskError::invalid("the executor is shut down")
-}
-
-fn unknown_handle(handle: &TaskHandle) -> TaskOutcome {
-    TaskOutcome::from_error(
-        None,
-        TaskError::invalid(format!(
-            "handle {} ({}) was not made by this executor",
-            handle.handle_id, handle.executor_type
-        )),
-    )
 }
 
 /// (MemTotal, MemAvailable) in bytes, from /proc/meminfo.

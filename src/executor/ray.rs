@@ -35,7 +35,7 @@ mod head;
 use dashboard::{fetch_nodes, NodeInfo};
 use head::StartedHead;
 
-use super::completion::{Completion, Signal};
+use super::completion::{self, Completion, Signal};
 use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
 use crate::sandbox::{get_sandbox_config, SandboxConfig, SandboxLevel};
 use crate::task::json::{parse_outcome, TaskSpec};
@@ -340,6 +340,11 @@ impl RayExecutor {
             .child
             .as_ref()
             .map(|child| child.id())
+    }
+
+    /// The completion of task `handle`, if it is one of ours.
+    fn completion(&self, handle: &TaskHandle) -> Option<Arc<Completion>> {
+        self.slot(handle).map(|slot| slot.completion.clone())
     }
 
     fn slot(&self, handle: &TaskHandle) -> Option<Arc<Slot>> {
@@ -911,20 +916,11 @@ impl ExecutorBackend for RayExecutor {
     }
 
     fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {
-        match self.slot(handle) {
-            Some(slot) => slot.completion.wait(),
-            None => unknown_handle(handle),
-        }
+        completion::result_of(self.completion(handle), handle)
     }
 
     fn get_result_async(&self, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
-        match self.slot(handle) {
-            Some(slot) => Box::pin(slot.completion.clone().future()),
-            None => {
-                let outcome = unknown_handle(handle);
-                Box::pin(async move { outcome })
-            }
-        }
+        completion::future_of(self.completion(handle), handle)
     }
 
     fn wait(
@@ -932,20 +928,8 @@ impl ExecutorBackend for RayExecutor {
         handles: &[TaskHandle],
         timeout: Duration,
     ) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
-        let deadline = Instant::now().checked_add(timeout);
-        let slots: Vec<Option<Arc<Slot>>> = handles.iter().map(|h| self.slot(h)).collect();
-        loop {
-            let seen = self.shared.signal.generation();
-            let (done, pending): (Vec<_>, Vec<_>) = handles
-                .iter()
-                .zip(&slots)
-                .partition(|(_, slot)| slot.as_ref().is_none_or(|s| s.completion.is_done()));
-            let unzip = |v: Vec<(&TaskHandle, _)>| v.into_iter().map(|(h, _)| h.clone()).collect();
-            if pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
-                return (unzip(done), unzip(pending));
-            }
-            self.shared.signal.wait_past(seen, deadline);
-        }
+        let completions: Vec<_> = handles.iter().map(|h| self.completion(h)).collect();
+        completion::wait_for(handles, &completions, &self.shared.signal, timeout)
     }
 
     fn cancel(&self, handle: &TaskHandle) -> bool {
@@ -1206,16 +1190,6 @@ pub(super) fn tail(text: &str, max: usize) -> &str {
 
 fn shut_down() -> TaskError {
     TaskError::invalid("the executor is shut down")
-}
-
-fn unknown_handle(handle: &TaskHandle) -> TaskOutcome {
-    TaskOutcome::from_error(
-        None,
-        TaskError::invalid(format!(
-            "handle {} ({}) was not made by this executor",
-            handle.handle_id, handle.executor_type
-        )),
-    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
