@@ -536,7 +536,7 @@ fn spawn_error(program: &Path, error: io::Error) -> TaskError {
             program.display()
         )),
         Some(libc::EPERM) | Some(libc::EINVAL) => TaskError::unavailable(format!(
-            "can't set up the sandbox for {}: {error} (namespaces, rlimits or privilege drop refused by the kernel)",
+            "can't set up the sandbox for {}: {error} (the kernel refused a step of its setup: session, network namespace, rlimits, privilege drop, or the seccomp tier's Landlock rules or filter; `lattice-wasm doctor` checks what this host supports)",
             program.display()
         )),
         _ => TaskError::internal(format!("can't start {}: {error}", program.display())),
