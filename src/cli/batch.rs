@@ -3,73 +3,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Args;
-use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions, RayOptions};
+use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions};
 use lattice::task::json::{outcome_to_json, parse_task};
 use lattice::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome};
 use serde_json::Value;
 
-use super::{parse_executor, usage, LimitArgs};
-
-#[derive(Args)]
-pub struct BatchArgs {
-    /// A JSON-lines file, one task per line (design.md §6), or - for stdin.
-    file: PathBuf,
-    #[command(flatten)]
-    limits: LimitArgs,
-    /// Tasks run at once (default: one per core).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
-    concurrency: Option<u64>,
-    /// Write the result lines to this file instead of stdout.
-    #[arg(long, value_name = "PATH")]
-    output: Option<PathBuf>,
-    /// Where tasks run: local or ray.
-    #[arg(long, default_value = "local", value_parser = parse_executor)]
-    executor: ExecutorType,
-    #[command(flatten)]
-    ray: RayArgs,
-}
-
-/// Where the Ray executor finds its cluster (`--executor ray`).
-#[derive(Args, Clone, Debug, Default)]
-pub struct RayArgs {
-    /// The Ray cluster: its GCS address (host:6379) or its dashboard URL
-    /// (http://host:8265); default: $RAY_ADDRESS. Without either, a Ray head
-    /// is started on this machine for the run and stopped after.
-    #[arg(long, value_name = "ADDRESS")]
-    ray_address: Option<String>,
-    /// The dashboard URL, if not on port 8265 of the address's host.
-    #[arg(long, value_name = "URL")]
-    ray_dashboard: Option<String>,
-    /// The Python that has `ray` installed (default: $LATTICE_RAY_PYTHON, else python3 on PATH).
-    #[arg(long, value_name = "PATH")]
-    ray_python: Option<PathBuf>,
-    /// The path of the lattice-wasm binary on the Ray nodes (default: this one).
-    #[arg(long, value_name = "PATH")]
-    ray_binary: Option<PathBuf>,
-}
-
-impl RayArgs {
-    /// The Ray executor's options these flags describe.
-    pub fn options(&self) -> RayOptions {
-        let defaults = RayOptions::default();
-        RayOptions {
-            address: self.ray_address.clone().or_else(|| {
-                std::env::var("RAY_ADDRESS")
-                    .ok()
-                    .filter(|a| !a.is_empty() && a != "auto")
-            }),
-            dashboard: self.ray_dashboard.clone(),
-            python: self.ray_python.clone().unwrap_or(defaults.python.clone()),
-            binary: self.ray_binary.clone(),
-            ..defaults
-        }
-    }
-}
+use super::args::BatchArgs;
+use super::usage;
 
 enum Pending {
     Submitted(TaskHandle),

@@ -21,14 +21,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use clap::Args;
 use lattice::sandbox::{tier, SandboxLevel};
 
+use super::args::{BenchArgs, WorkloadKind};
 use contender::{Contender, PythonReference, TierContender, PYTHON_REFERENCE};
 use memory::{own_resident, MemoryProbe};
 use monty::{MontyReference, MONTY_REFERENCE};
 use report::{fill_ratios, Availability, Machine, Report, ResultRow, Samples};
-use workload::{Workload, WorkloadKind};
+use workload::Workload;
 
 /// Tasks per contender and workload when the budget allows.
 const DEFAULT_TASKS: usize = 200;
@@ -53,38 +53,6 @@ const TIER_ORDER: [SandboxLevel; 5] = [
     SandboxLevel::Seccomp,
     SandboxLevel::Docker,
 ];
-
-#[derive(Args)]
-pub struct BenchArgs {
-    /// Tiers to compare, comma-separated, of wasm, subprocess, none, seccomp,
-    /// docker (default: all; a tier this host can't run is listed as
-    /// unavailable, with the reason).
-    #[arg(long, value_name = "TIERS", value_delimiter = ',', value_parser = super::parse_tier)]
-    tiers: Vec<SandboxLevel>,
-    /// Tasks per contender and workload, run once one at a time and once
-    /// concurrently (default: up to 200, fewer where tasks are slow, to keep
-    /// to --time-budget).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    tasks: Option<u64>,
-    /// Tasks at a time in the concurrent runs (default: one per core).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
-    concurrency: Option<u64>,
-    /// Workloads, comma-separated (default: all).
-    #[arg(long, value_name = "WORKLOADS", value_delimiter = ',', value_enum)]
-    workloads: Vec<WorkloadKind>,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    json: bool,
-    /// A Python that has pydantic-monty installed (default: python3 on PATH).
-    #[arg(long, value_name = "PATH")]
-    monty_python: Option<PathBuf>,
-    /// Seconds the measured tasks should take in all, when --tasks is not
-    /// given: shared evenly by the workloads, and within a workload by the
-    /// contenders, the fast ones' leftover going to the slow ones (warm-up,
-    /// and at least 5 tasks per contender, come on top).
-    #[arg(long, value_name = "SECS", default_value = "45", value_parser = super::parse_seconds)]
-    time_budget: Duration,
-}
 
 /// The settings of one run, defaults resolved.
 struct Plan {

@@ -2,154 +2,20 @@
 //!
 //! Exit codes: 0 ok, 1 a task failed, 2 usage error or invalid input.
 
+mod args;
 mod batch;
 mod bench;
 mod single;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use lattice::sandbox::{tier, wasm, Mount, SandboxConfig, SandboxLevel};
-use lattice::task::{ErrorKind, ExecutorType, TaskOutcome};
+use args::{Cli, Command, DoctorArgs, ResourcesArgs, UsageError};
+use clap::Parser;
+use lattice::sandbox::{tier, wasm, SandboxLevel};
+use lattice::task::{ErrorKind, TaskOutcome};
 
-/// Run untrusted Python functions in a sandbox: Wasm by default, or a
-/// process, seccomp or Docker tier; locally or on a Ray cluster.
-#[derive(Parser)]
-#[command(name = "lattice-wasm", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run one task from a file (.py: Python, .wasm: a Wasm module; -: Python on stdin)
-    /// and print its result JSON.
-    Run(single::RunArgs),
-    /// Run a JSON-lines file of tasks (one task per line) and print one result line per task.
-    Batch(batch::BatchArgs),
-    /// Read one task JSON on stdin, print its result JSON (the worker entry point).
-    Exec(single::ExecArgs),
-    /// Print the resources of an executor as JSON.
-    Resources(ResourcesArgs),
-    /// Check which sandbox tiers work on this host, and how to fix the others.
-    Doctor(DoctorArgs),
-    /// Compare the sandbox tiers (and a bare CPython, and pydantic-monty when
-    /// installed) on the same workloads, side by side, with ratios.
-    Bench(bench::BenchArgs),
-}
-
-/// Limits and settings shared by `run` and `batch` (a task's own fields win).
-#[derive(Args, Clone, Debug, Default)]
-pub struct LimitArgs {
-    /// Sandbox tier: none, wasm, subprocess, seccomp, docker.
-    #[arg(long, value_parser = parse_tier)]
-    tier: Option<SandboxLevel>,
-    /// Wall-clock limit per task, in seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    timeout: Option<Duration>,
-    /// Memory limit per task, in MiB.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    max_memory_mb: Option<u64>,
-    /// CPU-time limit per task, in seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    max_cpu_time: Option<Duration>,
-    /// Cap on each of stdout and stderr kept per task, in bytes.
-    #[arg(long, value_name = "BYTES")]
-    max_output_bytes: Option<usize>,
-    /// Seccomp tier: kill a task that makes a forbidden system call
-    /// (reported as SandboxViolation) instead of failing the call (EPERM).
-    #[arg(long)]
-    seccomp_kill: bool,
-    /// Docker tier: the image to run (default python:3.11-slim; build a
-    /// local one with scripts/docker-image.sh).
-    #[arg(long, value_name = "IMAGE")]
-    docker_image: Option<String>,
-}
-
-impl LimitArgs {
-    /// The sandbox configuration these flags describe.
-    fn config(&self) -> SandboxConfig {
-        let mut config = SandboxConfig::default();
-        if let Some(tier) = self.tier {
-            config.level = tier;
-        }
-        if let Some(timeout) = self.timeout {
-            config.timeout = timeout;
-        }
-        if let Some(mb) = self.max_memory_mb {
-            config.max_memory_mb = mb;
-        }
-        if let Some(cpu) = self.max_cpu_time {
-            config.max_cpu_time = cpu;
-        }
-        if let Some(bytes) = self.max_output_bytes {
-            config.max_output_bytes = bytes;
-        }
-        config.seccomp_kill = self.seccomp_kill;
-        if let Some(image) = &self.docker_image {
-            config.docker_image = image.clone();
-        }
-        config
-    }
-}
-
-#[derive(Args)]
-struct ResourcesArgs {
-    /// Which executor: local or ray.
-    #[arg(long, default_value = "local", value_parser = parse_executor)]
-    executor: ExecutorType,
-    #[command(flatten)]
-    ray: batch::RayArgs,
-}
-
-#[derive(Args)]
-struct DoctorArgs {
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Prepare the wasm tier now (snapshot and compile the Python guest,
-    /// cached on disk) so the first task does not wait for it.
-    #[arg(long)]
-    warm: bool,
-}
-
-fn parse_tier(s: &str) -> Result<SandboxLevel, String> {
-    s.parse()
-        .map_err(|e: lattice::task::TaskError| e.to_string())
-}
-
-fn parse_executor(s: &str) -> Result<ExecutorType, String> {
-    s.parse()
-        .map_err(|e: lattice::task::TaskError| e.to_string())
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e9 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("'{s}' is not a positive number of seconds")),
-    }
-}
-
-fn parse_mount(s: &str) -> Result<Mount, String> {
-    s.parse()
-        .map_err(|e: lattice::task::TaskError| e.to_string())
-}
-
-/// A usage error: exit code 2.
-#[derive(Debug)]
-pub struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
+/// Turns a usage error into the error `main` maps to exit code 2.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }

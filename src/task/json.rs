@@ -97,10 +97,12 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
 fn seconds(field: &str, value: Option<f64>) -> Result<Option<Duration>, TaskError> {
     match value {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(TaskError::invalid(format!(
-            "{field} must be a positive number of seconds, got {s}"
-        ))),
+        Some(s) => match super::limit_seconds(s) {
+            Some(duration) => Ok(Some(duration)),
+            None => Err(TaskError::invalid(format!(
+                "{field} must be a number of seconds from 1 ns to 10^9, got {s}"
+            ))),
+        },
     }
 }
 
@@ -423,6 +425,14 @@ mod tests {
     fn payload_must_be_exactly_one() {
         assert!(parse_task(r#"{"input":1}"#).is_err());
         assert!(parse_task(r#"{"code":"def f(): pass","argv":["true"]}"#).is_err());
+    }
+
+    #[test]
+    fn a_limit_that_rounds_to_zero_is_refused() {
+        // Found by the task_json fuzz target: 1e-26 s became a zero timeout.
+        let error = parse_task(r#"{"code":"def f(): pass","timeout_s":1e-26}"#).unwrap_err();
+        assert!(error.to_string().contains("timeout_s"), "{error}");
+        assert!(parse_task(r#"{"code":"def f(): pass","max_cpu_time_s":1e-9}"#).is_ok());
     }
 
     #[test]

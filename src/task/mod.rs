@@ -17,6 +17,23 @@ pub use error::{ErrorKind, ErrorRecord, TaskError, TimeLimit};
 
 use crate::sandbox::{CancelToken, Mount, SandboxLevel};
 
+/// A limit given in seconds (`timeout_s`, `--timeout`, ...) as a duration:
+/// finite, positive, at most 10^9 s, and not so small that it rounds to
+/// zero nanoseconds (a zero limit could never be met).
+///
+/// ```
+/// use lattice::task::limit_seconds;
+/// assert_eq!(limit_seconds(1.5), Some(std::time::Duration::from_millis(1500)));
+/// assert_eq!(limit_seconds(1e-30), None);
+/// assert_eq!(limit_seconds(f64::NAN), None);
+/// ```
+pub fn limit_seconds(seconds: f64) -> Option<Duration> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 1e9) {
+        return None;
+    }
+    Some(Duration::from_secs_f64(seconds)).filter(|d| !d.is_zero())
+}
+
 /// A native function run in-process by the local executor.
 pub type NativeFn = Arc<dyn Fn(&NativeCall<'_>) -> Result<Value, String> + Send + Sync>;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::workload::WorkloadKind;
+use crate::cli::args::WorkloadKind;
 
 /// The name of the tier every ratio is taken against.
 pub const BASELINE: &str = "subprocess";

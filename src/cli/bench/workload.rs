@@ -2,26 +2,9 @@
 //! the answer each task must give. The answers are computed here, in Rust,
 //! so that no contender grades its own work.
 
-use clap::ValueEnum;
+use crate::cli::args::WorkloadKind;
 use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
 use serde_json::{json, Value};
-
-/// One kind of work, from "the sandbox's fixed cost" to "moving data".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum WorkloadKind {
-    /// `def f(x): return x + 1`: what a task costs before it does anything.
-    Trivial,
-    /// Recursive fib(25): interpreter speed.
-    Cpu,
-    /// Generate 10^5 ints from a seed, sort them, return a checksum.
-    Sort,
-    /// json, re, collections and datetime used in the function.
-    Imports,
-    /// About 1 MB of JSON in and 1 MB out.
-    Io,
-    /// The function raises ValueError: an expected failure.
-    Raises,
-}
 
 impl WorkloadKind {
     pub const ALL: [WorkloadKind; 6] = [

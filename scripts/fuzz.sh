@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fuzzes the task/result JSON decoders and the CLI's argument grammar
+# (fuzz/fuzz_targets) for a bounded time each: scripts/fuzz.sh [SECONDS]
+# (default 60). Starts from the committed corpus in fuzz/corpus/<target>;
+# new inputs go to fuzz/target/corpus/<target> (fold them in with
+# `cargo fuzz cmin -s none <target> fuzz/corpus/<target>` after copying).
+# A crash fails the script and leaves its input in fuzz/artifacts/<target>.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
+# The fuzz build embeds the Python guests the main build made (build.rs
+# takes these instead of building them again).
+host="$(rustc -vV | sed -n 's/^host: //p')"
+export LATTICE_GUEST_WASM="$PWD/target/guest/wasm32-wasip1/release/lattice-guest.wasm"
+export LATTICE_NATIVE_PYTHON="$PWD/target/guest/$host/release/liblattice_guest.so"
+if ! [ -f "$LATTICE_GUEST_WASM" ] || ! [ -f "$LATTICE_NATIVE_PYTHON" ]; then
+  echo "fuzz.sh: build the crate first (cargo build): the guests are missing" >&2
+  exit 1
+fi
+
+# The fuzzed code is safe Rust: coverage-guided fuzzing without a
+# sanitizer, which builds on the stable toolchain.
+for target in task_json cli_args; do
+  mkdir -p "fuzz/target/corpus/$target"
+  log="fuzz/target/$target.log"
+  status=0
+  cargo fuzz run --sanitizer none "$target" \
+    "fuzz/target/corpus/$target" "fuzz/corpus/$target" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
+    >"$log" 2>&1 || status=$?
+  grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$log" | sed "s/^/$target: /" || true
+  if [ "$status" != 0 ]; then
+    tail -n 60 "$log" >&2
+    echo "fuzz.sh: $target failed (exit $status); a crashing input is in fuzz/artifacts/$target" >&2
+    exit 1
+  fi
+done

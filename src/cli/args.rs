@@ -1,0 +1,405 @@
+//! The command line's grammar: every subcommand's flags, and the pure steps
+//! that turn flags into library values (a sandbox config, Ray options, a
+//! task). Nothing here touches files, processes or the network, so the same
+//! module is compiled into the fuzz target `cli_args` (fuzz/), which feeds it
+//! arbitrary argument vectors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lattice::executor::RayOptions;
+use lattice::sandbox::{Mount, SandboxConfig, SandboxLevel};
+use lattice::task::{limit_seconds, ExecutorType, TaskError, TaskSubmission, WasmSource};
+use serde_json::Value;
+
+/// Run untrusted Python functions in a sandbox: Wasm by default, or a
+/// process, seccomp or Docker tier; locally or on a Ray cluster.
+#[derive(Parser)]
+#[command(name = "lattice-wasm", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run one task from a file (.py: Python, .wasm: a Wasm module; -: Python on stdin)
+    /// and print its result JSON.
+    Run(RunArgs),
+    /// Run a JSON-lines file of tasks (one task per line) and print one result line per task.
+    Batch(BatchArgs),
+    /// Read one task JSON on stdin, print its result JSON (the worker entry point).
+    Exec(ExecArgs),
+    /// Print the resources of an executor as JSON.
+    Resources(ResourcesArgs),
+    /// Check which sandbox tiers work on this host, and how to fix the others.
+    Doctor(DoctorArgs),
+    /// Compare the sandbox tiers (and a bare CPython, and pydantic-monty when
+    /// installed) on the same workloads, side by side, with ratios.
+    Bench(BenchArgs),
+}
+
+/// Limits and settings shared by `run`, `batch` and `exec` (a task's own fields win).
+#[derive(Args, Clone, Debug, Default)]
+pub struct LimitArgs {
+    /// Sandbox tier: none, wasm, subprocess, seccomp, docker.
+    #[arg(long, value_parser = parse_tier)]
+    pub tier: Option<SandboxLevel>,
+    /// Wall-clock limit per task, in seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+    /// Memory limit per task, in MiB.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_memory_mb: Option<u64>,
+    /// CPU-time limit per task, in seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub max_cpu_time: Option<Duration>,
+    /// Cap on each of stdout and stderr kept per task, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_output_bytes: Option<usize>,
+    /// Seccomp tier: kill a task that makes a forbidden system call
+    /// (reported as SandboxViolation) instead of failing the call (EPERM).
+    #[arg(long)]
+    pub seccomp_kill: bool,
+    /// Docker tier: the image to run (default python:3.11-slim; build a
+    /// local one with scripts/docker-image.sh).
+    #[arg(long, value_name = "IMAGE")]
+    pub docker_image: Option<String>,
+}
+
+impl LimitArgs {
+    /// The sandbox configuration these flags describe.
+    pub fn config(&self) -> SandboxConfig {
+        let mut config = SandboxConfig::default();
+        if let Some(tier) = self.tier {
+            config.level = tier;
+        }
+        if let Some(timeout) = self.timeout {
+            config.timeout = timeout;
+        }
+        if let Some(mb) = self.max_memory_mb {
+            config.max_memory_mb = mb;
+        }
+        if let Some(cpu) = self.max_cpu_time {
+            config.max_cpu_time = cpu;
+        }
+        if let Some(bytes) = self.max_output_bytes {
+            config.max_output_bytes = bytes;
+        }
+        config.seccomp_kill = self.seccomp_kill;
+        if let Some(image) = &self.docker_image {
+            config.docker_image = image.clone();
+        }
+        config
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The task: a .py file, a .wasm module or component, or - for Python on stdin.
+    pub file: PathBuf,
+    /// The input, as JSON: the function is called as f(input).
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the input JSON from a file.
+    #[arg(long, value_name = "PATH")]
+    pub input_file: Option<PathBuf>,
+    /// The function to call (default: the last top-level def).
+    #[arg(long, value_name = "NAME")]
+    pub entry: Option<String>,
+    /// Positional arguments, as a JSON array: the function is called as f(*args, **kwargs).
+    #[arg(long, value_name = "JSON")]
+    pub args: Option<String>,
+    /// Keyword arguments, as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub kwargs: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Allow importing this module (repeat for more); without any, all imports are allowed.
+    #[arg(long = "allow-import", value_name = "MOD")]
+    pub allow_imports: Vec<String>,
+    /// Make a host path visible to the task: HOST:GUEST, or HOST:GUEST:rw for writable.
+    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]", value_parser = parse_mount)]
+    pub mounts: Vec<Mount>,
+    /// Let the task use the network.
+    #[arg(long)]
+    pub network: bool,
+}
+
+impl RunArgs {
+    /// The task these flags describe, given the bytes of `file` and, with
+    /// `--input-file`, the text of that file.
+    pub fn task(
+        self,
+        source: Vec<u8>,
+        input_file_text: Option<&str>,
+    ) -> Result<TaskSubmission, UsageError> {
+        let is_wasm = self.file.extension().is_some_and(|ext| ext == "wasm");
+        let mut task = if is_wasm {
+            TaskSubmission::wasm(WasmSource::Bytes(source.into()))
+        } else {
+            let code = String::from_utf8(source)
+                .map_err(|_| UsageError(format!("{} is not UTF-8 text", self.file.display())))?;
+            TaskSubmission::python(code)
+        };
+        task.id = Some(Value::String(self.file.display().to_string()));
+        task.entry = self.entry;
+        task.input = match (&self.input, input_file_text) {
+            (Some(text), _) => Some(parse_json("--input", text)?),
+            (None, Some(text)) => Some(parse_json("--input-file", text)?),
+            (None, None) => None,
+        };
+        if let Some(text) = &self.args {
+            match parse_json("--args", text)? {
+                Value::Array(values) => task.args = Some(values),
+                _ => return Err(UsageError("--args must be a JSON array".into())),
+            }
+        }
+        if let Some(text) = &self.kwargs {
+            match parse_json("--kwargs", text)? {
+                Value::Object(map) => task.kwargs = Some(map),
+                _ => return Err(UsageError("--kwargs must be a JSON object".into())),
+            }
+        }
+        if task.input.is_some() && (task.args.is_some() || task.kwargs.is_some()) {
+            return Err(UsageError(
+                "give either --input or --args/--kwargs, not both".into(),
+            ));
+        }
+        if !self.allow_imports.is_empty() {
+            task.sandbox.allowed_imports = Some(self.allow_imports);
+        }
+        if !self.mounts.is_empty() {
+            task.sandbox.mounts = Some(self.mounts);
+        }
+        if self.network {
+            task.sandbox.network = Some(true);
+        }
+        Ok(task)
+    }
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Args)]
+pub struct BatchArgs {
+    /// A JSON-lines file, one task per line (design.md §6), or - for stdin.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Tasks run at once (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
+    pub concurrency: Option<u64>,
+    /// Write the result lines to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Where tasks run: local or ray.
+    #[arg(long, default_value = "local", value_parser = parse_executor)]
+    pub executor: ExecutorType,
+    #[command(flatten)]
+    pub ray: RayArgs,
+}
+
+/// Where the Ray executor finds its cluster (`--executor ray`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct RayArgs {
+    /// The Ray cluster: its GCS address (host:6379) or its dashboard URL
+    /// (http://host:8265); default: $RAY_ADDRESS. Without either, a Ray head
+    /// is started on this machine for the run and stopped after.
+    #[arg(long, value_name = "ADDRESS")]
+    pub ray_address: Option<String>,
+    /// The dashboard URL, if not on port 8265 of the address's host.
+    #[arg(long, value_name = "URL")]
+    pub ray_dashboard: Option<String>,
+    /// The Python that has `ray` installed (default: $LATTICE_RAY_PYTHON, else python3 on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub ray_python: Option<PathBuf>,
+    /// The path of the lattice-wasm binary on the Ray nodes (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub ray_binary: Option<PathBuf>,
+}
+
+impl RayArgs {
+    /// The Ray executor's options these flags describe.
+    pub fn options(&self) -> RayOptions {
+        let defaults = RayOptions::default();
+        RayOptions {
+            address: self.ray_address.clone().or_else(|| {
+                std::env::var("RAY_ADDRESS")
+                    .ok()
+                    .filter(|a| !a.is_empty() && a != "auto")
+            }),
+            dashboard: self.ray_dashboard.clone(),
+            python: self.ray_python.clone().unwrap_or(defaults.python.clone()),
+            binary: self.ray_binary.clone(),
+            ..defaults
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ResourcesArgs {
+    /// Which executor: local or ray.
+    #[arg(long, default_value = "local", value_parser = parse_executor)]
+    pub executor: ExecutorType,
+    #[command(flatten)]
+    pub ray: RayArgs,
+}
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Prepare the wasm tier now (snapshot and compile the Python guest,
+    /// cached on disk) so the first task does not wait for it.
+    #[arg(long)]
+    pub warm: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Tiers to compare, comma-separated, of wasm, subprocess, none, seccomp,
+    /// docker (default: all; a tier this host can't run is listed as
+    /// unavailable, with the reason).
+    #[arg(long, value_name = "TIERS", value_delimiter = ',', value_parser = parse_tier)]
+    pub tiers: Vec<SandboxLevel>,
+    /// Tasks per contender and workload, run once one at a time and once
+    /// concurrently (default: up to 200, fewer where tasks are slow, to keep
+    /// to --time-budget).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub tasks: Option<u64>,
+    /// Tasks at a time in the concurrent runs (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
+    pub concurrency: Option<u64>,
+    /// Workloads, comma-separated (default: all).
+    #[arg(long, value_name = "WORKLOADS", value_delimiter = ',', value_enum)]
+    pub workloads: Vec<WorkloadKind>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// A Python that has pydantic-monty installed (default: python3 on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub monty_python: Option<PathBuf>,
+    /// Seconds the measured tasks should take in all, when --tasks is not
+    /// given: shared evenly by the workloads, and within a workload by the
+    /// contenders, the fast ones' leftover going to the slow ones (warm-up,
+    /// and at least 5 tasks per contender, come on top).
+    #[arg(long, value_name = "SECS", default_value = "45", value_parser = parse_seconds)]
+    pub time_budget: Duration,
+}
+
+/// One kind of benchmark work, from "the sandbox's fixed cost" to "moving
+/// data" (the workloads themselves are in bench/workload.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadKind {
+    /// `def f(x): return x + 1`: what a task costs before it does anything.
+    Trivial,
+    /// Recursive fib(25): interpreter speed.
+    Cpu,
+    /// Generate 10^5 ints from a seed, sort them, return a checksum.
+    Sort,
+    /// json, re, collections and datetime used in the function.
+    Imports,
+    /// About 1 MB of JSON in and 1 MB out.
+    Io,
+    /// The function raises ValueError: an expected failure.
+    Raises,
+}
+
+/// A usage error: bad flags or flag values (the CLI exits with code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, UsageError> {
+    serde_json::from_str(text).map_err(|e| UsageError(format!("{what} is not valid JSON: {e}")))
+}
+
+pub fn parse_tier(s: &str) -> Result<SandboxLevel, String> {
+    s.parse().map_err(|e: TaskError| e.to_string())
+}
+
+fn parse_executor(s: &str) -> Result<ExecutorType, String> {
+    s.parse().map_err(|e: TaskError| e.to_string())
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse()
+        .ok()
+        .and_then(limit_seconds)
+        .ok_or_else(|| format!("'{s}' is not a number of seconds from 1 ns to 10^9"))
+}
+
+fn parse_mount(s: &str) -> Result<Mount, String> {
+    s.parse().map_err(|e: TaskError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_become_a_task() {
+        let cli = Cli::try_parse_from([
+            "lattice-wasm",
+            "run",
+            "f.py",
+            "--args",
+            "[1, 2]",
+            "--kwargs",
+            r#"{"k": 3}"#,
+            "--mount",
+            "/tmp:/data:rw",
+            "--timeout",
+            "1.5",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.limits.config().timeout, Duration::from_millis(1500));
+        let task = args.task(b"def f(a, b, k): pass".to_vec(), None).unwrap();
+        assert_eq!(task.args.unwrap().len(), 2);
+        assert!(task.sandbox.mounts.unwrap()[0].writable);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for argv in [
+            &["lattice-wasm", "run", "f.py", "--timeout", "NaN"][..],
+            &["lattice-wasm", "run", "f.py", "--timeout", "-1"],
+            &["lattice-wasm", "run", "f.py", "--timeout", "1e-30"],
+            &["lattice-wasm", "run", "f.py", "--tier", "vm"],
+            &["lattice-wasm", "run", "f.py", "--mount", "relative:/x"],
+            &["lattice-wasm", "batch", "t.jsonl", "--concurrency", "0"],
+            &["lattice-wasm", "bench", "--workloads", "nope"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} parsed");
+        }
+        let cli = Cli::try_parse_from(["lattice-wasm", "run", "f.py", "--args", "{}"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let error = args.task(b"def f(): pass".to_vec(), None).unwrap_err();
+        assert!(error.0.contains("--args must be a JSON array"), "{error}");
+    }
+}
