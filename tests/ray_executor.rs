@@ -380,9 +380,15 @@ fn cancel_ends_a_sleeping_task_as_cancelled_and_the_next_task_runs() {
         assert_eq!(err(&executor.get_result(handle)), TaskError::Cancelled);
     }
     // A subprocess-tier task runs a child in its own session under its
-    // own uid: a force-cancel must not orphan it.
+    // own uid: a force-cancel must not orphan it, even one that ignores
+    // SIGTERM.
     let handle = executor
-        .submit(sleeper(60).with_tier(SandboxLevel::Subprocess))
+        .submit(
+            TaskSubmission::python(
+                "import signal, time\ndef f():\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    time.sleep(60)\n",
+            )
+            .with_tier(SandboxLevel::Subprocess),
+        )
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let child = loop {

@@ -8,12 +8,14 @@
 //! CPU-time, file-size and open-file rlimits of the process tiers. Input goes
 //! on stdin; the driver's envelope comes back on stdout after a per-task
 //! mark line (attached streams have no fd 3). The container is always
-//! removed: after the run, on timeout and cancel; containers are labelled
-//! with our pid, and the first docker task of a process removes those of
-//! processes that died before they could.
+//! removed: after the run, on timeout and cancel; a removal the engine
+//! could not take (it was down) is retried by the next task; containers are
+//! labelled with our pid, and the first docker task of a process removes
+//! those of processes that died before they could. An engine that stops
+//! under a running task makes that task `SandboxUnavailable`, not a crash.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -90,19 +92,22 @@ async fn engine() -> Result<Docker, TaskError> {
     static ENGINE: tokio::sync::OnceCell<Docker> = tokio::sync::OnceCell::const_new();
     ENGINE
         .get_or_try_init(|| async {
-            let down = |e: &dyn std::fmt::Display| {
-                TaskError::unavailable(format!(
-                    "the Docker engine is not reachable ({e}): start it (e.g. `dockerd`), or use another tier"
-                ))
-            };
-            let docker = Docker::connect_with_local_defaults().map_err(|e| down(&e))?;
-            let docker = api(docker.negotiate_version()).await.map_err(|e| down(&e))?;
-            api(docker.ping()).await.map_err(|e| down(&e))?;
+            let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(&e))?;
+            let docker = api(docker.negotiate_version())
+                .await
+                .map_err(|e| unreachable(&e))?;
+            api(docker.ping()).await.map_err(|e| unreachable(&e))?;
             sweep_stale(&docker).await;
             Ok(docker)
         })
         .await
         .cloned()
+}
+
+fn unreachable(error: &dyn std::fmt::Display) -> TaskError {
+    TaskError::unavailable(format!(
+        "the Docker engine is not reachable ({error}): start it (e.g. `dockerd`), or use another tier"
+    ))
 }
 
 /// An Engine API call that gives up after [`API_TIMEOUT`].
@@ -144,12 +149,65 @@ async fn sweep_stale(docker: &Docker) {
     }
 }
 
+/// Containers whose removal the engine did not take (it was down or
+/// stopping); the next task retries them.
+static LEFTOVERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 async fn remove(docker: &Docker, id: &str) {
     let options = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
         .build();
-    let _ = api(docker.remove_container(id, Some(options))).await;
+    let removed = tokio::time::timeout(API_TIMEOUT, docker.remove_container(id, Some(options)));
+    match removed.await {
+        Ok(Ok(()))
+        | Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => {}
+        _ => LEFTOVERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_string()),
+    }
+}
+
+async fn remove_leftovers(docker: &Docker) {
+    let ids = std::mem::take(&mut *LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner()));
+    for id in ids {
+        remove(docker, &id).await;
+    }
+}
+
+/// Makes sure `image` is on the engine; checked once per image and process
+/// (a later `docker rmi` shows up as a create error, which says the same).
+async fn ensure_image(docker: &Docker, image: &str) -> Result<(), TaskError> {
+    static PRESENT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let present = || PRESENT.lock().unwrap_or_else(|e| e.into_inner());
+    if present()
+        .as_ref()
+        .is_some_and(|images| images.contains(image))
+    {
+        return Ok(());
+    }
+    match tokio::time::timeout(API_TIMEOUT, docker.inspect_image(image)).await {
+        Ok(Ok(_)) => {
+            present()
+                .get_or_insert_with(HashSet::new)
+                .insert(image.to_string());
+            Ok(())
+        }
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => Err(image_missing(image)),
+        Ok(Err(e)) => Err(unreachable(&e)),
+        Err(_) => Err(unreachable(&"no answer in 30 s")),
+    }
+}
+
+fn image_missing(image: &str) -> TaskError {
+    TaskError::unavailable(format!(
+        "the image {image} is not on this Docker engine: `docker pull {image}`, or build a local one with scripts/docker-image.sh (no registry needed) and set docker_image / --docker-image"
+    ))
 }
 
 /// Removes the container when dropped (also when the run's future is).
@@ -192,15 +250,8 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
                 "the docker tier runs Python code and commands; run Wasm payloads on the wasm tier",
             )),
         };
-    if api(docker.inspect_image(&config.docker_image))
-        .await
-        .is_err()
-    {
-        return Err(TaskError::unavailable(format!(
-            "the image {} is not on this Docker engine: `docker pull {0}`, or build a local one with scripts/docker-image.sh (no registry needed) and set docker_image / --docker-image",
-            config.docker_image
-        )));
-    }
+    remove_leftovers(&docker).await;
+    ensure_image(&docker, &config.docker_image).await?;
     let mut env = vec!["HOME=/tmp".to_string(), "LANG=C.UTF-8".to_string()];
     if python {
         env.push(format!("LATTICE_ENVELOPE_MARK={mark}"));
@@ -234,9 +285,22 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
         COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
-    let created = api(docker.create_container(Some(options), body))
-        .await
-        .map_err(|e| TaskError::unavailable(format!("can't create the container: {e}")))?;
+    let created =
+        match tokio::time::timeout(API_TIMEOUT, docker.create_container(Some(options), body)).await
+        {
+            Ok(Ok(created)) => created,
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            })) => return Err(image_missing(&config.docker_image)),
+            Ok(Err(e @ bollard::errors::Error::DockerResponseServerError { .. })) => {
+                return Err(TaskError::unavailable(format!(
+                    "can't create the container: {e}"
+                )))
+            }
+            // The request never got an answer: the engine is gone.
+            Ok(Err(e)) => return Err(unreachable(&e)),
+            Err(_) => return Err(unreachable(&"no answer in 30 s")),
+        };
     // Removed on every path: awaited below, or by the guard if this future
     // is dropped midway.
     let mut removal = Removal {
@@ -247,6 +311,24 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
     remove(&docker, &created.id).await;
     removal.id.clear();
     ran
+}
+
+/// Why a container ended when neither we nor its limits ended it: the
+/// engine went away, or someone stopped it (`docker stop`, `docker kill`, the
+/// engine shutting down). A container's PID 1 can't be signalled from
+/// inside it, and the kernel's OOM kill is told apart before this.
+async fn stopped_from_outside(docker: &Docker) -> TaskError {
+    match tokio::time::timeout(Duration::from_secs(2), docker.ping()).await {
+        Ok(Ok(_)) => TaskError::unavailable(
+            "the container was stopped from outside the sandbox (the Docker engine shutting down, or `docker stop` / `docker kill`); the task did not finish",
+        ),
+        Ok(Err(e)) => TaskError::unavailable(format!(
+            "the Docker engine stopped while the task ran ({e}); the task did not finish"
+        )),
+        Err(_) => TaskError::unavailable(
+            "the Docker engine stopped answering while the task ran; the task did not finish",
+        ),
+    }
 }
 
 /// Attaches, starts, feeds and collects one created container.
@@ -281,7 +363,8 @@ async fn run_container(
 
     let mut stdout = Collected::new(config.max_output_bytes, python, mark);
     let mut stderr = OutputCapture::new(config.max_output_bytes);
-    let deadline = tokio::time::Instant::now() + config.timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + config.timeout;
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     let stopped = loop {
         tokio::select! {
@@ -328,6 +411,15 @@ async fn run_container(
         code if code > 128 && code < 160 => Ending::Signaled((code - 128) as i32),
         code => Ending::Exited(code as i32),
     });
+    if stopped.is_none() && !oom_killed {
+        let outside =
+            state.is_none() || matches!(ending, Ending::Signaled(libc::SIGKILL | libc::SIGTERM));
+        let cpu_limit = matches!(ending, Ending::Signaled(libc::SIGKILL))
+            && started.elapsed() >= config.max_cpu_time;
+        if outside && !cpu_limit {
+            return Err(stopped_from_outside(docker).await);
+        }
+    }
     let (stdout, channel, channel_overflow) = stdout.finish();
     let run = ChildRun {
         ending,

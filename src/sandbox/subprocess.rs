@@ -206,7 +206,14 @@ fn private_dir(uid: Option<u32>) -> Result<tempfile::TempDir, TaskError> {
     let dir = tempfile::Builder::new()
         .prefix("lattice-task-")
         .tempdir()
-        .map_err(|e| TaskError::internal(format!("can't create the task's temp dir: {e}")))?;
+        .map_err(|e| {
+            // Typically a full or read-only temp filesystem: the sandbox
+            // can't be built until that is fixed.
+            TaskError::unavailable(format!(
+                "can't create the task's temp dir in {} ({e}): free space there, or set TMPDIR to another directory",
+                std::env::temp_dir().display()
+            ))
+        })?;
     let setup = || -> std::io::Result<()> {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         if let Some(uid) = uid {
@@ -214,7 +221,8 @@ fn private_dir(uid: Option<u32>) -> Result<tempfile::TempDir, TaskError> {
         }
         Ok(())
     };
-    setup().map_err(|e| TaskError::internal(format!("can't prepare the task's temp dir: {e}")))?;
+    setup()
+        .map_err(|e| TaskError::unavailable(format!("can't prepare the task's temp dir: {e}")))?;
     Ok(dir)
 }
 
