@@ -14,6 +14,9 @@
 //! - `# listener: ...` — the input is the port of a listener on 127.0.0.1
 //!   that must get no connection.
 //! - `# stdout: truncated` — the output cap must have fired.
+//! - `# victim: yes` — a victim task holding a secret
+//!   (`lattice-victim-secret-…`) runs on the same executor just before the
+//!   attack, and another runs alongside it: a cross-task check.
 
 mod common;
 
@@ -43,6 +46,26 @@ struct Attack {
     canary: Option<PathBuf>,
     listener: bool,
     truncated: bool,
+    victim: bool,
+}
+
+/// Holds its secret in a global, a local and a container while it runs.
+const VICTIM: &str = "import time
+HELD = None
+def f(secret, seconds):
+    global HELD
+    HELD = secret
+    kept = [secret, {'secret': secret}]
+    time.sleep(seconds)
+    return len(kept)
+";
+
+fn victim(executor: &SandboxExecutor, tier: &str, seconds: f64) -> TaskOutcome {
+    let secret = format!("lattice-victim-secret-{tier}-{seconds}");
+    executor.run(
+        &TaskSubmission::python(VICTIM).with_args(vec![json!(secret), json!(seconds)]),
+        &CancelToken::new(),
+    )
 }
 
 fn corpus() -> Vec<Attack> {
@@ -82,6 +105,7 @@ fn corpus() -> Vec<Attack> {
                 canary: header("canary").first().map(PathBuf::from),
                 listener: !header("listener").is_empty(),
                 truncated: header("stdout").iter().any(|v| v == "truncated"),
+                victim: header("victim").iter().any(|v| v == "yes"),
                 code,
             }
         })
@@ -182,15 +206,27 @@ fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<St
                 _ if attack.listener => json!(listener.local_addr().unwrap().port()),
                 _ => json!(null),
             };
+            let attack_task = TaskSubmission::python(code.clone()).with_input(input);
+            let mut problems = Vec::new();
             let outcome = if attack.name == "deep_input" {
                 deep_input_outcome(level, &code)
+            } else if attack.victim {
+                let before = victim(&executor, tier, 0.0);
+                std::thread::scope(|scope| {
+                    let during = scope.spawn(|| victim(&executor, tier, 3.0));
+                    // Docker needs a moment to start the victim's container.
+                    std::thread::sleep(Duration::from_millis(800));
+                    let outcome = executor.run(&attack_task, &CancelToken::new());
+                    for (when, victim) in [("before", before), ("during", during.join().unwrap())] {
+                        if victim.result != Ok(json!(2)) {
+                            problems.push(format!("the victim {when} failed: {:?}", victim.result));
+                        }
+                    }
+                    outcome
+                })
             } else {
-                executor.run(
-                    &TaskSubmission::python(code).with_input(input),
-                    &CancelToken::new(),
-                )
+                executor.run(&attack_task, &CancelToken::new())
             };
-            let mut problems = Vec::new();
             let Some(expected) = expected else {
                 continue; // no promise on this tier: an outcome is enough
             };

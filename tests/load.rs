@@ -1,7 +1,9 @@
-//! Load: 10,000 mixed tasks (ok, failing, timing out, memory-limited) on
-//! the default wasm tier through `LocalExecutor` and through `batch`, at
-//! concurrency 1, 2 and 32 — every task gets exactly one outcome, the right
-//! one; memory stays flat; nothing is left behind. And a cancel storm.
+//! Load: 10,000 mixed tasks (ok, failing, timing out, memory-limited),
+//! mostly on the default wasm tier and 1 in 100 in a subprocess (some of
+//! those forking a child and timing out), through `LocalExecutor` and
+//! through `batch`, at concurrency 1, 2 and 32 — every task gets exactly one
+//! outcome, the right one; memory stays flat; no process or temp dir of a
+//! task is left behind. And a cancel storm.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use lattice::executor::{ExecutorBackend, LocalExecutor};
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
+use lattice::task::json::TaskSpec;
 use lattice::task::{ErrorKind, TaskHandle, TaskSubmission};
 use serde_json::{json, Value};
 
@@ -19,6 +22,21 @@ const TASKS: usize = 10_000;
 /// Task `i` of the mix and the outcome it must have: mostly fine, some
 /// failing, a few over their time or memory limit.
 fn mixed(i: usize) -> (TaskSubmission, Result<Value, ErrorKind>) {
+    if i % 1000 == 7 {
+        return (
+            TaskSubmission::python(FORKS_AND_SPINS)
+                .with_tier(SandboxLevel::Subprocess)
+                .with_timeout(Duration::from_millis(300)),
+            Err(ErrorKind::Timeout),
+        );
+    }
+    if i % 100 == 3 {
+        return (
+            TaskSubmission::python("def f(x):\n    return x * 2\n")
+                .with_tier(SandboxLevel::Subprocess),
+            Ok(json!(i as u64 * 2)),
+        );
+    }
     match i % 50 {
         0 => (
             TaskSubmission::python("def f(x):\n    while True:\n        pass\n")
@@ -38,6 +56,37 @@ fn mixed(i: usize) -> (TaskSubmission, Result<Value, ErrorKind>) {
             TaskSubmission::python("def f(x):\n    return x * 2\n"),
             Ok(json!(i as u64 * 2)),
         ),
+    }
+}
+
+/// Prints its pid and its child's (`pid: N` lines), then spins past its
+/// timeout while the child sleeps: both must be gone after the outcome.
+const FORKS_AND_SPINS: &str = "import os, time
+def f(x):
+    print('pid:', os.getpid(), flush=True)
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print('pid:', child, flush=True)
+    while True:
+        pass
+";
+
+/// The task temp dirs (`lattice-task-*`) in the temp dir now.
+fn task_temp_dirs() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("lattice-task-"))
+        .collect()
+}
+
+/// Checks that the processes a task reported (`pid:` lines) are gone.
+fn processes_gone(stdout: &str) {
+    for pid in pids_in(stdout) {
+        assert!(gone(pid), "process {pid} outlived its task");
     }
 }
 
@@ -84,6 +133,7 @@ fn run_mix(workers: usize) {
                     outcome.id, outcome.result
                 ),
             }
+            processes_gone(&outcome.stdout);
             executor.release(&handle);
         }
         if window == 1 {
@@ -100,9 +150,15 @@ fn run_mix(workers: usize) {
 
 #[test]
 fn ten_thousand_mixed_tasks_through_the_executor_at_1_2_and_32_workers() {
+    let temp_dirs_before = task_temp_dirs();
     for workers in [1, 2, 32] {
         run_mix(workers);
     }
+    let left: Vec<_> = task_temp_dirs()
+        .into_iter()
+        .filter(|d| !temp_dirs_before.contains(d))
+        .collect();
+    assert!(left.is_empty(), "task temp dirs left: {left:?}");
 }
 
 #[test]
@@ -111,22 +167,23 @@ fn ten_thousand_mixed_tasks_through_batch_at_1_2_and_32() {
     let mut expected = HashMap::new();
     for i in 0..TASKS {
         let (task, outcome) = mixed(i);
-        let mut spec = json!({"id": i, "code": task_code(&task), "input": i});
-        if i % 50 == 0 {
-            spec["timeout_s"] = json!(0.02);
-        }
-        if i % 50 == 1 {
-            spec["max_memory_mb"] = json!(32);
-        }
-        lines.push_str(&spec.to_string());
+        let task = task.with_id(i).with_input(json!(i));
+        let spec = TaskSpec::from_submission(&task).unwrap();
+        lines.push_str(&serde_json::to_string(&spec).unwrap());
         lines.push('\n');
         expected.insert(i as u64, outcome);
     }
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &lines).unwrap();
+    // The batch's own temp dir, to see that it is left empty.
+    let tmp = tempfile::tempdir().unwrap();
     for concurrency in ["1", "2", "32"] {
         let path = file.path().display().to_string();
-        let run = lattice_cli(&["batch", &path, "--concurrency", concurrency], "", &[]);
+        let run = lattice_cli(
+            &["batch", &path, "--concurrency", concurrency],
+            "",
+            &[("TMPDIR", tmp.path())],
+        );
         let stdout = String::from_utf8_lossy(&run.stdout);
         let outcomes: Vec<Value> = stdout
             .lines()
@@ -142,14 +199,10 @@ fn ten_thousand_mixed_tasks_through_batch_at_1_2_and_32() {
                     assert_eq!(outcome["error"]["kind"], json!(kind.as_str()), "{outcome}")
                 }
             }
+            processes_gone(outcome["stdout"].as_str().unwrap());
         }
-    }
-}
-
-fn task_code(task: &TaskSubmission) -> String {
-    match &task.payload {
-        lattice::task::Payload::Code(code) => code.clone(),
-        _ => unreachable!("the mix is Python"),
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "left in TMPDIR: {left:?}");
     }
 }
 
