@@ -48,19 +48,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Our containers still on the engine (created by this test process).
-fn our_containers() -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=lattice-wasm.owner={}", std::process::id()))
-        .output()
-        .expect("the docker CLI runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// What the task saw when it tried `body` (see [`attack_code`]).
 fn attempt(body: &str) -> Value {
     ok(&run_with(base(), &attack_code(body)))

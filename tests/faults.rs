@@ -28,29 +28,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Containers of this test process still on the engine.
-fn our_containers() -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=lattice-wasm.owner={}", std::process::id()))
-        .output()
-        .expect("the docker CLI runs");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn running_containers() -> usize {
-    let out = Command::new("docker")
-        .args(["ps", "-q", "--filter"])
-        .arg(format!("label=lattice-wasm.owner={}", std::process::id()))
-        .output()
-        .expect("the docker CLI runs");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 fn engine_answers() -> bool {
     Command::new("docker")
         .arg("info")
@@ -196,7 +173,7 @@ fn the_docker_engine_stopped_mid_batch_fails_its_tasks_typed_and_the_executor_re
         })
         .collect();
     wait_until("both sleepers to run", Duration::from_secs(60), || {
-        running_containers() == 2
+        our_running_containers().len() == 2
     });
 
     let stopped = EngineStopped::now();

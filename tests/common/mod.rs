@@ -139,3 +139,27 @@ pub fn cancel_after(delay: Duration) -> (CancelToken, std::thread::JoinHandle<()
     };
     (cancel, canceller)
 }
+
+/// The docker containers this test process created that are still on the
+/// engine, running or not (they carry our pid in their owner label).
+pub fn our_containers() -> Vec<String> {
+    docker_ps("-aq")
+}
+
+/// Our docker containers that are running.
+pub fn our_running_containers() -> Vec<String> {
+    docker_ps("-q")
+}
+
+fn docker_ps(flags: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", flags, "--filter"])
+        .arg(format!("label=lattice-wasm.owner={}", std::process::id()))
+        .output()
+        .expect("the docker CLI runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
