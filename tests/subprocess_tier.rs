@@ -221,6 +221,29 @@ fn commands_take_input_on_stdin_and_give_json_on_stdout() {
 }
 
 #[test]
+fn a_child_starts_with_no_signal_blocked_or_ignored_and_a_missing_program_is_named() {
+    // The child is set up in memory shared with this process (vfork-style):
+    // nothing of this process's signal state may reach the program.
+    let task = TaskSubmission::command([
+        "sh",
+        "-c",
+        r#"printf '"%s"' "$(grep -E '^Sig(Blk|Ign):' /proc/self/status | tr '\n\t' '  ')""#,
+    ]);
+    assert_eq!(
+        ok(&run(TIER, task)),
+        json!("SigBlk: 0000000000000000 SigIgn: 0000000000000000 ")
+    );
+    let missing = TaskSubmission::command(["/nonexistent/lattice-program"]);
+    match err(&run(TIER, missing)) {
+        TaskError::SandboxUnavailable { reason } => assert!(
+            reason.contains("can't run /nonexistent/lattice-program"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn settings_the_tier_cannot_honour_are_errors() {
     let mut task = TaskSubmission::python("def f(x):\n    return 1\n");
     task.sandbox.mounts = Some(vec!["/tmp:/data".parse().unwrap()]);

@@ -3,12 +3,11 @@
 //! a wall timeout and cancel that kill the whole group, and a sweep that
 //! leaves no process of the task behind.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,65 +83,17 @@ pub(crate) fn run_child(
     } else {
         None
     };
-    let mut command = Command::new(spec.program);
-    command
-        .args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(spec.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let channel_fd = channel.as_ref().map(|(_, w)| w.as_raw_fd());
     let rlimits = std::mem::take(&mut spec.rlimits);
-    let uid = spec.uid;
-    let netns = spec.new_netns;
     let mut hook = spec.hook.take();
-    let root = is_root();
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes system calls; it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            check(libc::setsid())?;
-            if netns {
-                let flags = if root {
-                    libc::CLONE_NEWNET
-                } else {
-                    libc::CLONE_NEWUSER | libc::CLONE_NEWNET
-                };
-                check(libc::unshare(flags))?;
-            }
-            for &(resource, soft, hard) in &rlimits {
-                let limit = libc::rlimit {
-                    rlim_cur: soft,
-                    rlim_max: hard,
-                };
-                check(libc::setrlimit(resource, &limit))?;
-            }
-            if let Some(fd) = channel_fd {
-                if fd == 3 {
-                    check(libc::fcntl(3, libc::F_SETFD, 0))?;
-                } else {
-                    check(libc::dup2(fd, 3))?;
-                }
-            }
-            if let Some(uid) = uid {
-                check(libc::setgroups(0, std::ptr::null()))?;
-                check(libc::setresgid(uid, uid, uid))?;
-                check(libc::setresuid(uid, uid, uid))?;
-            }
-            if let Some(hook) = hook.as_mut() {
-                hook()?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().map_err(|e| spawn_error(spec.program, e))?;
-    let pid = child.id() as libc::pid_t;
-    let channel_r = channel.map(|(r, w)| {
-        drop(w);
-        r
-    });
+    let uid = spec.uid;
+    let netns_flags = match (spec.new_netns, is_root()) {
+        (false, _) => 0,
+        (true, true) => libc::CLONE_NEWNET,
+        (true, false) => libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
+    };
+    let spawned = spawn(&spec, channel, &rlimits, netns_flags, hook.as_mut())?;
+    let pid = spawned.pid;
+    let channel_r = spawned.channel;
 
     // The group may be killed only while its leader is not yet reaped: after
     // that its id can belong to someone else.
@@ -156,9 +107,6 @@ pub(crate) fn run_child(
         });
     }
 
-    let stdin: Option<OwnedFd> = child.stdin.take().map(OwnedFd::from);
-    let stdout: Option<OwnedFd> = child.stdout.take().map(OwnedFd::from);
-    let stderr: Option<OwnedFd> = child.stderr.take().map(OwnedFd::from);
     let pidfd = pidfd_open(pid);
 
     let mut run = ChildRun {
@@ -171,9 +119,9 @@ pub(crate) fn run_child(
     };
     let ending = pump(
         PumpFds {
-            stdin,
-            stdout,
-            stderr,
+            stdin: Some(spawned.stdin),
+            stdout: Some(spawned.stdout),
+            stderr: Some(spawned.stderr),
             channel: channel_r,
             pidfd,
         },
@@ -188,13 +136,14 @@ pub(crate) fn run_child(
 
     // Whatever happened, nothing of the task survives it.
     kill_group(pid);
-    if let Some(uid) = uid {
-        sweep_uid(uid);
-    }
     *alive.lock().unwrap_or_else(|e| e.into_inner()) = false;
     cancel.clear();
     let (status, cpu_time) = reap(pid);
-    drop(child);
+    // After the reap: the leader's zombie would make every kill(-1) of the
+    // sweep succeed, so it would never see that none is left.
+    if let Some(uid) = uid {
+        sweep_uid(uid);
+    }
     run.cpu_time = cpu_time;
     run.ending = match ending {
         Some(ending) => ending,
@@ -202,6 +151,293 @@ pub(crate) fn run_child(
         None => status,
     };
     Ok(run)
+}
+
+/// A started child: its pid and our ends of its pipes.
+struct Spawned {
+    pid: libc::pid_t,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    channel: Option<OwnedFd>,
+}
+
+/// The setup steps of a child, in order; a failing one is reported by
+/// number on the error pipe.
+const STEPS: [&str; 8] = [
+    "signals",
+    "session",
+    "network namespace",
+    "rlimits",
+    "file descriptors",
+    "working directory",
+    "privilege drop",
+    "exec",
+];
+const STEP_HOOK: u32 = STEPS.len() as u32;
+
+/// Everything the child needs, prepared before it exists: it only makes
+/// system calls, since it shares this process's memory (see `run_vforked`).
+struct ChildPlan<'a> {
+    program: CString,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    cwd: CString,
+    /// Sources of the child's fds 0, 1, 2 and 3 (-1: none), all above 3.
+    fds: [RawFd; 4],
+    /// Where a failing step writes (step, errno); closed by a good exec.
+    error_fd: RawFd,
+    rlimits: &'a [Rlimit],
+    netns_flags: libc::c_int,
+    uid: Option<u32>,
+    hook: Option<&'a mut ChildHook>,
+}
+
+/// Starts the child of `spec` with `CLONE_VM | CLONE_VFORK`, like
+/// `posix_spawn`: the session, namespace, rlimits, fds, uid and hook are
+/// set up in the child by system calls alone, then it execs.
+fn spawn(
+    spec: &ChildSpec<'_>,
+    channel: Option<(OwnedFd, OwnedFd)>,
+    rlimits: &[Rlimit],
+    netns_flags: libc::c_int,
+    hook: Option<&mut ChildHook>,
+) -> Result<Spawned, TaskError> {
+    let cstring = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| TaskError::invalid("an argument contains a NUL byte"))
+    };
+    let program = cstring(spec.program.as_os_str().as_bytes())?;
+    let mut args = vec![program.clone()];
+    for arg in &spec.args {
+        args.push(cstring(arg.as_bytes())?);
+    }
+    let mut env = Vec::with_capacity(spec.env.len());
+    for (key, value) in &spec.env {
+        let mut pair = key.clone();
+        pair.push("=");
+        pair.push(value);
+        env.push(cstring(pair.as_bytes())?);
+    }
+    let pointers = |strings: &[CString]| {
+        let mut list: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        list.push(std::ptr::null());
+        list
+    };
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let (error_r, error_w) = pipe()?;
+    let (channel_r, channel_w) = match channel {
+        Some((r, w)) => (Some(r), Some(above_stdio(w)?)),
+        None => (None, None),
+    };
+    let (stdin_r, stdout_w, stderr_w, error_w) = (
+        above_stdio(stdin_r)?,
+        above_stdio(stdout_w)?,
+        above_stdio(stderr_w)?,
+        above_stdio(error_w)?,
+    );
+    let mut plan = ChildPlan {
+        argv: pointers(&args),
+        envp: pointers(&env),
+        program,
+        cwd: cstring(spec.cwd.as_os_str().as_bytes())?,
+        fds: [
+            stdin_r.as_raw_fd(),
+            stdout_w.as_raw_fd(),
+            stderr_w.as_raw_fd(),
+            channel_w.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        ],
+        error_fd: error_w.as_raw_fd(),
+        rlimits,
+        netns_flags,
+        uid: spec.uid,
+        hook,
+    };
+    // SAFETY: `child_main` makes system calls only (the hook's promise too)
+    // and ends in exec or exit; `plan` outlives the clone.
+    let pid = unsafe { vfork_clone(child_main, &mut plan as *mut ChildPlan as *mut libc::c_void) }
+        .map_err(|e| TaskError::internal(format!("can't start {}: {e}", spec.program.display())))?;
+    drop((stdin_r, stdout_w, stderr_w, channel_w, error_w));
+    // The child has exec'd (the pipe closed on exec) or failed and exited.
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: reading into our own buffer.
+        let n = unsafe {
+            libc::read(
+                error_r.as_raw_fd(),
+                report[got..].as_mut_ptr() as *mut libc::c_void,
+                report.len() - got,
+            )
+        };
+        if n > 0 {
+            got += n as usize;
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    if got == report.len() {
+        let _ = reap(pid);
+        let step = u32::from_ne_bytes(report[..4].try_into().unwrap());
+        let errno = i32::from_ne_bytes(report[4..].try_into().unwrap());
+        return Err(spawn_error(
+            spec.program,
+            step,
+            io::Error::from_raw_os_error(errno),
+        ));
+    }
+    Ok(Spawned {
+        pid,
+        stdin: stdin_w,
+        stdout: stdout_r,
+        stderr: stderr_r,
+        channel: channel_r,
+    })
+}
+
+/// The child's side of `spawn`: set up, exec; on failure, report the step
+/// and errno on the error pipe and exit 127.
+extern "C" fn child_main(plan: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn` passes its `ChildPlan`, alive while it waits for us.
+    let plan = unsafe { &mut *(plan as *mut ChildPlan) };
+    // SAFETY: system calls on memory the plan owns.
+    let (step, errno) = unsafe { child_setup(plan) };
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&step.to_ne_bytes());
+    report[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: raw write and exit of this child.
+    unsafe {
+        libc::syscall(
+            libc::SYS_write,
+            plan.error_fd,
+            report.as_ptr(),
+            report.len(),
+        );
+        libc::syscall(libc::SYS_exit, 127);
+    }
+    127
+}
+
+/// Sets the child up and execs; returns only on failure: (step, errno).
+unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
+    let errno = || *libc::__errno_location();
+    macro_rules! step {
+        ($n:expr, $call:expr) => {
+            if $call < 0 {
+                return ($n, errno());
+            }
+        };
+    }
+    // Handlers of ours must not run here, and SIGPIPE (ignored by Rust)
+    // must be the default again for the program: like posix_spawn, every
+    // caught or ignored signal goes back to its default.
+    let default = [0usize; 4]; // the kernel's sigaction: handler SIG_DFL, no flags
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = [0usize; 4];
+        if libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            std::ptr::null::<usize>(),
+            old.as_mut_ptr(),
+            8,
+        ) == 0
+            && old[0] != libc::SIG_DFL
+        {
+            step!(
+                0,
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<usize>(),
+                    8
+                )
+            );
+        }
+    }
+    step!(1, libc::syscall(libc::SYS_setsid));
+    if plan.netns_flags != 0 {
+        step!(2, libc::syscall(libc::SYS_unshare, plan.netns_flags));
+    }
+    for &(resource, soft, hard) in plan.rlimits {
+        let limit = libc::rlimit64 {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        step!(
+            3,
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                resource,
+                &limit as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>()
+            )
+        );
+    }
+    for (target, &source) in plan.fds.iter().enumerate() {
+        if source >= 0 {
+            step!(
+                4,
+                libc::syscall(libc::SYS_dup3, source, target as libc::c_int, 0)
+            );
+        }
+    }
+    step!(5, libc::syscall(libc::SYS_chdir, plan.cwd.as_ptr()));
+    if let Some(uid) = plan.uid {
+        step!(
+            6,
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+        );
+        step!(6, libc::syscall(libc::SYS_setresgid, uid, uid, uid));
+        step!(6, libc::syscall(libc::SYS_setresuid, uid, uid, uid));
+    }
+    // Signals were blocked around the clone; the program starts with none.
+    let empty = 0u64;
+    step!(
+        0,
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8
+        )
+    );
+    if let Some(hook) = plan.hook.as_mut() {
+        // The hook execs the program itself once it is done.
+        if let Err(e) = hook() {
+            return (STEP_HOOK, e.raw_os_error().unwrap_or(libc::EPERM));
+        }
+    }
+    libc::syscall(
+        libc::SYS_execve,
+        plan.program.as_ptr(),
+        plan.argv.as_ptr(),
+        plan.envp.as_ptr(),
+    );
+    (7, errno())
+}
+
+/// `fd`, moved to a number above 3 (the child's 0–3 are dup'ed onto), close-on-exec.
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, TaskError> {
+    if fd.as_raw_fd() > 3 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC returns a fresh fd that we own.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4) };
+    if moved < 0 {
+        return Err(TaskError::internal(format!(
+            "fcntl: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
 }
 
 struct PumpFds {
@@ -455,50 +691,100 @@ fn kill_group(pgid: libc::pid_t) {
 }
 
 /// Kills every process of `uid`, including ones that left the task's
-/// process group or session. A forked helper takes the uid and calls
+/// process group or session. A helper process takes the uid and calls
 /// `kill(-1)`, which reaches exactly the processes that uid may signal.
 pub(crate) fn sweep_uid(uid: u32) {
     if !is_root() {
         return;
     }
-    // SAFETY: the child only makes async-signal-safe raw system calls and
-    // leaves with _exit.
-    unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
+    extern "C" fn sweep(uid: *mut libc::c_void) -> libc::c_int {
+        let uid = uid as usize as libc::uid_t;
+        // SAFETY: raw system calls only (see `run_vforked`): the credentials
+        // change for this helper task alone, never for the process it shares
+        // memory with.
+        unsafe {
             if libc::syscall(libc::SYS_setresgid, uid, uid, uid) != 0
                 || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
             {
-                libc::_exit(1);
+                libc::syscall(libc::SYS_exit, 1);
             }
             // Repeat while forks race with the kill; ESRCH means none is left.
             for _ in 0..64 {
-                if libc::kill(-1, libc::SIGKILL) != 0 {
+                if libc::syscall(libc::SYS_kill, -1, libc::SIGKILL) != 0 {
                     break;
                 }
             }
-            libc::_exit(0);
+            libc::syscall(libc::SYS_exit, 0);
         }
-        if pid > 0 {
-            let mut status = 0;
-            while libc::waitpid(pid, &mut status, 0) < 0
-                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-            {}
+        0
+    }
+    // SAFETY: `sweep` makes raw system calls only and ends with exit.
+    let _ = unsafe { run_vforked(sweep, uid as usize as *mut libc::c_void) };
+}
+
+/// Runs `child(arg)` in a new process that shares this one's memory until
+/// it exits, as `posix_spawn` does (`CLONE_VM | CLONE_VFORK`), and returns
+/// its wait status. Unlike `fork`, nothing of this process is copied, nor
+/// torn down after: a fork of a process that hosts wasmtime's pools costs
+/// milliseconds on each side.
+///
+/// # Safety
+/// `child` must only make raw system calls (`libc::syscall`, no libc
+/// wrappers that touch shared state, no allocation, no locks) and must end
+/// with `SYS_exit`: it runs on a small stack of its own, with this thread's
+/// TLS, while this thread is suspended. Signals stay blocked in it.
+unsafe fn run_vforked(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::c_int> {
+    let pid = vfork_clone(child, arg)?;
+    let mut status = 0;
+    while libc::waitpid(pid, &mut status, 0) < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
         }
     }
+    Ok(status)
+}
+
+/// Starts `child(arg)` as `run_vforked` does and returns its pid once it
+/// has exec'd or exited (this thread is suspended until then).
+///
+/// # Safety
+/// As for `run_vforked`; `child` may also end in a successful exec.
+unsafe fn vfork_clone(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
+    // Room for the seccomp tier's hook (Landlock, filters) too.
+    const STACK_BYTES: usize = 256 << 10;
+    let mut stack = vec![0u8; STACK_BYTES];
+    // The stack grows down from its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + STACK_BYTES) & !15;
+    // No handler of ours may run in the helper (on its stack, with its uid).
+    let mut all: libc::sigset_t = std::mem::zeroed();
+    let mut old: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut all);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    let pid = libc::clone(
+        child,
+        top as *mut libc::c_void,
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+        arg,
+    );
+    let spawn_error = io::Error::last_os_error();
+    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    drop(stack);
+    if pid < 0 {
+        return Err(spawn_error);
+    }
+    Ok(pid)
 }
 
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid never fails.
     unsafe { libc::geteuid() == 0 }
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), TaskError> {
@@ -529,17 +815,22 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-fn spawn_error(program: &Path, error: io::Error) -> TaskError {
+fn spawn_error(program: &Path, step: u32, error: io::Error) -> TaskError {
+    let step = STEPS
+        .get(step as usize)
+        .copied()
+        .unwrap_or("Landlock, seccomp and exec (the seccomp tier's hook)");
     match error.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::EACCES) => TaskError::unavailable(format!(
-            "can't run {} (as the task's unprivileged uid when lattice runs as root): {error}",
+        Some(libc::ENOENT) | Some(libc::EACCES) if step.contains("exec") => {
+            TaskError::unavailable(format!(
+                "can't run {} (as the task's unprivileged uid when lattice runs as root): {error}",
+                program.display()
+            ))
+        }
+        _ => TaskError::unavailable(format!(
+            "can't set up the sandbox for {}: the kernel refused its {step} step: {error} (`lattice-wasm doctor` checks what this host supports)",
             program.display()
         )),
-        Some(libc::EPERM) | Some(libc::EINVAL) => TaskError::unavailable(format!(
-            "can't set up the sandbox for {}: {error} (the kernel refused a step of its setup: session, network namespace, rlimits, privilege drop, or the seccomp tier's Landlock rules or filter; `lattice-wasm doctor` checks what this host supports)",
-            program.display()
-        )),
-        _ => TaskError::internal(format!("can't start {}: {error}", program.display())),
     }
 }
 

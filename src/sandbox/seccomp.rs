@@ -83,7 +83,9 @@ fn hook(config: &SandboxConfig, plan: &ExecPlan<'_>) -> Result<ChildHook, TaskEr
         let exec = &exec;
         restrict_paths(abi, &rules)?;
         for filter in &filters {
-            seccompiler::apply_filter(filter).map_err(|e| io::Error::other(e.to_string()))?;
+            // The errno of the refused prctl/seccomp call (formatting
+            // seccompiler's error would allocate in the child).
+            seccompiler::apply_filter(filter).map_err(|_| io::Error::last_os_error())?;
         }
         // SAFETY: pointers into `exec`, which lives in this closure.
         unsafe {
@@ -97,7 +99,7 @@ fn hook(config: &SandboxConfig, plan: &ExecPlan<'_>) -> Result<ChildHook, TaskEr
     }))
 }
 
-/// An exec prepared before the fork (nothing is allocated in the child).
+/// An exec prepared before the child exists (nothing is allocated in it).
 struct Exec {
     program: CString,
     _strings: Vec<CString>,
@@ -430,7 +432,7 @@ fn seccomp_available() -> Result<(), TaskError> {
 }
 
 /// A Landlock rule: what may be done beneath one path (opened `O_PATH`
-/// before the fork).
+/// before the child exists).
 struct PathRule {
     fd: OwnedFd,
     access: u64,
