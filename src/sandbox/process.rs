@@ -153,6 +153,70 @@ pub(crate) fn run_child(
     Ok(run)
 }
 
+/// An exec prepared before the child exists: the child allocates nothing.
+pub(crate) struct Exec {
+    pub program: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into `_strings` and `program`, owned by the
+// same value and never changed.
+unsafe impl Send for Exec {}
+unsafe impl Sync for Exec {}
+
+impl Exec {
+    pub fn new(
+        program: &Path,
+        args: &[OsString],
+        env: &[(OsString, OsString)],
+    ) -> Result<Exec, TaskError> {
+        let cstring = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| TaskError::invalid("an argument contains a NUL byte"))
+        };
+        let program = cstring(program.as_os_str().as_bytes())?;
+        let mut strings = vec![program.clone()];
+        for arg in args {
+            strings.push(cstring(arg.as_bytes())?);
+        }
+        let arg_count = strings.len();
+        for (key, value) in env {
+            let mut pair = key.clone();
+            pair.push("=");
+            pair.push(value);
+            strings.push(cstring(pair.as_bytes())?);
+        }
+        let pointers = |range: std::ops::Range<usize>| {
+            let mut list: Vec<*const libc::c_char> =
+                strings[range].iter().map(|s| s.as_ptr()).collect();
+            list.push(std::ptr::null());
+            list
+        };
+        let argv = pointers(0..arg_count);
+        let envp = pointers(arg_count..strings.len());
+        Ok(Exec {
+            program,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+
+    /// execve(2) by raw system call; returns only on failure (errno set).
+    ///
+    /// # Safety
+    /// Replaces the calling process's image: for a child about to run it.
+    pub unsafe fn execve(&self) {
+        libc::syscall(
+            libc::SYS_execve,
+            self.program.as_ptr(),
+            self.argv.as_ptr(),
+            self.envp.as_ptr(),
+        );
+    }
+}
+
 /// A started child: its pid and our ends of its pipes.
 struct Spawned {
     pid: libc::pid_t,
@@ -179,9 +243,7 @@ const STEP_HOOK: u32 = STEPS.len() as u32;
 /// Everything the child needs, prepared before it exists: it only makes
 /// system calls, since it shares this process's memory (see `run_vforked`).
 struct ChildPlan<'a> {
-    program: CString,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
+    exec: &'a Exec,
     cwd: CString,
     /// Sources of the child's fds 0, 1, 2 and 3 (-1: none), all above 3.
     fds: [RawFd; 4],
@@ -203,26 +265,9 @@ fn spawn(
     netns_flags: libc::c_int,
     hook: Option<&mut ChildHook>,
 ) -> Result<Spawned, TaskError> {
-    let cstring = |bytes: &[u8]| {
-        CString::new(bytes).map_err(|_| TaskError::invalid("an argument contains a NUL byte"))
-    };
-    let program = cstring(spec.program.as_os_str().as_bytes())?;
-    let mut args = vec![program.clone()];
-    for arg in &spec.args {
-        args.push(cstring(arg.as_bytes())?);
-    }
-    let mut env = Vec::with_capacity(spec.env.len());
-    for (key, value) in &spec.env {
-        let mut pair = key.clone();
-        pair.push("=");
-        pair.push(value);
-        env.push(cstring(pair.as_bytes())?);
-    }
-    let pointers = |strings: &[CString]| {
-        let mut list: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
-        list.push(std::ptr::null());
-        list
-    };
+    let exec = Exec::new(spec.program, &spec.args, &spec.env)?;
+    let cwd = CString::new(spec.cwd.as_os_str().as_bytes())
+        .map_err(|_| TaskError::invalid("the working directory contains a NUL byte"))?;
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
@@ -238,10 +283,8 @@ fn spawn(
         above_stdio(error_w)?,
     );
     let mut plan = ChildPlan {
-        argv: pointers(&args),
-        envp: pointers(&env),
-        program,
-        cwd: cstring(spec.cwd.as_os_str().as_bytes())?,
+        exec: &exec,
+        cwd,
         fds: [
             stdin_r.as_raw_fd(),
             stdout_w.as_raw_fd(),
@@ -414,12 +457,7 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
             return (STEP_HOOK, e.raw_os_error().unwrap_or(libc::EPERM));
         }
     }
-    libc::syscall(
-        libc::SYS_execve,
-        plan.program.as_ptr(),
-        plan.argv.as_ptr(),
-        plan.envp.as_ptr(),
-    );
+    plan.exec.execve();
     (7, errno())
 }
 

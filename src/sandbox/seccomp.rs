@@ -17,7 +17,7 @@
 //! Order in the child: setsid -> rlimits -> uid -> Landlock -> seccomp -> exec.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -28,7 +28,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use super::process::ChildHook;
+use super::process::{ChildHook, Exec};
 use super::subprocess::{ExecPlan, ProcessTier};
 use super::{
     reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput,
@@ -76,7 +76,7 @@ impl Sandbox for SeccompSandbox {
 fn hook(config: &SandboxConfig, plan: &ExecPlan<'_>) -> Result<ChildHook, TaskError> {
     let abi = landlock_abi()?;
     let rules = path_rules(config, plan, abi)?;
-    let exec = Exec::new(plan)?;
+    let exec = Exec::new(plan.program, plan.args, plan.env)?;
     let filters = filters(config, exec.program.as_ptr() as u64)?;
     Ok(Box::new(move || {
         // The whole `Exec` (Send + Sync), not its raw-pointer fields.
@@ -87,64 +87,11 @@ fn hook(config: &SandboxConfig, plan: &ExecPlan<'_>) -> Result<ChildHook, TaskEr
             // seccompiler's error would allocate in the child).
             seccompiler::apply_filter(filter).map_err(|_| io::Error::last_os_error())?;
         }
-        // SAFETY: pointers into `exec`, which lives in this closure.
-        unsafe {
-            libc::execve(
-                exec.program.as_ptr(),
-                exec.argv.as_ptr(),
-                exec.envp.as_ptr(),
-            )
-        };
+        // SAFETY: the child execs its program; the filter allows exactly
+        // this `program` pointer.
+        unsafe { exec.execve() };
         Err(io::Error::last_os_error())
     }))
-}
-
-/// An exec prepared before the child exists (nothing is allocated in it).
-struct Exec {
-    program: CString,
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-}
-
-// SAFETY: the pointers point into `_strings`, owned by the same value.
-unsafe impl Send for Exec {}
-unsafe impl Sync for Exec {}
-
-impl Exec {
-    fn new(plan: &ExecPlan<'_>) -> Result<Exec, TaskError> {
-        let cstring = |bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| TaskError::invalid("an argument contains a NUL byte"))
-        };
-        let program = cstring(plan.program.as_os_str().as_bytes())?;
-        let mut args = vec![program.clone()];
-        for arg in plan.args {
-            args.push(cstring(arg.as_bytes())?);
-        }
-        let env_count = plan.env.len();
-        let mut strings = args;
-        for (key, value) in plan.env {
-            let mut pair: OsString = key.clone();
-            pair.push("=");
-            pair.push(value);
-            strings.push(cstring(pair.as_bytes())?);
-        }
-        let arg_count = strings.len() - env_count;
-        let pointers = |range: std::ops::Range<usize>| {
-            let mut list: Vec<*const libc::c_char> =
-                strings[range].iter().map(|s| s.as_ptr()).collect();
-            list.push(std::ptr::null());
-            list
-        };
-        let argv = pointers(0..arg_count);
-        let envp = pointers(arg_count..strings.len());
-        Ok(Exec {
-            program,
-            _strings: strings,
-            argv,
-            envp,
-        })
-    }
 }
 
 /// The seccomp tier's built-in allowlist: the system calls CPython needs
