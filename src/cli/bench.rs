@@ -257,8 +257,7 @@ impl Lineup {
 
 /// Compiles the Python guest (once per machine, no task's cost) if the
 /// cache is cold, in a child process: the compiler's memory would otherwise
-/// stay in this process's heap and make every fork of the process tiers
-/// slower, skewing their numbers.
+/// stay in this process's heap and skew the resident numbers.
 fn prepare_wasm(level: SandboxLevel) -> Result<()> {
     if level == SandboxLevel::Wasm && !super::wasm_is_warm() {
         if let Ok(exe) = std::env::current_exe() {

@@ -235,8 +235,8 @@ pub struct Availability {
 pub struct Report {
     pub machine: Machine,
     pub concurrency: usize,
-    /// This process's resident size at the end (it is what the process
-    /// tiers fork from).
+    /// This process's resident size at the end (the process tiers start
+    /// their children from it).
     pub harness_resident_mb: f64,
     pub tiers: Vec<Availability>,
     pub references: Vec<Availability>,
@@ -270,9 +270,9 @@ fn method(concurrency: usize, harness_resident_mb: f64) -> Vec<String> {
              children) nor pydantic-monty (its workers are its driver's children)."
         ),
         format!(
-            "Process tiers fork from this process, which also hosts the in-process tiers ({harness_resident_mb:.0} MB \
-             resident at the end); a fork copies the page tables of all of it, so their per-task cost here is that \
-             of an application that uses both kinds of tier, somewhat above a process that uses only process tiers."
+            "Process tiers start their children from this process, which also hosts the in-process tiers \
+             ({harness_resident_mb:.0} MB resident at the end), the way posix_spawn does (CLONE_VM | CLONE_VFORK): \
+             nothing of it is copied per task, so their cost here is what it is in any application."
         ),
         format!(
             "Ratios are against the {BASELINE} tier: p50 latency ({BASELINE} p50 / this p50) and throughput \
