@@ -110,17 +110,40 @@ fn unreachable(error: &dyn std::fmt::Display) -> TaskError {
     ))
 }
 
+/// How an Engine API call failed.
+enum ApiError {
+    /// The engine answered with an error status (404: no such image or
+    /// container).
+    Refused { status: u16, message: String },
+    /// No answer: the engine is down, or did not answer in [`API_TIMEOUT`].
+    NoAnswer(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Refused { message, .. } | ApiError::NoAnswer(message) => f.write_str(message),
+        }
+    }
+}
+
 /// An Engine API call that gives up after [`API_TIMEOUT`].
 async fn api<T>(
     call: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
-) -> Result<T, String> {
+) -> Result<T, ApiError> {
     match tokio::time::timeout(API_TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
+        Ok(Err(e @ bollard::errors::Error::DockerResponseServerError { status_code, .. })) => {
+            Err(ApiError::Refused {
+                status: status_code,
+                message: e.to_string(),
+            })
+        }
+        Ok(Err(e)) => Err(ApiError::NoAnswer(e.to_string())),
+        Err(_) => Err(ApiError::NoAnswer(format!(
             "the Docker engine did not answer in {} s",
             API_TIMEOUT.as_secs()
-        )),
+        ))),
     }
 }
 
@@ -158,13 +181,9 @@ async fn remove(docker: &Docker, id: &str) {
         .force(true)
         .v(true)
         .build();
-    let removed = tokio::time::timeout(API_TIMEOUT, docker.remove_container(id, Some(options)));
-    match removed.await {
-        Ok(Ok(()))
-        | Ok(Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        })) => {}
-        _ => LEFTOVERS
+    match api(docker.remove_container(id, Some(options))).await {
+        Ok(()) | Err(ApiError::Refused { status: 404, .. }) => {}
+        Err(_) => LEFTOVERS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(id.to_string()),
@@ -189,18 +208,15 @@ async fn ensure_image(docker: &Docker, image: &str) -> Result<(), TaskError> {
     {
         return Ok(());
     }
-    match tokio::time::timeout(API_TIMEOUT, docker.inspect_image(image)).await {
-        Ok(Ok(_)) => {
+    match api(docker.inspect_image(image)).await {
+        Ok(_) => {
             present()
                 .get_or_insert_with(HashSet::new)
                 .insert(image.to_string());
             Ok(())
         }
-        Ok(Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        })) => Err(image_missing(image)),
-        Ok(Err(e)) => Err(unreachable(&e)),
-        Err(_) => Err(unreachable(&"no answer in 30 s")),
+        Err(ApiError::Refused { status: 404, .. }) => Err(image_missing(image)),
+        Err(e) => Err(unreachable(&e)),
     }
 }
 
@@ -285,22 +301,18 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
         COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
-    let created =
-        match tokio::time::timeout(API_TIMEOUT, docker.create_container(Some(options), body)).await
-        {
-            Ok(Ok(created)) => created,
-            Ok(Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            })) => return Err(image_missing(&config.docker_image)),
-            Ok(Err(e @ bollard::errors::Error::DockerResponseServerError { .. })) => {
-                return Err(TaskError::unavailable(format!(
-                    "can't create the container: {e}"
-                )))
-            }
-            // The request never got an answer: the engine is gone.
-            Ok(Err(e)) => return Err(unreachable(&e)),
-            Err(_) => return Err(unreachable(&"no answer in 30 s")),
-        };
+    let created = match api(docker.create_container(Some(options), body)).await {
+        Ok(created) => created,
+        Err(ApiError::Refused { status: 404, .. }) => {
+            return Err(image_missing(&config.docker_image))
+        }
+        Err(e @ ApiError::Refused { .. }) => {
+            return Err(TaskError::unavailable(format!(
+                "can't create the container: {e}"
+            )))
+        }
+        Err(e @ ApiError::NoAnswer(_)) => return Err(unreachable(&e)),
+    };
     // Removed on every path: awaited below, or by the guard if this future
     // is dropped midway.
     let mut removal = Removal {

@@ -857,7 +857,7 @@ fn spawn_error(program: &Path, step: u32, error: io::Error) -> TaskError {
     let step = STEPS
         .get(step as usize)
         .copied()
-        .unwrap_or("Landlock, seccomp and exec (the seccomp tier's hook)");
+        .unwrap_or("Landlock, seccomp or exec");
     match error.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::EACCES) if step.contains("exec") => {
             TaskError::unavailable(format!(
