@@ -44,7 +44,7 @@ pub enum Command {
 #[derive(Args, Clone, Debug, Default)]
 pub struct LimitArgs {
     /// Sandbox tier: none, wasm, subprocess, seccomp, docker.
-    #[arg(long, value_parser = parse_tier)]
+    #[arg(long, value_parser = parse_value::<SandboxLevel>)]
     pub tier: Option<SandboxLevel>,
     /// Wall-clock limit per task, in seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
@@ -120,7 +120,7 @@ pub struct RunArgs {
     #[arg(long = "allow-import", value_name = "MOD")]
     pub allow_imports: Vec<String>,
     /// Make a host path visible to the task: HOST:GUEST, or HOST:GUEST:rw for writable.
-    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]", value_parser = parse_mount)]
+    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]", value_parser = parse_value::<Mount>)]
     pub mounts: Vec<Mount>,
     /// Let the task use the network.
     #[arg(long)]
@@ -199,7 +199,7 @@ pub struct BatchArgs {
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
     /// Where tasks run: local or ray.
-    #[arg(long, default_value = "local", value_parser = parse_executor)]
+    #[arg(long, default_value = "local", value_parser = parse_value::<ExecutorType>)]
     pub executor: ExecutorType,
     #[command(flatten)]
     pub ray: RayArgs,
@@ -245,7 +245,7 @@ impl RayArgs {
 #[derive(Args)]
 pub struct ResourcesArgs {
     /// Which executor: local or ray.
-    #[arg(long, default_value = "local", value_parser = parse_executor)]
+    #[arg(long, default_value = "local", value_parser = parse_value::<ExecutorType>)]
     pub executor: ExecutorType,
     #[command(flatten)]
     pub ray: RayArgs,
@@ -267,7 +267,7 @@ pub struct BenchArgs {
     /// Tiers to compare, comma-separated, of wasm, subprocess, none, seccomp,
     /// docker (default: all; a tier this host can't run is listed as
     /// unavailable, with the reason).
-    #[arg(long, value_name = "TIERS", value_delimiter = ',', value_parser = parse_tier)]
+    #[arg(long, value_name = "TIERS", value_delimiter = ',', value_parser = parse_value::<SandboxLevel>)]
     pub tiers: Vec<SandboxLevel>,
     /// Tasks per contender and workload, run once one at a time and once
     /// concurrently (default: up to 200, fewer where tasks are slow, to keep
@@ -328,11 +328,9 @@ fn parse_json(what: &str, text: &str) -> Result<Value, UsageError> {
     serde_json::from_str(text).map_err(|e| UsageError(format!("{what} is not valid JSON: {e}")))
 }
 
-pub fn parse_tier(s: &str) -> Result<SandboxLevel, String> {
-    s.parse().map_err(|e: TaskError| e.to_string())
-}
-
-fn parse_executor(s: &str) -> Result<ExecutorType, String> {
+/// A flag value the library parses (tier, executor, mount), its error as
+/// clap shows it.
+fn parse_value<T: std::str::FromStr<Err = TaskError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: TaskError| e.to_string())
 }
 
@@ -341,10 +339,6 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         .ok()
         .and_then(limit_seconds)
         .ok_or_else(|| format!("'{s}' is not a number of seconds from 1 ns to 10^9"))
-}
-
-fn parse_mount(s: &str) -> Result<Mount, String> {
-    s.parse().map_err(|e: TaskError| e.to_string())
 }
 
 #[cfg(test)]
