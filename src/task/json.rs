@@ -351,7 +351,7 @@ impl From<&TaskOutcome> for ResultRecord {
             error,
             tier: outcome.tier,
             node_id: outcome.node_id.clone(),
-            duration_ms: (outcome.duration.as_secs_f64() * 1e6).round() / 1e3,
+            duration_ms: duration_to_ms(outcome.duration),
         }
     }
 }
@@ -380,9 +380,29 @@ impl ResultRecord {
             stderr: self.stderr,
             tier: self.tier,
             node_id: self.node_id,
-            duration: Duration::from_secs_f64(self.duration_ms.max(0.0) / 1e3),
+            duration: duration_from_ms(self.duration_ms)?,
         })
     }
+}
+
+/// Durations travel as milliseconds with microsecond precision. Up to 2^50 µs
+/// (35 years) `µs / 1e3 * 1e3` rounds back to the same µs; past it the value
+/// could drift on each trip. No task runs that long: such a record is malformed.
+const MAX_DURATION_MICROS: u64 = 1 << 50;
+
+fn duration_to_ms(duration: Duration) -> f64 {
+    let micros = duration.as_micros().min(u128::from(MAX_DURATION_MICROS));
+    micros as f64 / 1e3
+}
+
+fn duration_from_ms(ms: f64) -> Result<Duration, TaskError> {
+    let micros = (ms * 1e3).round();
+    if !(0.0..=MAX_DURATION_MICROS as f64).contains(&micros) {
+        return Err(TaskError::internal(format!(
+            "malformed result JSON: duration_ms {ms} is not between 0 and 2^50 µs"
+        )));
+    }
+    Ok(Duration::from_micros(micros as u64))
 }
 
 /// The result JSON of an outcome, on one line.
@@ -433,6 +453,32 @@ mod tests {
         let error = parse_task(r#"{"code":"def f(): pass","timeout_s":1e-26}"#).unwrap_err();
         assert!(error.to_string().contains("timeout_s"), "{error}");
         assert!(parse_task(r#"{"code":"def f(): pass","max_cpu_time_s":1e-9}"#).is_ok());
+    }
+
+    #[test]
+    fn durations_travel_unchanged_or_are_refused() {
+        // Found by the task_json fuzz target: 33e30 ms overflowed Duration (a panic).
+        let record = |ms: &str| {
+            format!(
+                r#"{{"id":null,"status":"ok","result":1,"stdout":"","stderr":"","error":null,"tier":null,"node_id":null,"duration_ms":{ms}}}"#
+            )
+        };
+        for ms in ["33e30", "-1", "1.2e12", "1e400"] {
+            let error = parse_outcome(&record(ms)).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                crate::task::ErrorKind::Internal,
+                "{ms}: {error}"
+            );
+        }
+        let max = MAX_DURATION_MICROS;
+        for micros in [0, 1, 999, 1_000_001, max - 7, max - 1, max] {
+            let ms = duration_to_ms(Duration::from_micros(micros));
+            assert_eq!(duration_from_ms(ms).unwrap().as_micros(), micros.into());
+            let sent = outcome_to_json(&parse_outcome(&record(&ms.to_string())).unwrap());
+            assert_eq!(sent, outcome_to_json(&parse_outcome(&sent).unwrap()));
+        }
+        assert_eq!(duration_to_ms(Duration::MAX), max as f64 / 1e3);
     }
 
     #[test]
