@@ -461,8 +461,9 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
     (7, errno())
 }
 
-/// `fd`, moved to a number above 3 (the child's 0–3 are dup'ed onto), close-on-exec.
-fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, TaskError> {
+/// `fd`, moved to a number above 3, close-on-exec: every fd the child
+/// uses after its fds 0–3 are dup'ed onto must be one of these.
+pub(crate) fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, TaskError> {
     if fd.as_raw_fd() > 3 {
         return Ok(fd);
     }

@@ -28,7 +28,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use super::process::{ChildHook, Exec};
+use super::process::{self, ChildHook, Exec};
 use super::subprocess::{ExecPlan, ProcessTier};
 use super::{
     reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput,
@@ -426,6 +426,8 @@ fn path_rules(
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // The hook adds the rules after the child's fds 0–3 are replaced.
+        let fd = process::above_stdio(fd)?;
         let is_dir = std::fs::metadata(&path)
             .map(|m| m.is_dir())
             .unwrap_or(false);
