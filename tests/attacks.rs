@@ -10,7 +10,7 @@
 //!   Tiers not named (and no `*`) only have to give an outcome.
 //! - `# forbid: TEXT` — must not appear in the result, stdout or stderr.
 //! - `# canary: PATH` — a host path that must not exist afterwards
-//!   (`{tier}` in the path and the code is the tier's name).
+//!   (`{tier}` in the path and the code is the tier's name); one or more.
 //! - `# listener: ...` — the input is the port of a listener on 127.0.0.1
 //!   that must get no connection.
 //! - `# stdout: truncated` — the output cap must have fired.
@@ -43,7 +43,7 @@ struct Attack {
     code: String,
     expect: BTreeMap<String, String>,
     forbid: Vec<String>,
-    canary: Option<PathBuf>,
+    canaries: Vec<PathBuf>,
     listener: bool,
     truncated: bool,
     victim: bool,
@@ -102,7 +102,7 @@ fn corpus() -> Vec<Attack> {
                 name: path.file_stem().unwrap().to_string_lossy().into_owned(),
                 expect,
                 forbid: header("forbid"),
-                canary: header("canary").first().map(PathBuf::from),
+                canaries: header("canary").into_iter().map(PathBuf::from).collect(),
                 listener: !header("listener").is_empty(),
                 truncated: header("stdout").iter().any(|v| v == "truncated"),
                 victim: header("victim").iter().any(|v| v == "yes"),
@@ -191,12 +191,13 @@ fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<St
             let tier = level.as_str();
             let started = std::time::Instant::now();
             let code = attack.code.replace("{tier}", tier);
-            let canary = attack
-                .canary
-                .as_ref()
-                .map(|c| PathBuf::from(c.display().to_string().replace("{tier}", tier)));
+            let canaries: Vec<PathBuf> = attack
+                .canaries
+                .iter()
+                .map(|c| PathBuf::from(c.display().to_string().replace("{tier}", tier)))
+                .collect();
             let expected = attack.expect.get(tier).or_else(|| attack.expect.get("*"));
-            if let Some(canary) = &canary {
+            for canary in &canaries {
                 let _ = std::fs::remove_file(canary);
             }
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -239,7 +240,7 @@ fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<St
                     problems.push(format!("{text:?} leaked"));
                 }
             }
-            if let Some(canary) = &canary {
+            for canary in &canaries {
                 if canary.exists() {
                     problems.push(format!("{} was created on the host", canary.display()));
                 }

@@ -100,20 +100,27 @@ fn writes_outside_the_temp_dir_and_host_reads_are_refused() {
     );
     assert!(!std::path::Path::new(&probe).exists());
     // A file the host made, readable by anyone: outside the allowed tree.
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret.txt");
-    std::fs::write(&secret, "top secret").unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // (Not under /tmp, which the task has its own copy of: only Landlock
+    // stops this one.)
+    let world_readable = |dir: tempfile::TempDir| {
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, "top secret").unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        (dir, secret)
+    };
+    let (_outside, secret) = world_readable(tempfile::tempdir_in("/run").unwrap());
     assert_eq!(
         attempt(&format!("open({:?}).read()", secret.display().to_string())),
         json!("PermissionError")
     );
-    // Unless it is mounted (read-only: no writes).
+    // Unless it is mounted (read-only: no writes), also from under /tmp.
+    let (dir, secret) = world_readable(tempfile::tempdir().unwrap());
     let mounted = SandboxConfig {
         mount_paths: vec![
             Mount::new(dir.path(), &dir.path().display().to_string(), false).unwrap(),
@@ -127,6 +134,37 @@ fn writes_outside_the_temp_dir_and_host_reads_are_refused() {
     assert_eq!(
         ok(&run_with(mounted, &code)),
         json!(["top secret", "read-only"])
+    );
+}
+
+#[test]
+fn a_writable_mount_under_tmp_reaches_the_host() {
+    if unsafe { libc::geteuid() } != 0 {
+        return; // the task's own /tmp needs root
+    }
+    // The task writes into a host dir under /tmp, which it sees through
+    // its own /tmp; a file beside the dir stays out of sight.
+    let dir = tempfile::tempdir().unwrap();
+    let beside = tempfile::NamedTempFile::new().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let config = SandboxConfig {
+        mount_paths: vec![Mount::new(dir.path(), &dir.path().display().to_string(), true).unwrap()],
+        ..SandboxConfig::default()
+    };
+    let code = format!(
+        "import os\ndef f(x):\n    open({:?}, 'w').write('from the task')\n    return os.path.exists({:?})\n",
+        dir.path().join("out.txt").display().to_string(),
+        beside.path().display().to_string()
+    );
+    assert_eq!(ok(&run_with(config, &code)), json!(false));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "from the task"
     );
 }
 

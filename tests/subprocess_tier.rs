@@ -144,16 +144,28 @@ fn host_secrets_outside_world_readable_files_stay_private() {
     if !lattice_is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    // Not under /tmp (the task has its own) but in a directory anyone may
+    // enter, beside a file anyone may read: only the secret's mode stops it.
+    let dir = tempfile::tempdir_in("/run").unwrap();
     let secret = dir.path().join("secret.txt");
+    let public = dir.path().join("public.txt");
     std::fs::write(&secret, "top secret").unwrap();
+    std::fs::write(&public, "public").unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let code = format!(
-        "def f(x):\n    return open({:?}).read()\n",
-        secret.display().to_string()
-    );
-    let outcome = run_code(TIER, &code, json!(null));
-    assert_eq!(failed_type(&outcome), "PermissionError");
+    let read = |path: &std::path::Path| {
+        let code = format!(
+            "def f(x):\n    return open({:?}).read()\n",
+            path.display().to_string()
+        );
+        run_code(TIER, &code, json!(null))
+    };
+    assert_eq!(ok(&read(&public)), json!("public"));
+    assert_eq!(failed_type(&read(&secret)), "PermissionError");
 }
 
 #[test]
@@ -241,6 +253,80 @@ fn a_child_starts_with_no_signal_blocked_or_ignored_and_a_missing_program_is_nam
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_task_has_its_own_tmp_var_tmp_and_dev_shm() {
+    if !lattice_is_root() {
+        return; // without a uid of its own a task shares the host's
+    }
+    let name = format!("lattice-private-{}", std::process::id());
+    let host_file = tempfile::Builder::new()
+        .prefix("lattice-host-")
+        .tempfile_in("/tmp")
+        .unwrap();
+    let host_name = host_file.path().file_name().unwrap().to_str().unwrap();
+    let dirs = ["/tmp", "/var/tmp", "/dev/shm"];
+    let writer = format!(
+        "import os, time\ndef f(x):\n    for d in {dirs:?}:\n        open(d + '/{name}', 'w').write('mine')\n    time.sleep(3)\n    return sorted(os.listdir('/tmp'))\n"
+    );
+    let reader = format!(
+        "import os\ndef f(x):\n    return [os.path.exists(d + '/{name}') for d in {dirs:?}]\n"
+    );
+    let executor = limited(20.0, 512, 20.0);
+    let listing = std::thread::scope(|scope| {
+        let writing = scope.spawn(|| run_limited(&executor, &writer));
+        std::thread::sleep(Duration::from_millis(1500));
+        // While the writer holds its files: another task and the host see none.
+        let seen = run_limited(&executor, &reader);
+        assert_eq!(ok(&seen), json!([false, false, false]));
+        for dir in dirs {
+            let path = std::path::Path::new(dir).join(&name);
+            assert!(!path.exists(), "{} reached the host", path.display());
+        }
+        writing.join().unwrap()
+    });
+    let listing = ok(&listing);
+    let listing: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    // Its own file and its temp dir; nothing of the host's /tmp.
+    assert!(listing.contains(&name.as_str()), "{listing:?}");
+    assert!(!listing.contains(&host_name), "{listing:?}");
+    assert!(listing.len() <= 2, "{listing:?}");
+}
+
+#[test]
+fn a_task_cannot_fill_the_host_disk_through_tmp() {
+    if !lattice_is_root() {
+        return;
+    }
+    let code = "def f(x):\n    chunk = b'x' * (1 << 20)\n    n = 0\n    try:\n        while n < 1024:\n            with open('/tmp/fill-%d' % n, 'wb') as out:\n                out.write(chunk)\n            n += 1\n    except OSError as e:\n        return [n, e.errno]\n    return [n, 0]\n";
+    let outcome = run_limited(&limited(60.0, 512, 60.0), code);
+    let result = ok(&outcome);
+    assert_eq!(result[1], json!(libc::ENOSPC), "{result}");
+    assert!(result[0].as_u64().unwrap() <= 64, "{result}");
+}
+
+#[test]
+fn a_program_under_tmp_still_runs() {
+    if !lattice_is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let script = dir.path().join("answer.sh");
+    std::fs::write(&script, "#!/bin/sh\necho 42\n").unwrap();
+    for (path, mode) in [(dir.path(), 0o755), (script.as_path(), 0o755)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let outcome = run(
+        TIER,
+        TaskSubmission::command([script.display().to_string()]),
+    );
+    assert_eq!(ok(&outcome), json!(42));
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod docker;
 mod limits;
 mod none;
 mod output;
+mod private_tmp;
 pub(crate) mod process;
 mod seccomp;
 mod subprocess;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::private_tmp::PrivateTmp;
 use super::{CancelToken, OutputCapture};
 use crate::task::TaskError;
 
@@ -47,6 +48,8 @@ pub(crate) struct ChildSpec<'a> {
     pub uid: Option<u32>,
     /// Give the child an empty network namespace.
     pub new_netns: bool,
+    /// Give the child a mount namespace with its own /tmp, /var/tmp, /dev/shm.
+    pub private_tmp: Option<PrivateTmp>,
     pub timeout: Duration,
     /// Cap on each of stdout and stderr.
     pub output_cap: usize,
@@ -91,7 +94,17 @@ pub(crate) fn run_child(
         (true, true) => libc::CLONE_NEWNET,
         (true, false) => libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
     };
-    let spawned = spawn(&spec, channel, &rlimits, netns_flags, hook.as_mut())?;
+    let mntns_flags = match spec.private_tmp {
+        Some(_) => libc::CLONE_NEWNS,
+        None => 0,
+    };
+    let spawned = spawn(
+        &spec,
+        channel,
+        &rlimits,
+        netns_flags | mntns_flags,
+        hook.as_mut(),
+    )?;
     let pid = spawned.pid;
     let channel_r = spawned.channel;
 
@@ -228,15 +241,16 @@ struct Spawned {
 
 /// The setup steps of a child, in order; a failing one is reported by
 /// number on the error pipe.
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "signals",
     "session",
-    "network namespace",
+    "namespace",
     "rlimits",
     "file descriptors",
     "working directory",
     "privilege drop",
     "exec",
+    "private /tmp",
 ];
 const STEP_HOOK: u32 = STEPS.len() as u32;
 
@@ -250,7 +264,8 @@ struct ChildPlan<'a> {
     /// Where a failing step writes (step, errno); closed by a good exec.
     error_fd: RawFd,
     rlimits: &'a [Rlimit],
-    netns_flags: libc::c_int,
+    unshare_flags: libc::c_int,
+    private_tmp: Option<&'a PrivateTmp>,
     uid: Option<u32>,
     hook: Option<&'a mut ChildHook>,
 }
@@ -262,7 +277,7 @@ fn spawn(
     spec: &ChildSpec<'_>,
     channel: Option<(OwnedFd, OwnedFd)>,
     rlimits: &[Rlimit],
-    netns_flags: libc::c_int,
+    unshare_flags: libc::c_int,
     hook: Option<&mut ChildHook>,
 ) -> Result<Spawned, TaskError> {
     let exec = Exec::new(spec.program, &spec.args, &spec.env)?;
@@ -293,7 +308,8 @@ fn spawn(
         ],
         error_fd: error_w.as_raw_fd(),
         rlimits,
-        netns_flags,
+        unshare_flags,
+        private_tmp: spec.private_tmp.as_ref(),
         uid: spec.uid,
         hook,
     };
@@ -403,8 +419,13 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
         }
     }
     step!(1, libc::syscall(libc::SYS_setsid));
-    if plan.netns_flags != 0 {
-        step!(2, libc::syscall(libc::SYS_unshare, plan.netns_flags));
+    if plan.unshare_flags != 0 {
+        step!(2, libc::syscall(libc::SYS_unshare, plan.unshare_flags));
+    }
+    if let Some(private_tmp) = plan.private_tmp {
+        if let Err(errno) = private_tmp.apply() {
+            return (8, errno);
+        }
     }
     for &(resource, soft, hard) in plan.rlimits {
         let limit = libc::rlimit64 {

@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use super::private_tmp::PrivateTmp;
 use super::process::{self, ChildHook, ChildRun, ChildSpec, Ending, UidLease};
 use super::{
     reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
@@ -147,6 +148,16 @@ impl ProcessTier {
             )?),
             None => None,
         };
+        // With a uid of its own (we are root), the task also gets its own
+        // /tmp, /var/tmp and /dev/shm; its temp dir, program and mounts stay.
+        let private_tmp = match uid {
+            Some(_) => {
+                let mut keep = vec![workdir.path(), program.as_path()];
+                keep.extend(config.mount_paths.iter().map(|mount| mount.host.as_path()));
+                Some(PrivateTmp::plan(&keep)?)
+            }
+            None => None,
+        };
         let spec = ChildSpec {
             program: &program,
             args,
@@ -157,6 +168,7 @@ impl ProcessTier {
             rlimits: rlimits(config, self.isolate, uid.is_some()),
             uid,
             new_netns: self.isolate && !config.network_enabled,
+            private_tmp,
             timeout: config.timeout,
             output_cap: if python {
                 config.max_output_bytes

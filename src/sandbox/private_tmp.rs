@@ -1,0 +1,208 @@
+//! A process-tier task's own `/tmp`, `/var/tmp` and `/dev/shm`: in a mount
+//! namespace of its own, each is a fresh size-capped tmpfs, so what a task
+//! writes there is neither seen by other tasks nor left on the host, and
+//! can't fill the host's disk. The paths the task must still reach under
+//! them (its temp dir, its program, its `mount_paths`) are bound back in.
+//!
+//! The plan is made before the child exists; the child only makes system
+//! calls (see `process::spawn`).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::process;
+use crate::task::TaskError;
+
+/// The world-writable directories a task gets its own copy of.
+const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Each copy: 64 MiB (the tier's file size cap) and 4,096 inodes, in memory.
+const TMPFS_OPTIONS: &str = "size=64m,nr_inodes=4096,mode=1777";
+
+/// One mount-namespace step of the child.
+enum Step {
+    /// A fresh tmpfs over a shared directory.
+    Tmpfs { target: CString },
+    /// A directory on such a tmpfs, where a kept path is bound back.
+    Dir { path: CString },
+    /// An empty file on such a tmpfs, where a kept file is bound back.
+    File { path: CString },
+    /// The host object at `path` bound back there, with the host's
+    /// permissions (the seccomp tier's Landlock rules still apply: same
+    /// inodes). A bind's source must be a mount of the child's namespace, so
+    /// the child opens `path` before the tmpfs hides it, as fd `fd` (a number
+    /// the plan holds open for it), and binds from `fd_path` (`/proc/self/fd/N`).
+    Bind {
+        path: CString,
+        fd: RawFd,
+        fd_path: CString,
+    },
+}
+
+/// The child's mount steps, with the fd numbers its binds use.
+pub(crate) struct PrivateTmp {
+    steps: Vec<Step>,
+    options: CString,
+    _reserved: Vec<OwnedFd>,
+}
+
+impl PrivateTmp {
+    /// Plans the private directories, keeping the host paths `keep` reachable.
+    pub fn plan(keep: &[&Path]) -> Result<PrivateTmp, TaskError> {
+        let cstring = |path: &Path| {
+            CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| TaskError::invalid("a path contains a NUL byte"))
+        };
+        let mut kept: Vec<PathBuf> = keep
+            .iter()
+            .filter_map(|path| std::fs::canonicalize(path).ok())
+            .collect();
+        // Parents before children: a child is then bound onto the parent's
+        // host directory, and every directory made below is on a tmpfs.
+        kept.sort_by_key(|path| path.components().count());
+
+        let mut shared: Vec<PathBuf> = Vec::new();
+        for dir in SHARED_DIRS {
+            let Ok(dir) = std::fs::canonicalize(dir) else {
+                continue; // not on this system
+            };
+            // A directory the task was given whole stays the host's.
+            if dir.is_dir() && !shared.contains(&dir) && !kept.contains(&dir) {
+                shared.push(dir);
+            }
+        }
+
+        let mut steps: Vec<Step> = Vec::new();
+        for dir in &shared {
+            steps.push(Step::Tmpfs {
+                target: cstring(dir)?,
+            });
+        }
+        let mut reserved = Vec::new();
+        let mut bound: Vec<PathBuf> = Vec::new();
+        for path in kept {
+            let Some(dir) = shared.iter().find(|dir| path.starts_with(dir)) else {
+                continue; // not hidden by a tmpfs
+            };
+            let Ok(host) = std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                .open(&path)
+            else {
+                continue; // gone: nothing to see
+            };
+            let is_dir = host.metadata().map(|m| m.is_dir()).unwrap_or(false);
+            let fd = process::above_stdio(OwnedFd::from(host))?;
+            // Below a path bound back already, the host's files are there;
+            // else the way to it is made on the tmpfs.
+            if !bound.iter().any(|b| path.starts_with(b)) {
+                let mut ancestor = dir.clone();
+                let inner: Vec<_> = path
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .components()
+                    .collect();
+                for (i, part) in inner.iter().enumerate() {
+                    ancestor.push(part);
+                    let path = cstring(&ancestor)?;
+                    steps.push(if i + 1 < inner.len() || is_dir {
+                        Step::Dir { path }
+                    } else {
+                        Step::File { path }
+                    });
+                }
+            }
+            steps.push(Step::Bind {
+                path: cstring(&path)?,
+                fd: fd.as_raw_fd(),
+                fd_path: CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL"),
+            });
+            reserved.push(fd);
+            bound.push(path);
+        }
+        Ok(PrivateTmp {
+            steps,
+            options: CString::new(TMPFS_OPTIONS).expect("no NUL"),
+            _reserved: reserved,
+        })
+    }
+
+    /// In the child, inside its new mount namespace: takes the steps.
+    /// Returns the errno of a step that failed.
+    ///
+    /// # Safety
+    /// For a child set up by `process::spawn`: system calls only.
+    pub unsafe fn apply(&self) -> Result<(), i32> {
+        let errno = || *libc::__errno_location();
+        let check = |result: libc::c_long| if result < 0 { Err(errno()) } else { Ok(()) };
+        let none = std::ptr::null::<libc::c_char>();
+        // Nothing mounted here may reach the host's namespace.
+        check(libc::syscall(
+            libc::SYS_mount,
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            none,
+        ))?;
+        for step in &self.steps {
+            if let Step::Bind { path, fd, .. } = step {
+                let opened = libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::O_PATH | libc::O_CLOEXEC,
+                );
+                check(opened)?;
+                check(libc::syscall(libc::SYS_dup3, opened, *fd, libc::O_CLOEXEC))?;
+                libc::syscall(libc::SYS_close, opened);
+            }
+        }
+        for step in &self.steps {
+            match step {
+                Step::Tmpfs { target } => check(libc::syscall(
+                    libc::SYS_mount,
+                    c"tmpfs".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    self.options.as_ptr(),
+                ))?,
+                Step::Dir { path } => {
+                    if libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), 0o755) < 0
+                        && errno() != libc::EEXIST
+                    {
+                        return Err(errno());
+                    }
+                }
+                Step::File { path } => {
+                    let fd = libc::syscall(
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    if fd < 0 && errno() != libc::EEXIST {
+                        return Err(errno());
+                    }
+                    if fd >= 0 {
+                        libc::syscall(libc::SYS_close, fd);
+                    }
+                }
+                Step::Bind { path, fd_path, .. } => check(libc::syscall(
+                    libc::SYS_mount,
+                    fd_path.as_ptr(),
+                    path.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    none,
+                ))?,
+            }
+        }
+        Ok(())
+    }
+}
