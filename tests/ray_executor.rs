@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use lattice::executor::{ExecutorBackend, RayExecutor, RayOptions};
-use lattice::sandbox::SandboxLevel;
+use lattice::sandbox::{SandboxConfig, SandboxLevel};
 use lattice::task::{ErrorKind, Resources, TaskError, TaskOutcome, TaskSubmission};
 use serde_json::{json, Value};
 
@@ -603,6 +603,58 @@ fn task_errors_and_limits_come_back_typed() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidTask);
     executor.shutdown().unwrap();
+}
+
+#[test]
+fn settings_without_a_task_field_reach_the_nodes() {
+    let cluster = cluster();
+    let _serial = serial();
+    let with = |sandbox: SandboxConfig| {
+        let executor = RayExecutor::new(RayOptions {
+            sandbox: Some(sandbox),
+            ..options(&cluster)
+        });
+        executor.initialize().expect("the executor connects");
+        executor
+    };
+    // A seccomp allowlist without getcwd: refused on the node.
+    let mut calls = lattice::sandbox::seccomp_allowlist();
+    calls.retain(|&c| c != libc::SYS_getcwd);
+    let seccomp = with(SandboxConfig {
+        level: SandboxLevel::Seccomp,
+        allowed_syscalls: Some(calls),
+        ..SandboxConfig::default()
+    });
+    let task = seccomp.submit(TaskSubmission::python(
+        "import os\ndef f():\n    try:\n        os.getcwd()\n    except PermissionError:\n        return 'refused'\n    return 'allowed'\n",
+    ));
+    assert_eq!(ok(&seccomp.get_result(&task.unwrap())), json!("refused"));
+    seccomp.shutdown().unwrap();
+    // The docker image: one that is there runs, one that is not is named.
+    for (image, expected) in [
+        ("lattice/python:3.11", Ok(json!(3))),
+        ("lattice/no-such-image:0", Err("lattice/no-such-image:0")),
+    ] {
+        let docker = with(SandboxConfig {
+            level: SandboxLevel::Docker,
+            docker_image: image.into(),
+            ..SandboxConfig::default()
+        });
+        let task = docker
+            .submit(TaskSubmission::python("def f():\n    return 3\n"))
+            .unwrap();
+        let outcome = docker.get_result(&task);
+        match expected {
+            Ok(value) => assert_eq!(ok(&outcome), value),
+            Err(name) => match err(&outcome) {
+                TaskError::SandboxUnavailable { reason } => {
+                    assert!(reason.contains(name), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            },
+        }
+        docker.shutdown().unwrap();
+    }
 }
 
 #[test]

@@ -51,4 +51,10 @@ fn enforceable(config: &SandboxConfig) {
     assert!(!config.timeout.is_zero(), "zero timeout accepted");
     assert!(!config.max_cpu_time.is_zero(), "zero CPU limit accepted");
     assert!(config.max_memory_mb >= 1, "zero memory limit accepted");
+    if let Some(calls) = &config.allowed_syscalls {
+        assert!(
+            calls.iter().all(|c| (0..4096).contains(c)),
+            "a system call number out of range accepted: {calls:?}"
+        );
+    }
 }

@@ -66,6 +66,11 @@ pub struct LimitArgs {
     /// local one with scripts/docker-image.sh).
     #[arg(long, value_name = "IMAGE")]
     pub docker_image: Option<String>,
+    /// Seccomp tier: the system call numbers (of this machine's
+    /// architecture, comma-separated) that replace its allowlist.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', num_args = 1,
+          value_parser = clap::value_parser!(i64).range(0..4096))]
+    pub allowed_syscalls: Option<Vec<i64>>,
 }
 
 impl LimitArgs {
@@ -91,6 +96,7 @@ impl LimitArgs {
         if let Some(image) = &self.docker_image {
             config.docker_image = image.clone();
         }
+        config.allowed_syscalls = self.allowed_syscalls.clone();
         config
     }
 }
@@ -386,6 +392,10 @@ mod tests {
             &["lattice-wasm", "run", "f.py", "--mount", "relative:/x"],
             &["lattice-wasm", "batch", "t.jsonl", "--concurrency", "0"],
             &["lattice-wasm", "bench", "--workloads", "nope"],
+            &["lattice-wasm", "exec", "--allowed-syscalls", "1,-2"],
+            &["lattice-wasm", "exec", "--allowed-syscalls", "1,,2"],
+            &["lattice-wasm", "exec", "--allowed-syscalls", "read"],
+            &["lattice-wasm", "exec", "--allowed-syscalls="],
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} parsed");
         }
@@ -395,5 +405,25 @@ mod tests {
         };
         let error = args.task(b"def f(): pass".to_vec(), None).unwrap_err();
         assert!(error.0.contains("--args must be a JSON array"), "{error}");
+    }
+
+    #[test]
+    fn settings_without_a_task_field_are_flags() {
+        let cli = Cli::try_parse_from([
+            "lattice-wasm",
+            "exec",
+            "--allowed-syscalls=0,1,60",
+            "--docker-image",
+            "img:1",
+            "--seccomp-kill",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
+        let config = args.limits.config();
+        assert_eq!(config.allowed_syscalls, Some(vec![0, 1, 60]));
+        assert_eq!(config.docker_image, "img:1");
+        assert!(config.seccomp_kill);
     }
 }

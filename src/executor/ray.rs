@@ -537,18 +537,6 @@ impl RayExecutor {
         let node_id = task.node_id.as_deref().map(check_node_id).transpose()?;
         let config = self.sandbox_config();
         let effective = config.with_overrides(&task.sandbox);
-        if effective.level == SandboxLevel::Seccomp && config.allowed_syscalls.is_some() {
-            return Err(TaskError::invalid(
-                "allowed_syscalls can't be sent to Ray nodes; give the seccomp tier's default allowlist or run locally",
-            ));
-        }
-        if effective.level == SandboxLevel::Docker
-            && config.docker_image != SandboxConfig::default().docker_image
-        {
-            return Err(TaskError::invalid(
-                "a custom docker_image can't be sent to Ray nodes; run the docker tier locally",
-            ));
-        }
         let mut spec = TaskSpec::from_submission(task)?;
         // Placement is Ray's; on the node the task runs as a plain local task.
         spec.resources = None;
@@ -1089,9 +1077,15 @@ fn exec_args(config: &SandboxConfig) -> Vec<String> {
     let mut args = vec![
         "--max-output-bytes".to_string(),
         config.max_output_bytes.to_string(),
+        "--docker-image".to_string(),
+        config.docker_image.clone(),
     ];
     if config.seccomp_kill {
         args.push("--seccomp-kill".into());
+    }
+    if let Some(calls) = &config.allowed_syscalls {
+        let list: Vec<String> = calls.iter().map(i64::to_string).collect();
+        args.push(format!("--allowed-syscalls={}", list.join(",")));
     }
     args
 }
