@@ -245,12 +245,12 @@ const STEPS: [&str; 9] = [
     "signals",
     "session",
     "namespace",
+    "private /tmp",
     "rlimits",
     "file descriptors",
     "working directory",
     "privilege drop",
     "exec",
-    "private /tmp",
 ];
 const STEP_HOOK: u32 = STEPS.len() as u32;
 
@@ -424,7 +424,7 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
     }
     if let Some(private_tmp) = plan.private_tmp {
         if let Err(errno) = private_tmp.apply() {
-            return (8, errno);
+            return (3, errno);
         }
     }
     for &(resource, soft, hard) in plan.rlimits {
@@ -433,7 +433,7 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
             rlim_max: hard,
         };
         step!(
-            3,
+            4,
             libc::syscall(
                 libc::SYS_prlimit64,
                 0,
@@ -446,19 +446,19 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
     for (target, &source) in plan.fds.iter().enumerate() {
         if source >= 0 {
             step!(
-                4,
+                5,
                 libc::syscall(libc::SYS_dup3, source, target as libc::c_int, 0)
             );
         }
     }
-    step!(5, libc::syscall(libc::SYS_chdir, plan.cwd.as_ptr()));
+    step!(6, libc::syscall(libc::SYS_chdir, plan.cwd.as_ptr()));
     if let Some(uid) = plan.uid {
         step!(
-            6,
+            7,
             libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
         );
-        step!(6, libc::syscall(libc::SYS_setresgid, uid, uid, uid));
-        step!(6, libc::syscall(libc::SYS_setresuid, uid, uid, uid));
+        step!(7, libc::syscall(libc::SYS_setresgid, uid, uid, uid));
+        step!(7, libc::syscall(libc::SYS_setresuid, uid, uid, uid));
     }
     // Signals were blocked around the clone; the program starts with none.
     let empty = 0u64;
@@ -479,7 +479,7 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
         }
     }
     plan.exec.execve();
-    (7, errno())
+    (8, errno())
 }
 
 /// `fd`, moved to a number above 3, close-on-exec: every fd the child
