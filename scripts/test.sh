@@ -45,7 +45,7 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo run --locked --quiet -- doctor --warm
 # Coverage-guided fuzzing of the task/result JSON decoders and the CLI's
 # argument grammar, 60 s per target from the committed corpus (fuzz/); its
-# build is separate (~12 min on 2 cores, once).
+# build is separate (~8 min on 2 cores, once).
 ./scripts/fuzz.sh 60
 # The Ray executor's tests run on a two-node Ray cluster on this machine: a
 # venv with ray[default] in target/ray-venv (~35 s, once), ~20 s to start;
