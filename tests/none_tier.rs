@@ -151,3 +151,56 @@ fn a_task_that_swallows_the_interrupt_still_gets_its_outcome() {
     let took = started.elapsed();
     assert!(took < Duration::from_millis(2500), "{took:?}");
 }
+
+#[test]
+fn calls_that_would_end_replace_or_fork_the_host_are_refused() {
+    // Each would end this test process (or copy it) if it went through:
+    // that the test goes on is half of what it checks.
+    let executor = none(SandboxConfig::default());
+    for call in [
+        "os._exit(3)",
+        "os.abort()",
+        "os.fork()",
+        "os.forkpty()",
+        "os.execv('/bin/true', ['true'])",
+        "os.execvp('true', ['true'])",
+        "os.kill(os.getpid(), 9)",
+        "os.kill(0, 15)",
+        "os.killpg(os.getpgrp(), 15)",
+        "posix._exit(3)",
+        "posix.fork()",
+        "signal.raise_signal(9)",
+    ] {
+        let code =
+            format!("import os, posix, signal\ndef f(x):\n    {call}\n    return 'went through'\n");
+        let outcome = executor.run(
+            &TaskSubmission::python(code).with_input(json!(null)),
+            &CancelToken::new(),
+        );
+        match err(&outcome) {
+            TaskError::Failed {
+                type_name, message, ..
+            } => {
+                assert_eq!(type_name, "PermissionError", "{call}: {message}");
+                assert!(message.contains("none tier"), "{call}: {message}");
+            }
+            other => panic!("{call}: {other:?}"),
+        }
+    }
+    // Signalling another process still works (trusted code may manage its children).
+    let child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let code = format!(
+        "import os\ndef f(x):\n    os.kill({}, 15)\n    return 'sent'\n",
+        child.id()
+    );
+    assert_eq!(ok(&run_code(TIER, &code, json!(null))), json!("sent"));
+    let mut child = child;
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(15)
+    );
+}

@@ -13,7 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Mutex;
 
-use rustpython_vm::signal::{user_signal_channel, UserSignalSender};
+use rustpython_vm::signal::{UserSignalSender, user_signal_channel};
 use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
 
 use crate::Guest;
@@ -62,6 +62,57 @@ def _end():
             return (stream.value(), stream.dropped)
         return (b"", 0)  # the task replaced the stream itself
     return take(out) + take(err)
+"#;
+
+/// Calls that would end, replace or fork the host process itself (it is the
+/// task's process on this tier) fail with PermissionError instead, so that
+/// a task that makes one by accident gets an outcome and the host lives on.
+/// A guard against accidents, not a boundary: this tier runs trusted code.
+const HOST_GUARD_SRC: &str = r#"
+import os, posix, signal, _signal
+
+def _refused(name, what):
+    def refused(*args, **kwargs):
+        raise PermissionError(
+            "%s is refused on the none tier: the task runs inside the host process, "
+            "which this would %s (run it on the subprocess tier)" % (name, what))
+    refused.__name__ = name.rsplit(".", 1)[-1]
+    return refused
+
+for _module, _prefix in ((os, "os."), (posix, "os.")):
+    for _name in ("_exit", "abort", "execv", "execve", "execvp", "execvpe",
+                  "execl", "execle", "execlp", "execlpe"):
+        if hasattr(_module, _name):
+            setattr(_module, _name, _refused(_prefix + _name, "end or replace"))
+    for _name in ("fork", "forkpty"):
+        if hasattr(_module, _name):
+            setattr(_module, _name, _refused(_prefix + _name, "copy, threads and all"))
+
+def _host_kill(kill=posix.kill, getpid=posix.getpid, getpgrp=posix.getpgrp):
+    def guarded(pid, signal):
+        if pid in (0, -1, getpid(), -getpgrp()):
+            raise PermissionError(
+                "os.kill(%d, ...) is refused on the none tier: it would signal the host "
+                "process the task runs in (run it on the subprocess tier)" % pid)
+        return kill(pid, signal)
+    guarded.__name__ = "kill"
+    return guarded
+
+def _host_killpg(killpg=posix.killpg, getpgrp=posix.getpgrp):
+    def guarded(pgrp, signal):
+        if pgrp in (0, getpgrp()):
+            raise PermissionError(
+                "os.killpg(%d, ...) is refused on the none tier: it would signal the host "
+                "process the task runs in (run it on the subprocess tier)" % pgrp)
+        return killpg(pgrp, signal)
+    guarded.__name__ = "killpg"
+    return guarded
+
+os.kill = posix.kill = _host_kill()
+os.killpg = posix.killpg = _host_killpg()
+for _module in (signal, _signal):
+    if hasattr(_module, "raise_signal"):
+        _module.raise_signal = _refused("signal.raise_signal", "signal")
 "#;
 
 struct Native {
@@ -141,11 +192,10 @@ pub unsafe extern "C" fn lattice_python_run(
     output_cap: usize,
     out: *mut LatticeRun,
 ) {
-    let request = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(request, len) })
-        .into_owned();
-    let run = std::panic::catch_unwind(|| run(token, request, output_cap)).unwrap_or_else(|_| {
-        failure(2, "the in-process Python interpreter panicked".into())
-    });
+    let request =
+        String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(request, len) }).into_owned();
+    let run = std::panic::catch_unwind(|| run(token, request, output_cap))
+        .unwrap_or_else(|_| failure(2, "the in-process Python interpreter panicked".into()));
     unsafe { out.write(run) };
 }
 
@@ -161,7 +211,10 @@ fn run(token: u64, request: String, output_cap: usize) -> LatticeRun {
             lock(&RUNNING).push((token, sender));
         }
         CURRENT.set(token);
-        let run = native.guest.interp.enter(|vm| run_in(native, vm, request, output_cap));
+        let run = native
+            .guest
+            .interp
+            .enter(|vm| run_in(native, vm, request, output_cap));
         CURRENT.set(0);
         lock(&RUNNING).retain(|(t, _)| *t != token);
         run.unwrap_or_else(|reason| failure(2, reason))
@@ -212,17 +265,26 @@ fn start() -> Result<Native, String> {
     let guest = crate::build(move |vm| vm.set_user_signal_channel(receiver))
         .map_err(|_| "the in-process Python interpreter failed to start".to_string())?;
     SIGNALS.with(|s| *s.borrow_mut() = Some(sender));
-    let (begin, end) = guest
-        .interp
-        .enter(|vm| -> PyResult<(PyObjectRef, PyObjectRef)> {
+    let (begin, end) = guest.interp.enter(|vm| {
+        let set_up = || -> PyResult<(PyObjectRef, PyObjectRef)> {
+            vm.run_string(
+                vm.new_scope_with_builtins(),
+                HOST_GUARD_SRC,
+                "<lattice_host_guard>",
+            )?;
             let scope = vm.new_scope_with_builtins();
             vm.run_string(scope.clone(), STREAMS_SRC, "<lattice_streams>")?;
             Ok((
                 scope.globals.get_item("_begin", vm)?,
                 scope.globals.get_item("_end", vm)?,
             ))
+        };
+        set_up().map_err(|e| {
+            let mut text = String::new();
+            let _ = vm.write_exception(&mut text, &e);
+            format!("the in-process Python interpreter failed to set up: {text}")
         })
-        .map_err(|_| "the in-process Python interpreter failed to set up its streams".to_string())?;
+    })?;
     Ok(Native { guest, begin, end })
 }
 
