@@ -312,6 +312,44 @@ fn a_task_cannot_fill_the_host_disk_through_tmp() {
 }
 
 #[test]
+fn the_rest_of_the_host_tree_is_read_only_but_the_temp_dir_is_not() {
+    if !lattice_is_root() {
+        return;
+    }
+    // A world-writable directory outside /tmp (like /run/lock), and a TMPDIR
+    // outside /tmp too, so the temp dir is bound back writable in place.
+    let open_dir = tempfile::tempdir_in("/run").unwrap();
+    let tmpdir = tempfile::tempdir_in("/run").unwrap();
+    for dir in [open_dir.path(), tmpdir.path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap();
+    }
+    let planted = open_dir.path().join("planted");
+    let code = format!(
+        "import os\ndef f(x):\n    open('mine.txt', 'w').write('ok')\n    try:\n        open({:?}, 'w').write('left behind')\n    except OSError as e:\n        return [os.getcwd(), open('mine.txt').read(), e.errno]\n    return [os.getcwd(), 'written', 0]\n",
+        planted.display().to_string()
+    );
+    let run = lattice_cli(
+        &["run", "-", "--tier", "subprocess", "--input", "null"],
+        &code,
+        &[("TMPDIR", tmpdir.path())],
+    );
+    let line: serde_json::Value = serde_json::from_slice(&run.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&run.stderr)));
+    let result = &line["result"];
+    assert!(
+        result[0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(tmpdir.path().to_str().unwrap()),
+        "{line}"
+    );
+    assert_eq!(result[1], json!("ok"), "{line}");
+    assert_eq!(result[2], json!(libc::EROFS), "{line}");
+    assert!(!planted.exists());
+}
+
+#[test]
 fn a_program_under_tmp_still_runs() {
     if !lattice_is_root() {
         return;

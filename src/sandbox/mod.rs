@@ -9,7 +9,7 @@ mod docker;
 mod limits;
 mod none;
 mod output;
-mod private_tmp;
+mod private_fs;
 pub(crate) mod process;
 mod seccomp;
 mod subprocess;

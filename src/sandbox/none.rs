@@ -60,6 +60,7 @@ impl Sandbox for NoneSandbox {
                 level: SandboxLevel::None,
                 isolate: false,
                 hook: None,
+                read_only_root: false,
             }
             .run(job, cancel),
         }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::private_tmp::PrivateTmp;
+use super::private_fs::PrivateFs;
 use super::{CancelToken, OutputCapture};
 use crate::task::TaskError;
 
@@ -48,8 +48,8 @@ pub(crate) struct ChildSpec<'a> {
     pub uid: Option<u32>,
     /// Give the child an empty network namespace.
     pub new_netns: bool,
-    /// Give the child a mount namespace with its own /tmp, /var/tmp, /dev/shm.
-    pub private_tmp: Option<PrivateTmp>,
+    /// Give the child a mount namespace with its own view of the filesystem.
+    pub private_fs: Option<PrivateFs>,
     pub timeout: Duration,
     /// Cap on each of stdout and stderr.
     pub output_cap: usize,
@@ -94,7 +94,7 @@ pub(crate) fn run_child(
         (true, true) => libc::CLONE_NEWNET,
         (true, false) => libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
     };
-    let mntns_flags = match spec.private_tmp {
+    let mntns_flags = match spec.private_fs {
         Some(_) => libc::CLONE_NEWNS,
         None => 0,
     };
@@ -245,7 +245,7 @@ const STEPS: [&str; 9] = [
     "signals",
     "session",
     "namespace",
-    "private /tmp",
+    "private mounts",
     "rlimits",
     "file descriptors",
     "working directory",
@@ -265,7 +265,7 @@ struct ChildPlan<'a> {
     error_fd: RawFd,
     rlimits: &'a [Rlimit],
     unshare_flags: libc::c_int,
-    private_tmp: Option<&'a PrivateTmp>,
+    private_fs: Option<&'a PrivateFs>,
     uid: Option<u32>,
     hook: Option<&'a mut ChildHook>,
 }
@@ -309,7 +309,7 @@ fn spawn(
         error_fd: error_w.as_raw_fd(),
         rlimits,
         unshare_flags,
-        private_tmp: spec.private_tmp.as_ref(),
+        private_fs: spec.private_fs.as_ref(),
         uid: spec.uid,
         hook,
     };
@@ -422,8 +422,8 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
     if plan.unshare_flags != 0 {
         step!(2, libc::syscall(libc::SYS_unshare, plan.unshare_flags));
     }
-    if let Some(private_tmp) = plan.private_tmp {
-        if let Err(errno) = private_tmp.apply() {
+    if let Some(private_fs) = plan.private_fs {
+        if let Err(errno) = private_fs.apply() {
             return (3, errno);
         }
     }

@@ -67,6 +67,7 @@ impl Sandbox for SeccompSandbox {
             level: SandboxLevel::Seccomp,
             isolate: true,
             hook: Some(hook),
+            read_only_root: false,
         }
         .run(job, cancel)
     }

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::private_tmp::PrivateTmp;
+use super::private_fs::{Keep, PrivateFs};
 use super::process::{self, ChildHook, ChildRun, ChildSpec, Ending, UidLease};
 use super::{
     reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
@@ -72,6 +72,10 @@ pub(crate) struct ProcessTier {
     pub isolate: bool,
     /// Extra setup in the child just before exec (seccomp, Landlock).
     pub hook: Option<MakeHook>,
+    /// With a uid of its own, the host's tree is read-only to the task
+    /// (false where the hook confines writes itself: Landlock's refusals
+    /// stay `PermissionError`s rather than read-only-filesystem errors).
+    pub read_only_root: bool,
 }
 
 impl ProcessTier {
@@ -80,6 +84,7 @@ impl ProcessTier {
             level,
             isolate: true,
             hook: None,
+            read_only_root: true,
         }
     }
 
@@ -149,12 +154,24 @@ impl ProcessTier {
             None => None,
         };
         // With a uid of its own (we are root), the task also gets its own
-        // /tmp, /var/tmp and /dev/shm; its temp dir, program and mounts stay.
-        let private_tmp = match uid {
+        // view of the filesystem (see private_fs).
+        let private_fs = match uid {
             Some(_) => {
-                let mut keep = vec![workdir.path(), program.as_path()];
-                keep.extend(config.mount_paths.iter().map(|mount| mount.host.as_path()));
-                Some(PrivateTmp::plan(&keep)?)
+                let mut keep = vec![
+                    Keep {
+                        path: workdir.path(),
+                        writable: true,
+                    },
+                    Keep {
+                        path: &program,
+                        writable: false,
+                    },
+                ];
+                keep.extend(config.mount_paths.iter().map(|mount| Keep {
+                    path: &mount.host,
+                    writable: mount.writable,
+                }));
+                Some(PrivateFs::plan(&keep, self.read_only_root)?)
             }
             None => None,
         };
@@ -168,7 +185,7 @@ impl ProcessTier {
             rlimits: rlimits(config, self.isolate, uid.is_some()),
             uid,
             new_netns: self.isolate && !config.network_enabled,
-            private_tmp,
+            private_fs,
             timeout: config.timeout,
             output_cap: if python {
                 config.max_output_bytes

@@ -1,13 +1,16 @@
-//! A process-tier task's own `/tmp`, `/var/tmp` and `/dev/shm`: in a mount
-//! namespace of its own, each is a fresh size-capped tmpfs, so what a task
-//! writes there is neither seen by other tasks nor left on the host, and
-//! can't fill the host's disk. The paths the task must still reach under
-//! them (its temp dir, its program, its `mount_paths`) are bound back in.
+//! A process-tier task's own view of the filesystem, in a mount namespace
+//! of its own: `/tmp`, `/var/tmp` and `/dev/shm` are fresh size-capped
+//! tmpfs's, so what a task writes there is neither seen by other tasks nor
+//! left on the host, and can't fill the host's disk. On the subprocess tier
+//! the rest of the host's tree is read-only, so nothing the task writes
+//! outlives it (the seccomp tier's Landlock rules confine its writes
+//! already). The paths the task must still reach (its temp dir, its program,
+//! its `mount_paths`) are bound back, writable where they are meant to be.
 //!
 //! The plan is made before the child exists; the child only makes system
 //! calls (see `process::spawn`).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,7 +23,13 @@ use crate::task::TaskError;
 const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 
 /// Each copy: 64 MiB (the tier's file size cap) and 4,096 inodes, in memory.
-const TMPFS_OPTIONS: &str = "size=64m,nr_inodes=4096,mode=1777";
+const TMPFS_OPTIONS: &CStr = c"size=64m,nr_inodes=4096,mode=1777";
+
+/// A host path the task must still reach, and whether it may write there.
+pub(crate) struct Keep<'a> {
+    pub path: &'a Path,
+    pub writable: bool,
+}
 
 /// One mount-namespace step of the child.
 enum Step {
@@ -33,36 +42,38 @@ enum Step {
     /// The host object at `path` bound back there, with the host's
     /// permissions (the seccomp tier's Landlock rules still apply: same
     /// inodes). A bind's source must be a mount of the child's namespace, so
-    /// the child opens `path` before the tmpfs hides it, as fd `fd` (a number
+    /// the child opens `path` before anything hides it, as fd `fd` (a number
     /// the plan holds open for it), and binds from `fd_path` (`/proc/self/fd/N`).
     Bind {
         path: CString,
         fd: RawFd,
         fd_path: CString,
+        writable: bool,
     },
 }
 
 /// The child's mount steps, with the fd numbers its binds use.
-pub(crate) struct PrivateTmp {
+pub(crate) struct PrivateFs {
+    read_only_root: bool,
     steps: Vec<Step>,
-    options: CString,
     _reserved: Vec<OwnedFd>,
 }
 
-impl PrivateTmp {
-    /// Plans the private directories, keeping the host paths `keep` reachable.
-    pub fn plan(keep: &[&Path]) -> Result<PrivateTmp, TaskError> {
+impl PrivateFs {
+    /// Plans the task's view: private shared directories, the rest of the
+    /// host's tree read-only if `read_only_root`, and `keep` reachable.
+    pub fn plan(keep: &[Keep<'_>], read_only_root: bool) -> Result<PrivateFs, TaskError> {
         let cstring = |path: &Path| {
             CString::new(path.as_os_str().as_bytes())
                 .map_err(|_| TaskError::invalid("a path contains a NUL byte"))
         };
-        let mut kept: Vec<PathBuf> = keep
+        let mut kept: Vec<(PathBuf, bool)> = keep
             .iter()
-            .filter_map(|path| std::fs::canonicalize(path).ok())
+            .filter_map(|k| Some((std::fs::canonicalize(k.path).ok()?, k.writable)))
             .collect();
         // Parents before children: a child is then bound onto the parent's
         // host directory, and every directory made below is on a tmpfs.
-        kept.sort_by_key(|path| path.components().count());
+        kept.sort_by_key(|(path, _)| path.components().count());
 
         let mut shared: Vec<PathBuf> = Vec::new();
         for dir in SHARED_DIRS {
@@ -70,7 +81,7 @@ impl PrivateTmp {
                 continue; // not on this system
             };
             // A directory the task was given whole stays the host's.
-            if dir.is_dir() && !shared.contains(&dir) && !kept.contains(&dir) {
+            if dir.is_dir() && !shared.contains(&dir) && !kept.iter().any(|(p, _)| *p == dir) {
                 shared.push(dir);
             }
         }
@@ -83,10 +94,11 @@ impl PrivateTmp {
         }
         let mut reserved = Vec::new();
         let mut bound: Vec<PathBuf> = Vec::new();
-        for path in kept {
-            let Some(dir) = shared.iter().find(|dir| path.starts_with(dir)) else {
-                continue; // not hidden by a tmpfs
-            };
+        for (path, writable) in kept {
+            let hidden_by = shared.iter().find(|dir| path.starts_with(dir));
+            if hidden_by.is_none() && !(read_only_root && writable) {
+                continue; // in sight, as the host has it
+            }
             let Ok(host) = std::fs::File::options()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -96,9 +108,10 @@ impl PrivateTmp {
             };
             let is_dir = host.metadata().map(|m| m.is_dir()).unwrap_or(false);
             let fd = process::above_stdio(OwnedFd::from(host))?;
-            // Below a path bound back already, the host's files are there;
-            // else the way to it is made on the tmpfs.
-            if !bound.iter().any(|b| path.starts_with(b)) {
+            // On a tmpfs the way to the path is made first; below a path
+            // bound back already (or outside the tmpfs's) the host's is there.
+            let made_by_us = hidden_by.filter(|_| !bound.iter().any(|b| path.starts_with(b)));
+            if let Some(dir) = made_by_us {
                 let mut ancestor = dir.clone();
                 let inner: Vec<_> = path
                     .strip_prefix(dir)
@@ -119,13 +132,14 @@ impl PrivateTmp {
                 path: cstring(&path)?,
                 fd: fd.as_raw_fd(),
                 fd_path: CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL"),
+                writable,
             });
             reserved.push(fd);
             bound.push(path);
         }
-        Ok(PrivateTmp {
+        Ok(PrivateFs {
+            read_only_root,
             steps,
-            options: CString::new(TMPFS_OPTIONS).expect("no NUL"),
             _reserved: reserved,
         })
     }
@@ -161,6 +175,14 @@ impl PrivateTmp {
                 libc::syscall(libc::SYS_close, opened);
             }
         }
+        // The whole tree at once needs mount_setattr (Linux 5.12); before
+        // that, the rest of the tree stays writable as the task's uid allows.
+        let read_only = self.read_only_root
+            && match set_read_only(c"/", true) {
+                Ok(()) => true,
+                Err(libc::ENOSYS) => false,
+                Err(errno) => return Err(errno),
+            };
         for step in &self.steps {
             match step {
                 Step::Tmpfs { target } => check(libc::syscall(
@@ -169,7 +191,7 @@ impl PrivateTmp {
                     target.as_ptr(),
                     c"tmpfs".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    self.options.as_ptr(),
+                    TMPFS_OPTIONS.as_ptr(),
                 ))?,
                 Step::Dir { path } => {
                     if libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), 0o755) < 0
@@ -193,16 +215,54 @@ impl PrivateTmp {
                         libc::syscall(libc::SYS_close, fd);
                     }
                 }
-                Step::Bind { path, fd_path, .. } => check(libc::syscall(
-                    libc::SYS_mount,
-                    fd_path.as_ptr(),
-                    path.as_ptr(),
-                    none,
-                    libc::MS_BIND | libc::MS_REC,
-                    none,
-                ))?,
+                Step::Bind {
+                    path,
+                    fd_path,
+                    writable,
+                    ..
+                } => {
+                    // A bind takes its source's flags: read-only, if set above.
+                    check(libc::syscall(
+                        libc::SYS_mount,
+                        fd_path.as_ptr(),
+                        path.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REC,
+                        none,
+                    ))?;
+                    if read_only && *writable {
+                        set_read_only(path, false)?;
+                    }
+                }
             }
         }
+        Ok(())
+    }
+}
+
+/// mount_setattr(2): the mounts at and below `path` made read-only, or writable.
+///
+/// # Safety
+/// System calls only (for the child).
+unsafe fn set_read_only(path: &CStr, read_only: bool) -> Result<(), i32> {
+    let flag = libc::MOUNT_ATTR_RDONLY;
+    let attr = libc::mount_attr {
+        attr_set: if read_only { flag } else { 0 },
+        attr_clr: if read_only { 0 } else { flag },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let result = libc::syscall(
+        libc::SYS_mount_setattr,
+        libc::AT_FDCWD,
+        path.as_ptr(),
+        libc::AT_RECURSIVE as libc::c_uint,
+        &attr as *const libc::mount_attr,
+        std::mem::size_of::<libc::mount_attr>(),
+    );
+    if result < 0 {
+        Err(*libc::__errno_location())
+    } else {
         Ok(())
     }
 }
