@@ -300,15 +300,23 @@ fn a_task_has_its_own_tmp_var_tmp_and_dev_shm() {
 }
 
 #[test]
-fn a_task_cannot_fill_the_host_disk_through_tmp() {
+fn a_task_cannot_fill_the_host_disk_through_tmp_or_its_temp_dir() {
     if !lattice_is_root() {
         return;
     }
-    let code = "def f(x):\n    chunk = b'x' * (1 << 20)\n    n = 0\n    try:\n        while n < 1024:\n            with open('/tmp/fill-%d' % n, 'wb') as out:\n                out.write(chunk)\n            n += 1\n    except OSError as e:\n        return [n, e.errno]\n    return [n, 0]\n";
-    let outcome = run_limited(&limited(60.0, 512, 60.0), code);
-    let result = ok(&outcome);
-    assert_eq!(result[1], json!(libc::ENOSPC), "{result}");
-    assert!(result[0].as_u64().unwrap() <= 64, "{result}");
+    // 1 MiB files until the filesystem refuses: in /tmp, and in the cwd
+    // (the temp dir, also a tmpfs of the task's own).
+    let code = "import os\ndef f(where):\n    chunk = b'x' * (1 << 20)\n    n = 0\n    try:\n        while n < 1024:\n            with open(os.path.join(where, 'fill-%d' % n), 'wb') as out:\n                out.write(chunk)\n            n += 1\n    except OSError as e:\n        return [n, e.errno]\n    return [n, 0]\n";
+    let executor = limited(60.0, 512, 60.0);
+    for place in ["/tmp", "."] {
+        let outcome = executor.run(
+            &TaskSubmission::python(code).with_input(json!(place)),
+            &CancelToken::new(),
+        );
+        let result = ok(&outcome);
+        assert_eq!(result[1], json!(libc::ENOSPC), "{place}: {result}");
+        assert!(result[0].as_u64().unwrap() <= 64, "{place}: {result}");
+    }
 }
 
 #[test]

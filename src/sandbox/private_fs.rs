@@ -1,11 +1,12 @@
 //! A process-tier task's own view of the filesystem, in a mount namespace
-//! of its own: `/tmp`, `/var/tmp` and `/dev/shm` are fresh size-capped
-//! tmpfs's, so what a task writes there is neither seen by other tasks nor
-//! left on the host, and can't fill the host's disk. On the subprocess tier
-//! the rest of the host's tree is read-only, so nothing the task writes
-//! outlives it (the seccomp tier's Landlock rules confine its writes
-//! already). The paths the task must still reach (its temp dir, its program,
-//! its `mount_paths`) are bound back, writable where they are meant to be.
+//! of its own: its temp dir, `/tmp`, `/var/tmp` and `/dev/shm` are fresh
+//! size-capped tmpfs's, so what a task writes there is neither seen by other
+//! tasks nor left on the host, and can't fill the host's disk. On the
+//! subprocess tier the rest of the host's tree is read-only, so nothing the
+//! task writes outlives it (the seccomp tier's Landlock rules confine its
+//! writes already). The host paths the task must still reach under the
+//! tmpfs's (its program, its `mount_paths`) are bound back, writable where
+//! they are meant to be.
 //!
 //! The plan is made before the child exists; the child only makes system
 //! calls (see `process::spawn`).
@@ -22,8 +23,9 @@ use crate::task::TaskError;
 /// The world-writable directories a task gets its own copy of.
 const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 
-/// Each copy: 64 MiB (the tier's file size cap) and 4,096 inodes, in memory.
-const TMPFS_OPTIONS: &CStr = c"size=64m,nr_inodes=4096,mode=1777";
+/// Each copy, and the temp dir: 64 MiB (the tier's file size cap) and 4,096
+/// inodes, in memory.
+const TMPFS_SIZE: &str = "size=64m,nr_inodes=4096";
 
 /// A host path the task must still reach, and whether it may write there.
 pub(crate) struct Keep<'a> {
@@ -33,8 +35,8 @@ pub(crate) struct Keep<'a> {
 
 /// One mount-namespace step of the child.
 enum Step {
-    /// A fresh tmpfs over a shared directory.
-    Tmpfs { target: CString },
+    /// A fresh tmpfs over a shared directory, or as the temp dir.
+    Tmpfs { target: CString, options: CString },
     /// A directory on such a tmpfs, where a kept path is bound back.
     Dir { path: CString },
     /// An empty file on such a tmpfs, where a kept file is bound back.
@@ -60,9 +62,15 @@ pub(crate) struct PrivateFs {
 }
 
 impl PrivateFs {
-    /// Plans the task's view: private shared directories, the rest of the
-    /// host's tree read-only if `read_only_root`, and `keep` reachable.
-    pub fn plan(keep: &[Keep<'_>], read_only_root: bool) -> Result<PrivateFs, TaskError> {
+    /// Plans the task's view: `temp_dir` a tmpfs of its own owned by `uid`,
+    /// private shared directories, the rest of the host's tree read-only if
+    /// `read_only_root`, and `keep` reachable.
+    pub fn plan(
+        temp_dir: &Path,
+        uid: u32,
+        keep: &[Keep<'_>],
+        read_only_root: bool,
+    ) -> Result<PrivateFs, TaskError> {
         let cstring = |path: &Path| {
             CString::new(path.as_os_str().as_bytes())
                 .map_err(|_| TaskError::invalid("a path contains a NUL byte"))
@@ -90,8 +98,27 @@ impl PrivateFs {
         for dir in &shared {
             steps.push(Step::Tmpfs {
                 target: cstring(dir)?,
+                options: CString::new(format!("{TMPFS_SIZE},mode=1777")).expect("no NUL"),
             });
         }
+        // The temp dir: where it is (the host's is the mount point), or made
+        // on the shared directory's tmpfs.
+        let temp_dir = std::fs::canonicalize(temp_dir)
+            .map_err(|e| TaskError::unavailable(format!("the task's temp dir is gone: {e}")))?;
+        if let Some(dir) = shared.iter().find(|dir| temp_dir.starts_with(dir)) {
+            let mut ancestor = dir.clone();
+            for part in temp_dir.strip_prefix(dir).expect("under dir").components() {
+                ancestor.push(part);
+                steps.push(Step::Dir {
+                    path: cstring(&ancestor)?,
+                });
+            }
+        }
+        steps.push(Step::Tmpfs {
+            target: cstring(&temp_dir)?,
+            options: CString::new(format!("{TMPFS_SIZE},mode=0700,uid={uid},gid={uid}"))
+                .expect("no NUL"),
+        });
         let mut reserved = Vec::new();
         let mut bound: Vec<PathBuf> = Vec::new();
         for (path, writable) in kept {
@@ -185,13 +212,13 @@ impl PrivateFs {
             };
         for step in &self.steps {
             match step {
-                Step::Tmpfs { target } => check(libc::syscall(
+                Step::Tmpfs { target, options } => check(libc::syscall(
                     libc::SYS_mount,
                     c"tmpfs".as_ptr(),
                     target.as_ptr(),
                     c"tmpfs".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    TMPFS_OPTIONS.as_ptr(),
+                    options.as_ptr(),
                 ))?,
                 Step::Dir { path } => {
                     if libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), 0o755) < 0

@@ -379,11 +379,18 @@ fn seccomp_available() -> Result<(), TaskError> {
     Ok(())
 }
 
-/// A Landlock rule: what may be done beneath one path (opened `O_PATH`
-/// before the child exists).
+/// A Landlock rule: what may be done beneath one path.
 struct PathRule {
-    fd: OwnedFd,
+    target: RuleTarget,
     access: u64,
+}
+
+enum RuleTarget {
+    /// Opened `O_PATH` before the child exists.
+    Opened(OwnedFd),
+    /// Opened by the child: its temp dir, a tmpfs mounted in the child's
+    /// own mount namespace when lattice runs as root (see private_fs).
+    InChild(CString),
 }
 
 /// The dynamic loader the interpreter names.
@@ -407,7 +414,6 @@ fn path_rules(
         .map(|dir| (PathBuf::from(dir), read))
         .collect();
     wanted.push(("/dev/null".into(), READ_FILE | WRITE_FILE));
-    wanted.push((plan.workdir.to_path_buf(), all));
     let program = std::fs::canonicalize(plan.program).unwrap_or(plan.program.to_path_buf());
     wanted.push((program, EXECUTE | READ_FILE));
     wanted.push((dynamic_loader(), EXECUTE | READ_FILE));
@@ -415,7 +421,13 @@ fn path_rules(
         let access = if mount.writable { all & !EXECUTE } else { read };
         wanted.push((mount.host.clone(), access));
     }
-    let mut rules = Vec::new();
+    let mut rules = vec![PathRule {
+        target: RuleTarget::InChild(
+            CString::new(plan.workdir.as_os_str().as_bytes())
+                .map_err(|_| TaskError::invalid("the temp dir's path contains a NUL byte"))?,
+        ),
+        access: all,
+    }];
     for (path, access) in wanted {
         let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
             continue;
@@ -434,7 +446,7 @@ fn path_rules(
             .unwrap_or(false);
         let access = if is_dir { access } else { access & FILE_RIGHTS };
         rules.push(PathRule {
-            fd,
+            target: RuleTarget::Opened(fd),
             access: access & all,
         });
     }
@@ -459,19 +471,33 @@ fn restrict_paths(abi: i64, rules: &[PathRule]) -> io::Result<()> {
         }
         let ruleset = ruleset as libc::c_int;
         for rule in rules {
+            let fd = match &rule.target {
+                RuleTarget::Opened(fd) => fd.as_raw_fd(),
+                RuleTarget::InChild(path) => {
+                    let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    fd
+                }
+            };
             let beneath = PathBeneathAttr {
                 allowed_access: rule.access,
-                parent_fd: rule.fd.as_raw_fd(),
+                parent_fd: fd,
             };
-            if libc::syscall(
+            let added = libc::syscall(
                 libc::SYS_landlock_add_rule,
                 ruleset,
                 LANDLOCK_RULE_PATH_BENEATH,
                 &beneath as *const PathBeneathAttr,
                 0u32,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
+            );
+            let refused = (added != 0).then(io::Error::last_os_error);
+            if let RuleTarget::InChild(_) = rule.target {
+                libc::close(fd);
+            }
+            if let Some(error) = refused {
+                return Err(error);
             }
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0

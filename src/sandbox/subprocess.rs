@@ -156,22 +156,21 @@ impl ProcessTier {
         // With a uid of its own (we are root), the task also gets its own
         // view of the filesystem (see private_fs).
         let private_fs = match uid {
-            Some(_) => {
-                let mut keep = vec![
-                    Keep {
-                        path: workdir.path(),
-                        writable: true,
-                    },
-                    Keep {
-                        path: &program,
-                        writable: false,
-                    },
-                ];
+            Some(uid) => {
+                let mut keep = vec![Keep {
+                    path: &program,
+                    writable: false,
+                }];
                 keep.extend(config.mount_paths.iter().map(|mount| Keep {
                     path: &mount.host,
                     writable: mount.writable,
                 }));
-                Some(PrivateFs::plan(&keep, self.read_only_root)?)
+                Some(PrivateFs::plan(
+                    workdir.path(),
+                    uid,
+                    &keep,
+                    self.read_only_root,
+                )?)
             }
             None => None,
         };
