@@ -37,7 +37,8 @@ pub(crate) struct Keep<'a> {
 enum Step {
     /// A fresh tmpfs over a shared directory, or as the temp dir.
     Tmpfs { target: CString, options: CString },
-    /// A directory on such a tmpfs, where a kept path is bound back.
+    /// A directory on such a tmpfs: the way to the temp dir or to a kept
+    /// path bound back.
     Dir { path: CString },
     /// An empty file on such a tmpfs, where a kept file is bound back.
     File { path: CString },
