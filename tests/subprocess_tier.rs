@@ -358,6 +358,53 @@ fn the_rest_of_the_host_tree_is_read_only_but_the_temp_dir_is_not() {
 }
 
 #[test]
+fn a_temp_dir_left_by_a_killed_process_is_removed_by_the_next() {
+    let tmpdir = tempfile::tempdir().unwrap();
+    let entries = || -> Vec<String> {
+        std::fs::read_dir(tmpdir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("lattice-task-"))
+            .collect()
+    };
+    // A CLI killed (SIGKILL) while its task runs can't remove the task's
+    // temp dir.
+    let mut killed = std::process::Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
+        .args(["run", "-", "--tier", "subprocess", "--input", "null"])
+        .env("TMPDIR", tmpdir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut killed.stdin.take().unwrap(),
+        b"import time\ndef f(x):\n    time.sleep(2)\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while entries().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let orphans = entries();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    // The next process removes it before its first task, and its own too.
+    let run = lattice_cli(
+        &["run", "-", "--tier", "subprocess", "--input", "1"],
+        "def f(x):\n    return x\n",
+        &[("TMPDIR", tmpdir.path())],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(entries(), Vec::<String>::new());
+}
+
+#[test]
 fn a_program_under_tmp_still_runs() {
     if !lattice_is_root() {
         return;

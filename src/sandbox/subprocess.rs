@@ -229,10 +229,15 @@ fn rlimits(config: &SandboxConfig, isolate: bool, own_uid: bool) -> Vec<process:
     limits
 }
 
-/// A fresh 0700 temp dir owned by the task's uid.
+/// The prefix of a task's temp dir; the pid of the process that made it follows.
+const TEMP_DIR_PREFIX: &str = "lattice-task-";
+
+/// A fresh 0700 temp dir owned by the task's uid, named after this process.
 fn private_dir(uid: Option<u32>) -> Result<tempfile::TempDir, TaskError> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_orphaned_dirs);
     let dir = tempfile::Builder::new()
-        .prefix("lattice-task-")
+        .prefix(&format!("{TEMP_DIR_PREFIX}{}-", std::process::id()))
         .tempdir()
         .map_err(|e| {
             // Typically a full or read-only temp filesystem: the sandbox
@@ -252,6 +257,32 @@ fn private_dir(uid: Option<u32>) -> Result<tempfile::TempDir, TaskError> {
     setup()
         .map_err(|e| TaskError::unavailable(format!("can't prepare the task's temp dir: {e}")))?;
     Ok(dir)
+}
+
+/// Removes the temp dirs whose process is gone: it was killed mid-task
+/// (as a force-cancelled Ray worker's `exec` is) or crashed before it could.
+/// Done by each process before its first task.
+fn remove_orphaned_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(TEMP_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok());
+        let Some(pid) = pid.filter(|&pid| pid > 0) else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// What a Python child's ending means (shared by every process tier).
