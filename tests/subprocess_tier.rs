@@ -325,7 +325,8 @@ fn the_rest_of_the_host_tree_is_read_only_but_the_temp_dir_is_not() {
         return;
     }
     // A world-writable directory outside /tmp (like /run/lock), and a TMPDIR
-    // outside /tmp too, so the temp dir is bound back writable in place.
+    // outside /tmp too: the temp dir's tmpfs is mounted over the host's dir
+    // there, writable under the read-only root.
     let open_dir = tempfile::tempdir_in("/run").unwrap();
     let tmpdir = tempfile::tempdir_in("/run").unwrap();
     for dir in [open_dir.path(), tmpdir.path()] {

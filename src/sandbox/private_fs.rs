@@ -5,8 +5,8 @@
 //! subprocess tier the rest of the host's tree is read-only, so nothing the
 //! task writes outlives it (the seccomp tier's Landlock rules confine its
 //! writes already). The host paths the task must still reach under the
-//! tmpfs's (its program, its `mount_paths`) are bound back, writable where
-//! they are meant to be.
+//! tmpfs's (its program, its `mount_paths`) are bound back with the host's
+//! flags (the subprocess tier, whose root is read-only, takes no mounts).
 //!
 //! The plan is made before the child exists; the child only makes system
 //! calls (see `process::spawn`).
@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::process;
 use crate::task::TaskError;
@@ -26,12 +27,6 @@ const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 /// Each copy, and the temp dir: 64 MiB (the tier's file size cap) and 4,096
 /// inodes, in memory.
 const TMPFS_SIZE: &str = "size=64m,nr_inodes=4096";
-
-/// A host path the task must still reach, and whether it may write there.
-pub(crate) struct Keep<'a> {
-    pub path: &'a Path,
-    pub writable: bool,
-}
 
 /// One mount-namespace step of the child.
 enum Step {
@@ -51,7 +46,6 @@ enum Step {
         path: CString,
         fd: RawFd,
         fd_path: CString,
-        writable: bool,
     },
 }
 
@@ -65,35 +59,26 @@ pub(crate) struct PrivateFs {
 impl PrivateFs {
     /// Plans the task's view: `temp_dir` a tmpfs of its own owned by `uid`,
     /// private shared directories, the rest of the host's tree read-only if
-    /// `read_only_root`, and `keep` reachable.
+    /// `read_only_root`, and the host paths `keep` reachable.
     pub fn plan(
         temp_dir: &Path,
         uid: u32,
-        keep: &[Keep<'_>],
+        keep: &[&Path],
         read_only_root: bool,
     ) -> Result<PrivateFs, TaskError> {
-        let cstring = |path: &Path| {
-            CString::new(path.as_os_str().as_bytes())
-                .map_err(|_| TaskError::invalid("a path contains a NUL byte"))
-        };
-        let mut kept: Vec<(PathBuf, bool)> = keep
+        let mut kept: Vec<PathBuf> = keep
             .iter()
-            .filter_map(|k| Some((std::fs::canonicalize(k.path).ok()?, k.writable)))
+            .filter_map(|path| std::fs::canonicalize(path).ok())
             .collect();
         // Parents before children: a child is then bound onto the parent's
         // host directory, and every directory made below is on a tmpfs.
-        kept.sort_by_key(|(path, _)| path.components().count());
+        kept.sort_by_key(|path| path.components().count());
 
-        let mut shared: Vec<PathBuf> = Vec::new();
-        for dir in SHARED_DIRS {
-            let Ok(dir) = std::fs::canonicalize(dir) else {
-                continue; // not on this system
-            };
-            // A directory the task was given whole stays the host's.
-            if dir.is_dir() && !shared.contains(&dir) && !kept.iter().any(|(p, _)| *p == dir) {
-                shared.push(dir);
-            }
-        }
+        // A directory the task was given whole stays the host's.
+        let shared: Vec<&PathBuf> = shared_dirs()
+            .iter()
+            .filter(|dir| !kept.contains(dir))
+            .collect();
 
         let mut steps: Vec<Step> = Vec::new();
         for dir in &shared {
@@ -107,13 +92,7 @@ impl PrivateFs {
         let temp_dir = std::fs::canonicalize(temp_dir)
             .map_err(|e| TaskError::unavailable(format!("the task's temp dir is gone: {e}")))?;
         if let Some(dir) = shared.iter().find(|dir| temp_dir.starts_with(dir)) {
-            let mut ancestor = dir.clone();
-            for part in temp_dir.strip_prefix(dir).expect("under dir").components() {
-                ancestor.push(part);
-                steps.push(Step::Dir {
-                    path: cstring(&ancestor)?,
-                });
-            }
+            make_way(&mut steps, dir, &temp_dir, true)?;
         }
         steps.push(Step::Tmpfs {
             target: cstring(&temp_dir)?,
@@ -122,11 +101,10 @@ impl PrivateFs {
         });
         let mut reserved = Vec::new();
         let mut bound: Vec<PathBuf> = Vec::new();
-        for (path, writable) in kept {
-            let hidden_by = shared.iter().find(|dir| path.starts_with(dir));
-            if hidden_by.is_none() && !(read_only_root && writable) {
+        for path in kept {
+            let Some(dir) = shared.iter().find(|dir| path.starts_with(dir)) else {
                 continue; // in sight, as the host has it
-            }
+            };
             let Ok(host) = std::fs::File::options()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -136,31 +114,14 @@ impl PrivateFs {
             };
             let is_dir = host.metadata().map(|m| m.is_dir()).unwrap_or(false);
             let fd = process::above_stdio(OwnedFd::from(host))?;
-            // On a tmpfs the way to the path is made first; below a path
-            // bound back already (or outside the tmpfs's) the host's is there.
-            let made_by_us = hidden_by.filter(|_| !bound.iter().any(|b| path.starts_with(b)));
-            if let Some(dir) = made_by_us {
-                let mut ancestor = dir.clone();
-                let inner: Vec<_> = path
-                    .strip_prefix(dir)
-                    .expect("under dir")
-                    .components()
-                    .collect();
-                for (i, part) in inner.iter().enumerate() {
-                    ancestor.push(part);
-                    let path = cstring(&ancestor)?;
-                    steps.push(if i + 1 < inner.len() || is_dir {
-                        Step::Dir { path }
-                    } else {
-                        Step::File { path }
-                    });
-                }
+            // Below a path bound back already the host's way is there.
+            if !bound.iter().any(|b| path.starts_with(b)) {
+                make_way(&mut steps, dir, &path, is_dir)?;
             }
             steps.push(Step::Bind {
                 path: cstring(&path)?,
                 fd: fd.as_raw_fd(),
                 fd_path: CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL"),
-                writable,
             });
             reserved.push(fd);
             bound.push(path);
@@ -205,12 +166,13 @@ impl PrivateFs {
         }
         // The whole tree at once needs mount_setattr (Linux 5.12); before
         // that, the rest of the tree stays writable as the task's uid allows.
-        let read_only = self.read_only_root
-            && match set_read_only(c"/", true) {
-                Ok(()) => true,
-                Err(libc::ENOSYS) => false,
+        // Mounts made below are writable: they are new.
+        if self.read_only_root {
+            match make_read_only(c"/") {
+                Ok(()) | Err(libc::ENOSYS) => {}
                 Err(errno) => return Err(errno),
-            };
+            }
+        }
         for step in &self.steps {
             match step {
                 Step::Tmpfs { target, options } => check(libc::syscall(
@@ -243,40 +205,73 @@ impl PrivateFs {
                         libc::syscall(libc::SYS_close, fd);
                     }
                 }
-                Step::Bind {
-                    path,
-                    fd_path,
-                    writable,
-                    ..
-                } => {
-                    // A bind takes its source's flags: read-only, if set above.
-                    check(libc::syscall(
-                        libc::SYS_mount,
-                        fd_path.as_ptr(),
-                        path.as_ptr(),
-                        none,
-                        libc::MS_BIND | libc::MS_REC,
-                        none,
-                    ))?;
-                    if read_only && *writable {
-                        set_read_only(path, false)?;
-                    }
-                }
+                // A bind takes its source's flags: read-only under a
+                // read-only root.
+                Step::Bind { path, fd_path, .. } => check(libc::syscall(
+                    libc::SYS_mount,
+                    fd_path.as_ptr(),
+                    path.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    none,
+                ))?,
             }
         }
         Ok(())
     }
 }
 
-/// mount_setattr(2): the mounts at and below `path` made read-only, or writable.
+/// The shared directories this host has, resolved once per process.
+fn shared_dirs() -> &'static [PathBuf] {
+    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    DIRS.get_or_init(|| {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for dir in SHARED_DIRS {
+            // Not on this system, or a link to one already listed: skipped.
+            if let Ok(dir) = std::fs::canonicalize(dir) {
+                if dir.is_dir() && !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+        dirs
+    })
+}
+
+/// The directories (and, for a file, the empty file) on a tmpfs over `dir`
+/// that lead to `path`, which is below `dir`.
+fn make_way(steps: &mut Vec<Step>, dir: &Path, path: &Path, is_dir: bool) -> Result<(), TaskError> {
+    let inner: Vec<_> = path
+        .strip_prefix(dir)
+        .expect("below dir")
+        .components()
+        .collect();
+    let mut way = dir.to_path_buf();
+    for (i, part) in inner.iter().enumerate() {
+        way.push(part);
+        let path = cstring(&way)?;
+        steps.push(if i + 1 < inner.len() || is_dir {
+            Step::Dir { path }
+        } else {
+            Step::File { path }
+        });
+    }
+    Ok(())
+}
+
+fn cstring(path: &Path) -> Result<CString, TaskError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| TaskError::invalid("a path contains a NUL byte"))
+}
+
+/// mount_setattr(2): the mounts at and below `path` made read-only.
 ///
 /// # Safety
 /// System calls only (for the child).
-unsafe fn set_read_only(path: &CStr, read_only: bool) -> Result<(), i32> {
-    let flag = libc::MOUNT_ATTR_RDONLY;
+unsafe fn make_read_only(path: &CStr) -> Result<(), i32> {
     let attr = libc::mount_attr {
-        attr_set: if read_only { flag } else { 0 },
-        attr_clr: if read_only { 0 } else { flag },
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };

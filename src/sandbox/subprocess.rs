@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::private_fs::{Keep, PrivateFs};
+use super::private_fs::PrivateFs;
 use super::process::{self, ChildHook, ChildRun, ChildSpec, Ending, UidLease};
 use super::{
     reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
@@ -157,14 +157,8 @@ impl ProcessTier {
         // view of the filesystem (see private_fs).
         let private_fs = match uid {
             Some(uid) => {
-                let mut keep = vec![Keep {
-                    path: &program,
-                    writable: false,
-                }];
-                keep.extend(config.mount_paths.iter().map(|mount| Keep {
-                    path: &mount.host,
-                    writable: mount.writable,
-                }));
+                let mut keep = vec![program.as_path()];
+                keep.extend(config.mount_paths.iter().map(|mount| mount.host.as_path()));
                 Some(PrivateFs::plan(
                     workdir.path(),
                     uid,
