@@ -14,7 +14,8 @@
 //!   interpreter starts: the hook execs it itself, and `execve` is allowed
 //!   only with that exact path pointer.
 //!
-//! Order in the child: setsid -> rlimits -> uid -> Landlock -> seccomp -> exec.
+//! Order in the child: setsid -> namespaces, private mounts -> rlimits -> uid
+//! -> Landlock -> seccomp -> exec.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
