@@ -17,6 +17,17 @@
 //! - `# victim: yes` — a victim task holding a secret
 //!   (`lattice-victim-secret-…`) runs on the same executor just before the
 //!   attack, and another runs alongside it: a cross-task check.
+//! - `# host-process: yes` — a host process with `lattice-cmdline-secret`
+//!   in its command line runs meanwhile.
+//! - `# unix-listener: yes` — the input is the paths of unix sockets the
+//!   host listens on (under /run, under /srv, abstract), which must get no
+//!   connection.
+//! - `# ipc-key: 0x…` — no System V IPC object with that key may be left
+//!   in the host's namespace.
+//! - `# max_cpu_time: SECS`, `# max_memory_mb: N` — the task's limits.
+//!
+//! OUTCOME `task` is any outcome the task's own side may report (a result,
+//! a task error, an invalid task): none that only the host decides.
 
 mod common;
 
@@ -47,6 +58,11 @@ struct Attack {
     listener: bool,
     truncated: bool,
     victim: bool,
+    host_process: bool,
+    unix_listener: bool,
+    ipc_key: Option<u64>,
+    max_cpu_time: Option<f64>,
+    max_memory_mb: Option<u64>,
 }
 
 /// Holds its secret in a global, a local and a container while it runs.
@@ -106,6 +122,13 @@ fn corpus() -> Vec<Attack> {
                 listener: !header("listener").is_empty(),
                 truncated: header("stdout").iter().any(|v| v == "truncated"),
                 victim: header("victim").iter().any(|v| v == "yes"),
+                host_process: header("host-process").iter().any(|v| v == "yes"),
+                unix_listener: header("unix-listener").iter().any(|v| v == "yes"),
+                ipc_key: header("ipc-key").first().map(|key| {
+                    u64::from_str_radix(key.trim_start_matches("0x"), 16).expect("hex key")
+                }),
+                max_cpu_time: header("max_cpu_time").first().map(|v| v.parse().unwrap()),
+                max_memory_mb: header("max_memory_mb").first().map(|v| v.parse().unwrap()),
                 code,
             }
         })
@@ -128,6 +151,8 @@ fn check(expected: &str, outcome: &TaskOutcome) -> Result<(), String> {
         (Err(TaskError::Failed { type_name, .. }), "task_error") => {
             detail.is_empty() || type_name == detail
         }
+        (Ok(_), "task") => true,
+        (Err(e), "task") => matches!(e.kind(), ErrorKind::TaskError | ErrorKind::InvalidTask),
         (Err(e), "limit") => matches!(e.kind(), ErrorKind::MemoryLimit | ErrorKind::Timeout),
         (Err(e), "refused") => matches!(
             e.kind(),
@@ -153,6 +178,113 @@ fn config(level: SandboxLevel) -> SandboxConfig {
     }
 }
 
+/// Unix sockets the host listens on for an attack: one under /run, one
+/// under /srv (both open to everyone) and an abstract one. Each accepts
+/// into a counter.
+struct UnixListeners {
+    paths: Vec<PathBuf>,
+    abstract_name: String,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UnixListeners {
+    fn open(tier: &str) -> UnixListeners {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixListener};
+        use std::sync::atomic::Ordering;
+        std::fs::create_dir_all("/srv/lattice-attack").unwrap();
+        std::fs::set_permissions(
+            "/srv/lattice-attack",
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let paths = vec![
+            PathBuf::from(format!("/run/lattice-attack-{tier}.sock")),
+            PathBuf::from(format!("/srv/lattice-attack/{tier}.sock")),
+        ];
+        let abstract_name = format!("lattice-attack-{tier}");
+        let mut listeners = Vec::new();
+        for path in &paths {
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+            listeners.push(listener);
+        }
+        let address = SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+        listeners.push(UnixListener::bind_addr(&address).unwrap());
+        for listener in &listeners {
+            listener.set_nonblocking(true).unwrap();
+        }
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (connections, stop) = (connections.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    for listener in &listeners {
+                        if listener.accept().is_ok() {
+                            connections.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        UnixListeners {
+            paths,
+            abstract_name,
+            connections,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The task's input: the paths, and the abstract name with its NUL.
+    fn input(&self) -> Value {
+        let mut names: Vec<Value> = self
+            .paths
+            .iter()
+            .map(|p| json!(p.display().to_string()))
+            .collect();
+        names.push(json!(format!("\0{}", self.abstract_name)));
+        Value::Array(names)
+    }
+
+    /// How many connections the listeners took, once closed.
+    fn close(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        for path in &self.paths {
+            let _ = std::fs::remove_file(path);
+        }
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// True if the host's namespace has a System V IPC object with `key`.
+fn ipc_key_present(key: u64) -> bool {
+    [
+        "/proc/sysvipc/shm",
+        "/proc/sysvipc/msg",
+        "/proc/sysvipc/sem",
+    ]
+    .iter()
+    .any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                line.split_whitespace()
+                    .next()
+                    .and_then(|k| k.parse::<i64>().ok())
+                    .is_some_and(|k| k as u32 as u64 == key)
+            })
+    })
+}
+
 #[test]
 fn every_attack_fails_as_its_file_says_and_the_host_is_unharmed() {
     // What the attacks go after: a private file, and a variable of ours.
@@ -164,7 +296,7 @@ fn every_attack_fails_as_its_file_says_and_the_host_is_unharmed() {
 
     let attacks = corpus();
     assert!(
-        attacks.len() >= 25,
+        attacks.len() >= 44,
         "the corpus has {} attacks",
         attacks.len()
     );
@@ -186,8 +318,15 @@ fn every_attack_fails_as_its_file_says_and_the_host_is_unharmed() {
 fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<String> {
     let mut failures = Vec::new();
     {
-        let executor = SandboxExecutor::new(config(level));
         for attack in attacks {
+            let mut limits = config(level);
+            if let Some(cpu) = attack.max_cpu_time {
+                limits.max_cpu_time = Duration::from_secs_f64(cpu);
+            }
+            if let Some(mb) = attack.max_memory_mb {
+                limits.max_memory_mb = mb;
+            }
+            let executor = SandboxExecutor::new(limits);
             let tier = level.as_str();
             let started = std::time::Instant::now();
             let code = attack.code.replace("{tier}", tier);
@@ -202,9 +341,17 @@ fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<St
             }
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.set_nonblocking(true).unwrap();
+            let unix_listeners = attack.unix_listener.then(|| UnixListeners::open(tier));
+            let host_process = attack.host_process.then(|| {
+                std::process::Command::new("sleep")
+                    .args(["60", &format!("lattice-cmdline-secret-{tier}")])
+                    .spawn()
+                    .unwrap()
+            });
             let input = match attack.name.as_str() {
                 "read_secret" => json!(secret.display().to_string()),
                 _ if attack.listener => json!(listener.local_addr().unwrap().port()),
+                _ if attack.unix_listener => unix_listeners.as_ref().unwrap().input(),
                 _ => json!(null),
             };
             let attack_task = TaskSubmission::python(code.clone()).with_input(input);
@@ -228,9 +375,29 @@ fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<St
             } else {
                 executor.run(&attack_task, &CancelToken::new())
             };
+            if let Some(mut process) = host_process {
+                let _ = process.kill();
+                let _ = process.wait();
+            }
+            let unix_connections = unix_listeners.map_or(0, UnixListeners::close);
+            let ipc_left = attack.ipc_key.is_some_and(ipc_key_present);
+            if let Some(key) = attack.ipc_key {
+                // The host's namespace must not have it; clean up if it does.
+                let _ = std::process::Command::new("ipcrm")
+                    .args(["-M", &key.to_string(), "-Q", &key.to_string()])
+                    .output();
+            }
             let Some(expected) = expected else {
                 continue; // no promise on this tier: an outcome is enough
             };
+            if unix_connections > 0 {
+                problems.push(format!(
+                    "the host's unix sockets got {unix_connections} connection(s)"
+                ));
+            }
+            if ipc_left {
+                problems.push("a System V IPC object was left in the host's namespace".into());
+            }
             if let Err(why) = check(expected, &outcome) {
                 problems.push(why);
             }

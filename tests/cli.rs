@@ -119,7 +119,8 @@ fn batch_gives_one_line_per_task_in_order_and_goes_on_after_bad_lines() {
         &["batch", "-", "--tier", "subprocess", "--concurrency", "2"],
         &tasks,
     );
-    assert_eq!(out.status.code(), Some(1));
+    // An invalid_task result outranks a failed task: exit 2.
+    assert_eq!(out.status.code(), Some(2));
     let results = lines(&out);
     assert_eq!(results.len(), 6);
     assert_eq!(results[0]["id"], json!("a"));

@@ -201,22 +201,71 @@ fn a_missing_image_is_unavailable_with_the_fix() {
     }
 }
 
-#[test]
-fn containers_of_a_crashed_process_are_swept_on_start() {
-    let _serial = serial();
-    // A container left by a process that died between create and remove.
-    let created = Command::new("docker")
-        .args([
-            "create",
-            "--label",
-            "lattice-wasm.owner=2147483646",
-            "lattice/python:3.11",
-            "true",
-        ])
+/// Creates a stopped container with these owner labels; its id.
+fn container_owned_by(labels: &[(&str, String)]) -> String {
+    let mut create = Command::new("docker");
+    create.arg("create");
+    for (name, value) in labels {
+        create
+            .arg("--label")
+            .arg(format!("lattice-wasm.{name}={value}"));
+    }
+    let created = create
+        .args(["lattice/python:3.11", "true"])
         .output()
         .unwrap();
     assert!(created.status.success(), "{created:?}");
-    let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    String::from_utf8_lossy(&created.stdout).trim().to_string()
+}
+
+fn container_exists(id: &str) -> bool {
+    let listed = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("id={id}"))
+        .output()
+        .unwrap();
+    !String::from_utf8_lossy(&listed.stdout).trim().is_empty()
+}
+
+#[test]
+fn containers_of_a_crashed_process_are_swept_on_start() {
+    let _serial = serial();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let pidns = std::fs::read_link("/proc/self/ns/pid")
+        .unwrap()
+        .display()
+        .to_string();
+    let our_start = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let our_start = our_start
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let owner = |pid: String, ns: &str, start: &str| {
+        vec![
+            ("owner", pid),
+            ("owner-boot", boot.clone()),
+            ("owner-pidns", ns.to_string()),
+            ("owner-start", start.to_string()),
+        ]
+    };
+    // Left by a process that died between create and remove.
+    let dead = container_owned_by(&owner("2147483646".into(), &pidns, "12345"));
+    // Its pid now names a later process (this one): the owner is gone.
+    let reused = container_owned_by(&owner(std::process::id().to_string(), &pidns, "1"));
+    // Still owned: by this live process.
+    let live = container_owned_by(&owner(std::process::id().to_string(), &pidns, &our_start));
+    // Another PID namespace's process (pid 1 there says nothing here),
+    // and a container without the boot/namespace labels: not ours to judge.
+    let foreign = container_owned_by(&owner("1".into(), "pid:[1]", "1"));
+    let unlabelled = container_owned_by(&[("owner", "2147483646".to_string())]);
+
     let run = lattice_cli(
         &["run", "-", "--tier", "docker", "--input", "1"],
         "def f(x):\n    return x + 1\n",
@@ -227,12 +276,25 @@ fn containers_of_a_crashed_process_are_swept_on_start() {
         json!(2),
         "{run:?}"
     );
-    let left = Command::new("docker")
-        .args(["ps", "-aq", "--no-trunc", "--filter"])
-        .arg(format!("id={id}"))
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty());
+    assert!(
+        !container_exists(&dead),
+        "a dead owner's container was kept"
+    );
+    assert!(
+        !container_exists(&reused),
+        "a container whose owner's pid was reused was kept"
+    );
+    for (what, id) in [
+        ("live", &live),
+        ("foreign", &foreign),
+        ("unlabelled", &unlabelled),
+    ] {
+        assert!(
+            container_exists(id),
+            "the {what} owner's container was swept"
+        );
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
 }
 
 #[test]

@@ -272,7 +272,14 @@ impl Drop for FullFilesystem {
 fn batch_with_tmpdir(tasks: &[Value], tmp: &Path) -> Vec<Value> {
     let lines: String = tasks.iter().map(|t| format!("{t}\n")).collect();
     let run = lattice_cli(
-        &["batch", "-", "--concurrency", "2"],
+        &[
+            "batch",
+            "-",
+            "--concurrency",
+            "2",
+            "--allow-tiers",
+            "wasm,subprocess,seccomp,none",
+        ],
         &lines,
         &[("TMPDIR", tmp)],
     );
@@ -339,18 +346,19 @@ fn a_full_temp_dir_fails_the_tasks_that_need_one_typed_and_the_rest_run() {
 /// allowed), reports both pids, and sleeps forever.
 const STUBBORN: &str = r#"
 import os, signal, time
+def report():
+    print("pid:", os.getpid(), os.readlink("/proc/self/ns/pid"), flush=True)
 def f():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print("pid:", os.getpid(), flush=True)
+    report()
     try:
         child = os.fork()
     except OSError:
         child = None
     if child == 0:
+        report()
         while True:
             time.sleep(1)
-    if child:
-        print("pid:", child, flush=True)
     while True:
         time.sleep(1)
 "#;
@@ -397,8 +405,11 @@ fn a_task_that_ignores_sigterm_is_still_stopped_on_every_process_tier() {
             for outcome in &outcomes {
                 let pids = pids_in(&outcome.stdout);
                 assert!(!pids.is_empty(), "{level}: {:?}", outcome.stdout);
-                for pid in pids {
-                    assert!(gone(pid), "{level}: process {pid} outlived its task");
+                for process in pids {
+                    assert!(
+                        gone(&process),
+                        "{level}: process {process} outlived its task"
+                    );
                 }
             }
         }

@@ -59,16 +59,18 @@ fn mixed(i: usize) -> (TaskSubmission, Result<Value, ErrorKind>) {
     }
 }
 
-/// Prints its pid and its child's (`pid: N` lines), then spins past its
+/// Reports itself and its child (`pid:` lines), then spins past its
 /// timeout while the child sleeps: both must be gone after the outcome.
 const FORKS_AND_SPINS: &str = "import os, time
+def report():
+    print('pid:', os.getpid(), os.readlink('/proc/self/ns/pid'), flush=True)
 def f(x):
-    print('pid:', os.getpid(), flush=True)
+    report()
     child = os.fork()
     if child == 0:
+        report()
         time.sleep(600)
         os._exit(0)
-    print('pid:', child, flush=True)
     while True:
         pass
 ";
@@ -85,8 +87,8 @@ fn task_temp_dirs() -> Vec<String> {
 
 /// Checks that the processes a task reported (`pid:` lines) are gone.
 fn processes_gone(stdout: &str) {
-    for pid in pids_in(stdout) {
-        assert!(gone(pid), "process {pid} outlived its task");
+    for process in pids_in(stdout) {
+        assert!(gone(&process), "process {process} outlived its task");
     }
 }
 

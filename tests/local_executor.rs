@@ -26,7 +26,7 @@ fn executor(workers: usize) -> LocalExecutor {
 
 fn sleeper(seconds: f64) -> TaskSubmission {
     TaskSubmission::python(format!(
-        "import os, time\ndef f(x):\n    print('pid:%d' % os.getpid(), flush=True)\n    time.sleep({seconds})\n    return x\n"
+        "import os, time\ndef f(x):\n    print('pid:', os.getpid(), os.readlink('/proc/self/ns/pid'), flush=True)\n    time.sleep({seconds})\n    return x\n"
     ))
     .with_input(json!("slept"))
 }
@@ -126,8 +126,8 @@ fn cancel_stops_queued_and_running_tasks() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(err(&first), TaskError::Cancelled);
     assert_eq!(err(&second), TaskError::Cancelled);
-    for pid in pids_in(&first.stdout) {
-        assert!(gone(pid), "the cancelled task's process survived");
+    for process in pids_in(&first.stdout) {
+        assert!(gone(&process), "the cancelled task's process survived");
     }
     assert!(second.stdout.is_empty(), "the queued task ran");
     // Cancelling a finished task is refused; the outcome stays.
@@ -148,8 +148,8 @@ fn shutdown_cancels_everything_and_leaves_nothing_running() {
     for handle in &handles {
         let outcome = executor.get_result(handle);
         assert_eq!(err(&outcome), TaskError::Cancelled);
-        for pid in pids_in(&outcome.stdout) {
-            assert!(gone(pid));
+        for process in pids_in(&outcome.stdout) {
+            assert!(gone(&process), "{process}");
         }
     }
     assert!(matches!(

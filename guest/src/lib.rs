@@ -6,6 +6,7 @@
 //! `dlopen`).
 
 use rustpython::InterpreterBuilderExt;
+use rustpython_vm::builtins::PyStr;
 use rustpython_vm::compiler::Mode;
 use rustpython_vm::{Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
 
@@ -82,6 +83,10 @@ pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest
             .map_err(|e| e.into_pyexception(vm, Some(DRIVER_SRC)))?;
         let module = rustpython_vm::import::import_code_obj(vm, "lattice_driver", code, true)?;
         let run_request = module.get_attr("run_request", vm)?;
+        // Not importable by the task: only this reference reaches it.
+        vm.sys_module
+            .get_attr("modules", vm)?
+            .del_item("lattice_driver", vm)?;
         let scope = vm.new_scope_with_builtins();
         vm.run_string(scope, PRELOAD_SRC, "<lattice_preload>")?;
         Ok(run_request)
@@ -104,8 +109,8 @@ impl Guest {
     pub fn run(&self, vm: &VirtualMachine, request: String) -> Option<String> {
         let returned = self.run_request.call((vm.ctx.new_str(request),), vm);
         flush_std(vm);
-        match returned.and_then(|envelope| envelope.str(vm)) {
-            Ok(envelope) => Some(envelope.to_string_lossy().into_owned()),
+        match returned.and_then(|answer| envelope(vm, &answer)) {
+            Ok(envelope) => Some(envelope),
             Err(exc) => {
                 vm.print_exception(&exc);
                 flush_std(vm);
@@ -113,6 +118,57 @@ impl Guest {
             }
         }
     }
+}
+
+/// The envelope of the driver's answer, written here rather than by Python
+/// code the task could replace: `("ok", result_json)` or `(kind, type,
+/// message, traceback)`, the kind a task error or an invalid task — the
+/// host takes no other from inside the sandbox.
+fn envelope(vm: &VirtualMachine, answer: &PyObjectRef) -> PyResult<String> {
+    let parts: Vec<PyObjectRef> = answer.try_to_value(vm)?;
+    let text = |part: &PyObjectRef| -> PyResult<String> {
+        part.downcast_ref::<PyStr>()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or_else(|| vm.new_type_error("the driver's answer holds a non-string"))
+    };
+    match parts.as_slice() {
+        [status, result] if text(status)? == "ok" => Ok(format!(
+            "{{\"status\":\"ok\",\"result\":{}}}",
+            text(result)?
+        )),
+        [kind, type_name, message, traceback] => {
+            let kind = text(kind)?;
+            if kind != "task_error" && kind != "invalid_task" {
+                return Err(vm.new_value_error(format!("the driver's answer has the kind {kind}")));
+            }
+            Ok(format!(
+                "{{\"status\":\"error\",\"error\":{{\"kind\":\"{kind}\",\"type\":{},\"message\":{},\"traceback\":{}}}}}",
+                json_string(&text(type_name)?),
+                json_string(&text(message)?),
+                json_string(&text(traceback)?)
+            ))
+        }
+        _ => Err(vm.new_type_error("the driver's answer is malformed")),
+    }
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn flush_std(vm: &VirtualMachine) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lattice::executor::RayOptions;
-use lattice::sandbox::{Mount, SandboxConfig, SandboxLevel};
+use lattice::sandbox::{AllowedMount, Mount, Policy, SandboxConfig, SandboxLevel};
 use lattice::task::{limit_seconds, ExecutorType, TaskError, TaskSubmission, WasmSource};
 use serde_json::Value;
 
@@ -58,6 +58,9 @@ pub struct LimitArgs {
     /// Cap on each of stdout and stderr kept per task, in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_output_bytes: Option<usize>,
+    /// Cap on a task's result (its JSON), in bytes (default 16 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=(1u64 << 40)))]
+    pub max_result_bytes: Option<u64>,
     /// Seccomp tier: kill a task that makes a forbidden system call
     /// (reported as SandboxViolation) instead of failing the call (EPERM).
     #[arg(long)]
@@ -91,6 +94,9 @@ impl LimitArgs {
         }
         if let Some(bytes) = self.max_output_bytes {
             config.max_output_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_result_bytes {
+            config.max_result_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
         config.seccomp_kill = self.seccomp_kill;
         if let Some(image) = &self.docker_image {
@@ -190,6 +196,42 @@ impl RunArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// What task lines may ask for (`batch`, `exec`): the limit flags above are
+/// also caps (a task may ask for less, not more), and these allow the rest.
+#[derive(Args, Clone, Debug, Default)]
+pub struct PolicyArgs {
+    /// Tiers task lines may ask for, comma-separated (default: every tier
+    /// but none, which must be named here or by --tier).
+    #[arg(long, value_name = "TIERS", value_delimiter = ',', value_parser = parse_value::<SandboxLevel>)]
+    pub allow_tiers: Vec<SandboxLevel>,
+    /// Let task lines ask for the network.
+    #[arg(long)]
+    pub allow_network: bool,
+    /// Let task lines mount this host directory (and what is beneath it),
+    /// or read Wasm payloads from it; PATH:rw also lets them mount it
+    /// writable (repeat for more).
+    #[arg(long = "allow-mount", value_name = "PATH[:rw]", value_parser = parse_value::<AllowedMount>)]
+    pub allow_mounts: Vec<AllowedMount>,
+}
+
+impl PolicyArgs {
+    /// The operator's bounds, with `config` (from the limit flags) as caps.
+    pub fn policy(&self, config: &SandboxConfig) -> Policy {
+        let mut policy = Policy::for_config(config);
+        if !self.allow_tiers.is_empty() {
+            policy.allowed_tiers = self.allow_tiers.clone();
+            if !policy.allowed_tiers.contains(&config.level) {
+                policy.allowed_tiers.push(config.level);
+            }
+        }
+        policy.allow_network |= self.allow_network;
+        policy.allowed_mounts = self.allow_mounts.clone();
+        policy
+    }
 }
 
 #[derive(Args)]
@@ -204,6 +246,8 @@ pub struct BatchArgs {
     /// Write the result lines to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Where tasks run: local or ray.
     #[arg(long, default_value = "local", value_parser = parse_value::<ExecutorType>)]
     pub executor: ExecutorType,

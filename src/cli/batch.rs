@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions};
-use lattice::task::json::{outcome_to_json, parse_task};
-use lattice::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome};
+use std::sync::Arc;
+
+use lattice::task::json::{outcome_to_json, parse_task, task_id};
+use lattice::task::{ErrorKind, ExecutorType, TaskError, TaskHandle, TaskOutcome};
 use serde_json::Value;
 
 use super::args::BatchArgs;
-use super::usage;
+use super::{signals, usage};
 
 enum Pending {
     Submitted(TaskHandle),
@@ -67,14 +69,22 @@ pub fn run(args: BatchArgs) -> Result<i32> {
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    let executor = create_executor(
+    let config = args.limits.config();
+    let policy = args.policy.policy(&config);
+    let executor: Arc<dyn ExecutorBackend> = Arc::from(create_executor(
         args.executor,
         ExecutorOptions {
             max_workers: args.concurrency.map(|n| n as usize),
-            sandbox: Some(args.limits.config()),
+            sandbox: Some(config.clone()),
             ray: args.ray.options(),
         },
-    )?;
+    )?);
+    {
+        let executor = executor.clone();
+        signals::on_signal(move || {
+            let _ = executor.shutdown();
+        });
+    }
     executor.initialize()?;
     if args.executor == ExecutorType::Local {
         super::prepare_wasm_if_cold(args.limits.config().level)?;
@@ -112,13 +122,24 @@ pub fn run(args: BatchArgs) -> Result<i32> {
     let mut line_no = 0u64;
     while let Some(line) = lines.next().transpose().context("reading the task file")? {
         line_no += 1;
+        if signals::received().is_some() {
+            break; // no new task once asked to stop
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let item = match std::str::from_utf8(&line)
-            .map_err(|_| TaskError::invalid(format!("line {line_no} is not UTF-8")))
-            .and_then(parse_task)
-        {
+        // A line that is no task (or one the operator does not allow) gets
+        // its invalid_task result, with its id when that can be read.
+        let parsed = match std::str::from_utf8(&line) {
+            Ok(text) => parse_task(text)
+                .and_then(|task| policy.check(&task, &config).map(|()| task))
+                .map_err(|error| (task_id(text), error)),
+            Err(_) => Err((
+                None,
+                TaskError::invalid(format!("line {line_no} is not UTF-8")),
+            )),
+        };
+        let item = match parsed {
             Ok(mut task) => {
                 let id = task.id.get_or_insert(Value::from(line_no)).clone();
                 match executor.submit(task) {
@@ -128,13 +149,13 @@ pub fn run(args: BatchArgs) -> Result<i32> {
                     }
                 }
             }
-            Err(error) => Pending::Ready(Box::new(TaskOutcome::from_error(
-                Some(Value::from(line_no)),
+            Err((id, error)) => Pending::Ready(Box::new(TaskOutcome::from_error(
+                Some(id.unwrap_or_else(|| Value::from(line_no))),
                 error,
             ))),
         };
         pending.push_back(item);
-        while pending.len() >= window || front_is_ready(&pending, executor.as_ref()) {
+        while pending.len() >= window || front_is_ready(&pending, &*executor) {
             let front = pending.pop_front().expect("checked non-empty");
             emit(front, &mut output, &mut tally)?;
         }
@@ -142,6 +163,7 @@ pub fn run(args: BatchArgs) -> Result<i32> {
     while let Some(front) = pending.pop_front() {
         emit(front, &mut output, &mut tally)?;
     }
+    signals::clear();
     executor.shutdown()?;
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -166,7 +188,12 @@ pub fn run(args: BatchArgs) -> Result<i32> {
         elapsed,
         tally.total() as f64 / elapsed.max(1e-9)
     );
-    Ok(if tally.failures() == 0 { 0 } else { 1 })
+    Ok(match signals::received() {
+        Some(signal) => signals::exit_code(signal),
+        None if tally.failed.contains_key(ErrorKind::InvalidTask.as_str()) => 2,
+        None if tally.failures() > 0 => 1,
+        None => 0,
+    })
 }
 
 fn front_is_ready(pending: &VecDeque<Pending>, executor: &dyn ExecutorBackend) -> bool {

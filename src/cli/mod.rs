@@ -5,6 +5,7 @@
 mod args;
 mod batch;
 mod bench;
+mod signals;
 mod single;
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ fn exit_code(outcome: &TaskOutcome) -> i32 {
 }
 
 pub fn main() -> i32 {
+    signals::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => single::run(args),
@@ -112,10 +114,26 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
             }
         }
     }
-    let default_ok = report
+    // Every tier available, or exit 1: a check that is fine only when
+    // everything works.
+    let unavailable: Vec<&str> = report
         .iter()
-        .any(|(level, status)| *level == SandboxLevel::DEFAULT && status.is_ok());
-    Ok(if default_ok { 0 } else { 1 })
+        .filter(|(_, status)| status.is_err())
+        .map(|(level, _)| level.as_str())
+        .collect();
+    if unavailable.is_empty() {
+        Ok(0)
+    } else {
+        if !args.json {
+            println!(
+                "{} of {} tiers unavailable here: {}",
+                unavailable.len(),
+                report.len(),
+                unavailable.join(", ")
+            );
+        }
+        Ok(1)
+    }
 }
 
 /// Before the first Wasm task of a machine, prepares the Python guest with

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use lattice::executor::{ExecutorBackend, LocalExecutor};
 use lattice::sandbox::SandboxConfig;
-use lattice::task::json::{outcome_to_json, parse_task};
+use std::sync::Arc;
+
+use lattice::task::json::{outcome_to_json, parse_task, task_id};
 use lattice::task::{TaskOutcome, TaskSubmission};
 
 use super::args::{ExecArgs, RunArgs};
-use super::{exit_code, read_source, usage};
+use super::{exit_code, read_source, signals, usage};
 
 pub fn run(args: RunArgs) -> Result<i32> {
     let source = read_source(&args.file)?;
@@ -25,31 +27,48 @@ pub fn run(args: RunArgs) -> Result<i32> {
     super::prepare_wasm_if_cold(task.sandbox.tier.unwrap_or(config.level))?;
     let outcome = run_one(task, config);
     println!("{}", outcome_to_json(&outcome));
-    Ok(exit_code(&outcome))
+    Ok(finished(&outcome))
 }
 
 pub fn exec(args: ExecArgs) -> Result<i32> {
     let input = read_source(&PathBuf::from("-"))?;
+    let config = args.limits.config();
+    let policy = args.policy.policy(&config);
     let outcome = match std::str::from_utf8(&input) {
-        Ok(text) => match parse_task(text) {
-            Ok(task) => run_one(task, args.limits.config()),
-            Err(error) => TaskOutcome::from_error(None, error),
-        },
+        Ok(text) => {
+            match parse_task(text).and_then(|task| policy.check(&task, &config).map(|()| task)) {
+                Ok(task) => run_one(task, config),
+                Err(error) => TaskOutcome::from_error(task_id(text), error),
+            }
+        }
         Err(_) => TaskOutcome::from_error(
             None,
             lattice::task::TaskError::invalid("the task on stdin is not UTF-8"),
         ),
     };
     println!("{}", outcome_to_json(&outcome));
-    Ok(exit_code(&outcome))
+    Ok(finished(&outcome))
 }
 
-/// Runs one task on a one-worker local executor.
+/// Runs one task on a one-worker local executor; a signal cancels it.
 fn run_one(task: TaskSubmission, config: SandboxConfig) -> TaskOutcome {
-    let executor = LocalExecutor::new(Some(1), Some(config));
+    let executor = Arc::new(LocalExecutor::new(Some(1), Some(config)));
     let id = task.id.clone();
-    match executor.submit(task) {
+    {
+        let executor = executor.clone();
+        signals::on_signal(move || {
+            let _ = executor.shutdown();
+        });
+    }
+    let outcome = match executor.submit(task) {
         Ok(handle) => executor.get_result(&handle),
         Err(error) => TaskOutcome::from_error(id, error),
-    }
+    };
+    signals::clear();
+    outcome
+}
+
+/// The exit code after one task: a signal's, else the outcome's.
+fn finished(outcome: &TaskOutcome) -> i32 {
+    signals::received().map_or_else(|| exit_code(outcome), signals::exit_code)
 }

@@ -125,14 +125,23 @@ impl LocalExecutor {
         self.shared.lock().slots.get(&handle.handle_id).cloned()
     }
 
-    fn start_workers(&self, state: &mut State) {
+    /// Starts the missing workers. Failing to start even one is an error
+    /// (the task would never run); fewer than asked, the ones started serve.
+    fn start_workers(&self, state: &mut State) -> Result<(), TaskError> {
         while state.workers.len() < self.shared.max_workers {
             let shared = self.shared.clone();
             let name = format!("lattice-worker-{}", state.workers.len());
-            let worker = crate::sandbox::spawn_task_thread(name, move || shared.work())
-                .expect("the OS refused to start a worker thread");
-            state.workers.push(worker);
+            match crate::sandbox::spawn_task_thread(name, move || shared.work()) {
+                Ok(worker) => state.workers.push(worker),
+                Err(_) if !state.workers.is_empty() => break,
+                Err(e) => {
+                    return Err(TaskError::unavailable(format!(
+                        "the OS refused to start a worker thread: {e}"
+                    )))
+                }
+            }
         }
+        Ok(())
     }
 }
 
@@ -188,8 +197,7 @@ impl ExecutorBackend for LocalExecutor {
         if state.shut_down {
             return Err(shut_down());
         }
-        self.start_workers(&mut state);
-        Ok(())
+        self.start_workers(&mut state)
     }
 
     fn submit(&self, task: TaskSubmission) -> Result<TaskHandle, TaskError> {
@@ -231,7 +239,7 @@ impl ExecutorBackend for LocalExecutor {
         if state.shut_down {
             return Err(shut_down());
         }
-        self.start_workers(&mut state);
+        self.start_workers(&mut state)?;
         let handle_id = state.next_id;
         state.next_id += 1;
         state.slots.insert(handle_id, slot.clone());

@@ -1072,13 +1072,24 @@ fn write_sidecar() -> Result<tempfile::NamedTempFile, TaskError> {
 }
 
 /// The flags `lattice-wasm exec` needs for the settings that have no
-/// field in the task JSON.
+/// field in the task JSON, and an open policy: the task JSON carries every
+/// limit it runs under (see `prepare`), and whoever submitted it to this
+/// executor (the library, or `batch` after its own policy check) is trusted.
 fn exec_args(config: &SandboxConfig) -> Vec<String> {
     let mut args = vec![
         "--max-output-bytes".to_string(),
         config.max_output_bytes.to_string(),
+        "--max-result-bytes".to_string(),
+        config.max_result_bytes.to_string(),
         "--docker-image".to_string(),
         config.docker_image.clone(),
+        "--allow-tiers=none,wasm,subprocess,seccomp,docker".to_string(),
+        "--allow-network".to_string(),
+        "--allow-mount=/:rw".to_string(),
+        // Caps, not limits: each task's own are in its JSON.
+        "--timeout=31536000".to_string(),
+        "--max-cpu-time=31536000".to_string(),
+        format!("--max-memory-mb={}", 1u64 << 30),
     ];
     if config.seccomp_kill {
         args.push("--seccomp-kill".into());

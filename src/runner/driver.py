@@ -6,15 +6,25 @@ wasm and none tiers (``run_request`` called by the host). It must therefore
 stay plain stdlib Python that both interpreters accept.
 
 Request (JSON text): {"code", "entry"?, "input"?, "args"?, "kwargs"?,
-"allowed_imports"?}. Envelope (JSON text): {"status": "ok", "result": ...} or
-{"status": "error", "error": {"kind", "type", "message", "traceback"}}.
-User output is never part of the envelope: prints go to the process's stdout
-and stderr, the envelope goes back on a channel of its own.
+"allowed_imports"?}. Answer: ``("ok", result_json)`` or ``(kind, type,
+message, traceback)`` with kind ``task_error`` or ``invalid_task`` (RustPython's
+host turns it into the envelope itself); on CPython the envelope (JSON text)
+{"status": "ok", "result": ...} or {"status": "error", "error": {"kind",
+"type", "message", "traceback"}}. The host takes no other kind from here:
+limits, cancels and the rest are its own observations. User output is never
+part of the answer: prints go to the process's stdout and stderr, the answer
+goes back on a channel of its own.
 """
 
 import re
 import sys
+import types as _types
 from json import dumps as _dumps, loads as _loads
+
+# What the driver uses after the task's code ran, taken now: the task may
+# replace the builtins (it shares them), and the driver must still answer.
+_str, _type, _len, _callable, _getattr = str, type, len, callable, getattr
+_CoroutineType = _types.CoroutineType
 
 TASK_FILENAME = "<task>"
 
@@ -23,18 +33,19 @@ if hasattr(sys, "set_int_max_str_digits"):
     sys.set_int_max_str_digits(0)
 
 
+# An error's message and traceback are cut to this many characters, so the
+# answer stays small whatever the task raised.
+_TEXT_CAP = 65536
+
+
+def _cut(text):
+    if _len(text) > _TEXT_CAP:
+        return text[:_TEXT_CAP] + "\n[lattice: cut: %d more characters]" % (_len(text) - _TEXT_CAP)
+    return text
+
+
 def _error(kind, type_name, message, traceback_text=""):
-    return _dumps(
-        {
-            "status": "error",
-            "error": {
-                "kind": kind,
-                "type": type_name,
-                "message": message,
-                "traceback": traceback_text,
-            },
-        }
-    )
+    return (kind, _str(type_name), _cut(_str(message)), _cut(_str(traceback_text)))
 
 
 def _format_exception(exc):
@@ -45,20 +56,20 @@ def _format_exception(exc):
     while tb is not None and tb.tb_frame.f_code.co_filename != TASK_FILENAME:
         tb = tb.tb_next
     try:
-        return "".join(traceback.format_exception(type(exc), exc, tb))
+        return "".join(traceback.format_exception(_type(exc), exc, tb))
     except Exception:
-        return "%s: %s" % (type(exc).__name__, exc)
+        return "%s: %s" % (_type(exc).__name__, _exception_message(exc))
 
 
 def _exception_message(exc):
     try:
-        return str(exc)
+        return _str(exc)
     except Exception:
         return "<exception message could not be printed>"
 
 
 def _task_failure(exc):
-    return _error("task_error", type(exc).__name__, _exception_message(exc), _format_exception(exc))
+    return _error("task_error", _type(exc).__name__, _exception_message(exc), _format_exception(exc))
 
 
 # Compiled at import: in the wasm tier that is before the snapshot, so no
@@ -96,12 +107,12 @@ def _check_entry(code, name, line, namespace):
     if line is None:
         return name
     function = namespace.get(name)
-    function = getattr(function, "__wrapped__", function)
-    body = getattr(function, "__code__", None)
+    function = _getattr(function, "__wrapped__", function)
+    body = _getattr(function, "__code__", None)
     if (
         body is not None
         and body.co_filename == TASK_FILENAME
-        and getattr(function, "__qualname__", None) == name
+        and _getattr(function, "__qualname__", None) == name
         and body.co_firstlineno <= line
     ):
         return name
@@ -166,15 +177,34 @@ def _flush_user_output():
             pass
 
 
+def _awaited(result):
+    """The value of a coroutine (an ``async def`` entry), run to its end."""
+    if _type(result) is not _CoroutineType:
+        return result
+    try:
+        import asyncio
+    except ImportError:
+        asyncio = None
+    if asyncio is not None:
+        return asyncio.run(result)
+    # No event loop on this interpreter: a coroutine that never waits on
+    # one still runs.
+    try:
+        while True:
+            result.send(None)
+    except StopIteration as done:
+        return done.value
+
+
 def run_request(request_text):
-    """Runs the task described by ``request_text``; returns the envelope text."""
+    """Runs the task described by ``request_text``; returns the answer."""
     try:
         request = _loads(request_text)
         code = request["code"]
     except RecursionError:
         return _error("invalid_task", "ValueError", "the task input is nested too deeply")
     except Exception as exc:
-        return _error("internal", type(exc).__name__, "malformed driver request: %s" % _exception_message(exc))
+        return _error("invalid_task", type(exc).__name__, "malformed driver request: %s" % _exception_message(exc))
 
     entry_line = None
     try:
@@ -204,7 +234,7 @@ def run_request(request_text):
         exec(compiled, namespace)
         entry = _check_entry(code, entry, entry_line, namespace)
         function = namespace.get(entry) if entry else None
-        if function is None or not callable(function):
+        if function is None or not _callable(function):
             return _error(
                 "invalid_task",
                 "NameError",
@@ -216,6 +246,7 @@ def run_request(request_text):
             result = function(request["input"])
         else:
             result = function()
+        result = _awaited(result)
     except MemoryError as exc:
         # Drop the frames that hold the big objects before building the reply.
         message = _exception_message(exc)
@@ -239,25 +270,41 @@ def run_request(request_text):
     except (TypeError, ValueError) as exc:
         return _error(
             "task_error",
-            type(exc).__name__,
+            _type(exc).__name__,
             "the result is not JSON-serialisable: %s" % _exception_message(exc),
         )
     except MemoryError:
         return _error("task_error", "MemoryError", "out of memory while serialising the result")
-    return '{"status":"ok","result":' + text + "}"
+    return ("ok", text)
+
+
+def envelope(answer):
+    """The envelope text of an answer of ``run_request``."""
+    if answer[0] == "ok":
+        return '{"status":"ok","result":' + answer[1] + "}"
+    kind, type_name, message, traceback_text = answer
+    return _dumps(
+        {
+            "status": "error",
+            "error": {"kind": kind, "type": type_name, "message": message, "traceback": traceback_text},
+        }
+    )
 
 
 def main_stdio():
     """CPython entry: request on stdin, user output on fds 1/2, envelope on fd 3.
 
-    Where there is no fd 3 (a container's attached streams), the host sets
-    LATTICE_ENVELOPE_MARK: the envelope then follows that line on stdout,
-    after the user's output (the host splits at the last mark).
+    Where there is no fd 3 (a container's attached streams), the host runs
+    the driver with ``--mark-on-stdin`` and sends a mark line before the
+    request: the envelope then follows that line on stdout, after the
+    user's output (the host splits at the last mark).
     """
     import os
 
     pid = os.getpid()
-    mark = os.environ.pop("LATTICE_ENVELOPE_MARK", None)
+    mark = None
+    if "--mark-on-stdin" in sys.argv:
+        mark = sys.stdin.buffer.readline().decode("ascii").strip()
     # Our own copy of stdout for the envelope: the task may close fd 1.
     envelope_fd = 3 if mark is None else os.dup(1)
     request_text = sys.stdin.buffer.read().decode("utf-8")
@@ -265,16 +312,16 @@ def main_stdio():
         sys.stdin.close()
     except Exception:
         pass
-    envelope = run_request(request_text).encode("utf-8")
+    answer = envelope(run_request(request_text)).encode("utf-8")
     if os.getpid() != pid:
         # A process the task forked returned through the driver: only the
         # task's own process answers.
         os._exit(0)
     if mark is not None:
-        envelope = b"\n" + mark.encode("ascii") + b"\n" + envelope
-    while envelope:
-        written = os.write(envelope_fd, envelope)
-        envelope = envelope[written:]
+        answer = b"\n" + mark.encode("ascii") + b"\n" + answer
+    while answer:
+        written = os.write(envelope_fd, answer)
+        answer = answer[written:]
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 //! CodeRunner semantics (design.md §4), shared by every tier.
 //!
 //! One Python driver ([`DRIVER`]) runs the user's code in every tier: the
-//! host sends it a request built by [`request`], it answers with an envelope
-//! that [`parse_envelope`] turns into a result or a typed error. So results
-//! and errors look the same whichever interpreter ran the code.
+//! host sends it a request built by [`request`], it answers with an
+//! envelope that the tier turns into a result or a typed error (only a
+//! result, a task error or an invalid task: the rest the host decides). So
+//! results and errors look the same whichever interpreter ran the code.
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::sandbox::{get_sandbox_executor, SandboxConfig};
-use crate::task::{ErrorRecord, TaskError, TaskSubmission};
+use crate::task::{TaskError, TaskSubmission};
 
 /// The driver source: CPython runs it as a script (envelope on fd 3),
 /// RustPython imports it and calls `run_request`.
@@ -59,45 +59,6 @@ pub fn stdin_input(task: &TaskSubmission) -> String {
         .unwrap_or_else(|| "null".into())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Envelope {
-    status: String,
-    #[serde(default)]
-    result: Value,
-    #[serde(default)]
-    error: Option<ErrorRecord>,
-}
-
-/// Turns the driver's envelope into the task's result or error.
-///
-/// A `MemoryError` is reported as [`TaskError::MemoryLimit`]: under a
-/// memory limit that is what it means.
-pub fn parse_envelope(envelope: &[u8], config: &SandboxConfig) -> Result<Value, TaskError> {
-    let envelope: Envelope = serde_json::from_slice(envelope).map_err(|e| {
-        if e.to_string().contains("recursion limit") {
-            TaskError::Failed {
-                type_name: "ValueError".into(),
-                message: "the result is nested deeper than 128 levels".into(),
-                traceback: String::new(),
-            }
-        } else {
-            TaskError::internal(format!("the driver's reply is not valid JSON: {e}"))
-        }
-    })?;
-    match (envelope.status.as_str(), envelope.error) {
-        ("ok", None) => Ok(envelope.result),
-        ("error", Some(error)) if error.type_name == "MemoryError" => Err(TaskError::memory_limit(
-            config.max_memory_mb,
-            &error.message,
-        )),
-        ("error", Some(error)) => Err(TaskError::from_record(error)),
-        _ => Err(TaskError::internal(
-            "the driver's reply has no result and no error",
-        )),
-    }
-}
-
 /// The seed's `CodeRunner(code_str, task_input_data).run()`: runs `code`
 /// with `input` in the process-wide sandbox configuration.
 ///
@@ -126,27 +87,5 @@ impl CodeRunner {
         get_sandbox_executor()
             .execute(Some(&self.code), None, Some(self.input.clone()))
             .into_result()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_error_becomes_memory_limit() {
-        let config = SandboxConfig::default();
-        let envelope = br#"{"status":"error","error":{"kind":"task_error","type":"MemoryError","message":"","traceback":""}}"#;
-        assert!(matches!(
-            parse_envelope(envelope, &config),
-            Err(TaskError::MemoryLimit { .. })
-        ));
-    }
-
-    #[test]
-    fn big_integers_pass_through_the_envelope_exactly() {
-        let envelope = br#"{"status":"ok","result":1267650600228229401496703205376}"#;
-        let value = parse_envelope(envelope, &SandboxConfig::default()).unwrap();
-        assert_eq!(value.to_string(), "1267650600228229401496703205376");
     }
 }

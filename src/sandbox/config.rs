@@ -193,7 +193,13 @@ pub struct SandboxConfig {
     /// Cap on each of stdout and stderr kept per task; the rest is dropped
     /// and the text marked truncated.
     pub max_output_bytes: usize,
+    /// Cap on a task's result, as JSON text: a bigger one is a task error
+    /// (`ResultTooLarge`), the same on every tier, checked while it is read.
+    pub max_result_bytes: usize,
 }
+
+/// The default `max_result_bytes`: 16 MiB of JSON.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 << 20;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -209,6 +215,7 @@ impl Default for SandboxConfig {
             allowed_syscalls: None,
             seccomp_kill: false,
             max_output_bytes: 1 << 20,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }

@@ -15,31 +15,36 @@
 //! under a running task makes that task `SandboxUnavailable`, not a crash.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
+    InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::cgroup;
 use super::process::{ChildRun, Ending};
-use super::subprocess::{command_outcome, python_outcome, MAX_RESULT_BYTES};
+use super::subprocess::{command_outcome, envelope_cap, python_outcome};
 use super::{
-    reject_unsupported, CancelToken, Job, OutputCapture, Sandbox, SandboxConfig, SandboxLevel,
-    SandboxOutput, Work,
+    reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
+    SandboxLevel, SandboxOutput, Work,
 };
 use crate::runner::DRIVER;
 use crate::task::TaskError;
 
 /// The label every container of ours carries: the pid of the process that
-/// created it.
+/// created it; with the boot, PID namespace and start time that make that
+/// pid mean one process.
 const OWNER_LABEL: &str = "lattice-wasm.owner";
+const BOOT_LABEL: &str = "lattice-wasm.owner-boot";
+const PIDNS_LABEL: &str = "lattice-wasm.owner-pidns";
+const START_LABEL: &str = "lattice-wasm.owner-start";
 /// Any single Engine API call taking longer than this is an error, not a hang.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PROCESSES: i64 = 100;
@@ -72,18 +77,18 @@ impl Sandbox for DockerSandbox {
 
 /// The runtime the Engine API calls run on, shared by all task threads.
 fn runtime() -> Result<&'static tokio::runtime::Runtime, TaskError> {
-    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    static RUNTIME: OnceOk<tokio::runtime::Runtime> = OnceOk::new();
     RUNTIME
-        .get_or_init(|| {
+        .get_or_try_init(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("lattice-docker")
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())
         })
-        .as_ref()
-        .map_err(|e| TaskError::internal(format!("can't start the Docker client's runtime: {e}")))
+        .map_err(|e| {
+            TaskError::unavailable(format!("can't start the Docker client's runtime: {e}"))
+        })
 }
 
 /// The engine, connected and version-negotiated once; on the first
@@ -148,7 +153,10 @@ async fn api<T>(
 }
 
 /// Removes our containers whose owning process is gone (it crashed between
-/// create and remove).
+/// create and remove). A container is only judged by a process that can
+/// see its owner: on this boot, in this PID namespace; there the owner's
+/// pid must name a process started when the owner was (not a later one
+/// that reused the pid). Others are left alone.
 async fn sweep_stale(docker: &Docker) {
     let filters = HashMap::from([("label", vec![OWNER_LABEL])]);
     let options = ListContainersOptionsBuilder::new()
@@ -158,16 +166,62 @@ async fn sweep_stale(docker: &Docker) {
     let Ok(containers) = api(docker.list_containers(Some(options))).await else {
         return;
     };
+    let us = Owner::of(std::process::id() as libc::pid_t);
     for container in containers {
-        let owner = container
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(OWNER_LABEL))
-            .and_then(|pid| pid.parse::<i32>().ok());
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        let alive = owner.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-        if let (false, Some(id)) = (alive, container.id) {
+        let labels = container.labels.unwrap_or_default();
+        let label = |name: &str| labels.get(name).cloned().unwrap_or_default();
+        let Some(pid) = label(OWNER_LABEL).parse::<libc::pid_t>().ok() else {
+            continue;
+        };
+        let owner = Owner {
+            boot: label(BOOT_LABEL),
+            pid_namespace: label(PIDNS_LABEL),
+            start: label(START_LABEL),
+        };
+        let dead = if owner.boot.is_empty() || owner.pid_namespace.is_empty() {
+            false // made before these labels: no way to tell
+        } else if owner.boot != us.boot {
+            true // the machine restarted since
+        } else if owner.pid_namespace != us.pid_namespace {
+            false // another namespace's process: not ours to judge
+        } else {
+            Owner::of(pid).start != owner.start
+        };
+        if let (true, Some(id)) = (dead, container.id) {
             remove(docker, &id).await;
+        }
+    }
+}
+
+/// Who made a container: this boot, this PID namespace, and the start
+/// time of the process (0 if it does not exist), as labels.
+struct Owner {
+    boot: String,
+    pid_namespace: String,
+    start: String,
+}
+
+impl Owner {
+    fn of(pid: libc::pid_t) -> Owner {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let pid_namespace = std::fs::read_link("/proc/self/ns/pid")
+            .map(|link| link.display().to_string())
+            .unwrap_or_default();
+        // Field 22 of /proc/PID/stat, after the command's closing paren.
+        let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let fields = stat.rsplit_once(')')?.1;
+                fields.split_whitespace().nth(19).map(str::to_string)
+            })
+            .unwrap_or_else(|| "0".into());
+        Owner {
+            boot,
+            pid_namespace,
+            start,
         }
     }
 }
@@ -251,17 +305,21 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
     let mark = format!("lattice-envelope-{:032x}", rand_u128());
     let (cmd, stdin, python) =
         match &job.work {
+            // The envelope follows a mark line on stdout (attached streams
+            // have no fd 3); the driver reads the mark from its stdin's
+            // first line, so it is in no file the task could read.
             Work::Python { request } => (
                 vec![
                     "python3".to_string(),
                     "-I".into(),
                     "-c".into(),
                     DRIVER.into(),
+                    "--mark-on-stdin".into(),
                 ],
-                request.as_bytes(),
+                format!("{mark}\n{request}").into_bytes(),
                 true,
             ),
-            Work::Command { argv, input } => (argv.to_vec(), input.as_bytes(), false),
+            Work::Command { argv, input } => (argv.to_vec(), input.as_bytes().to_vec(), false),
             Work::Wasm { .. } => return Err(TaskError::invalid(
                 "the docker tier runs Python code and commands; run Wasm payloads on the wasm tier",
             )),
@@ -269,9 +327,6 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
     remove_leftovers(&docker).await;
     ensure_image(&docker, &config.docker_image).await?;
     let mut env = vec!["HOME=/tmp".to_string(), "LANG=C.UTF-8".to_string()];
-    if python {
-        env.push(format!("LATTICE_ENVELOPE_MARK={mark}"));
-    }
     if let Some(gpu) = job.gpu_id {
         env.push(format!("CUDA_VISIBLE_DEVICES={gpu}"));
     }
@@ -287,10 +342,7 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
         open_stdin: Some(true),
         stdin_once: Some(true),
         network_disabled: Some(!config.network_enabled),
-        labels: Some(HashMap::from([(
-            OWNER_LABEL.to_string(),
-            std::process::id().to_string(),
-        )])),
+        labels: Some(owner_labels()),
         host_config: Some(host_config(config)),
         ..Default::default()
     };
@@ -319,27 +371,60 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
         docker: docker.clone(),
         id: created.id.clone(),
     };
-    let ran = run_container(&docker, &created.id, stdin, python, &mark, config, cancel).await;
+    let ran = run_container(&docker, &created.id, &stdin, python, &mark, config, cancel).await;
     remove(&docker, &created.id).await;
     removal.id.clear();
     ran
 }
 
-/// Why a container ended when neither we nor its limits ended it: the
-/// engine went away, or someone stopped it (`docker stop`, `docker kill`, the
-/// engine shutting down). A container's PID 1 can't be signalled from
-/// inside it, and the kernel's OOM kill is told apart before this.
-async fn stopped_from_outside(docker: &Docker) -> TaskError {
-    match tokio::time::timeout(Duration::from_secs(2), docker.ping()).await {
-        Ok(Ok(_)) => TaskError::unavailable(
-            "the container was stopped from outside the sandbox (the Docker engine shutting down, or `docker stop` / `docker kill`); the task did not finish",
-        ),
-        Ok(Err(e)) => TaskError::unavailable(format!(
-            "the Docker engine stopped while the task ran ({e}); the task did not finish"
-        )),
-        Err(_) => TaskError::unavailable(
+fn owner_labels() -> HashMap<String, String> {
+    let us = Owner::of(std::process::id() as libc::pid_t);
+    HashMap::from([
+        (OWNER_LABEL.to_string(), std::process::id().to_string()),
+        (BOOT_LABEL.to_string(), us.boot),
+        (PIDNS_LABEL.to_string(), us.pid_namespace),
+        (START_LABEL.to_string(), us.start),
+    ])
+}
+
+/// Why a container ended when neither we nor its limits ended it, if it
+/// was not its own doing: the engine went away, or someone stopped it
+/// (`docker stop`, `docker kill`, the engine shutting down) — the engine
+/// records a kill event for that; a process that merely exits with code
+/// 137 or 143 does not get one.
+async fn stopped_from_outside(docker: &Docker, id: &str, since: i64) -> Option<TaskError> {
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        + 1;
+    let filters = HashMap::from([("container", vec![id]), ("event", vec!["kill", "stop"])]);
+    let options = EventsOptionsBuilder::new()
+        .since(&since.to_string())
+        .until(&until.to_string())
+        .filters(&filters)
+        .build();
+    let events = tokio::time::timeout(
+        Duration::from_secs(5),
+        docker.events(Some(options)).collect::<Vec<_>>(),
+    )
+    .await;
+    match events {
+        Ok(events) if events.iter().all(Result::is_ok) => (!events.is_empty()).then(|| {
+            TaskError::unavailable(
+                "the container was stopped from outside the sandbox (the Docker engine shutting down, or `docker stop` / `docker kill`); the task did not finish",
+            )
+        }),
+        Ok(events) => {
+            let error = events.into_iter().find_map(Result::err);
+            Some(TaskError::unavailable(format!(
+                "the Docker engine stopped while the task ran ({}); the task did not finish",
+                error.map(|e| e.to_string()).unwrap_or_default()
+            )))
+        }
+        Err(_) => Some(TaskError::unavailable(
             "the Docker engine stopped answering while the task ran; the task did not finish",
-        ),
+        )),
     }
 }
 
@@ -362,9 +447,23 @@ async fn run_container(
     let mut streams = api(docker.attach_container(id, Some(attach)))
         .await
         .map_err(|e| TaskError::unavailable(format!("can't attach to the container: {e}")))?;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+        - 1;
     api(docker.start_container(id, None))
         .await
         .map_err(|e| TaskError::unavailable(format!("can't start the container: {e}")))?;
+    // The container's main process: its cgroup tells the CPU time of all
+    // the task's processes.
+    let cpu_counter = api(docker.inspect_container(id, None::<InspectContainerOptions>))
+        .await
+        .ok()
+        .and_then(|inspected| inspected.state?.pid)
+        .and_then(|pid| u32::try_from(pid).ok())
+        .filter(|&pid| pid > 0)
+        .and_then(|pid| cgroup::CpuCounter::of_pid(pid, id));
     // A task that never reads its stdin must not block us: write in the background.
     let input = stdin.to_vec();
     let mut writer = streams.input;
@@ -373,11 +472,18 @@ async fn run_container(
         let _ = writer.shutdown().await;
     });
 
-    let mut stdout = Collected::new(config.max_output_bytes, python, mark);
+    // A command's stdout is its result: it gets the result's cap.
+    let stdout_cap = if python {
+        config.max_output_bytes
+    } else {
+        config.max_result_bytes
+    };
+    let mut stdout = Collected::new(stdout_cap, python, mark, config);
     let mut stderr = OutputCapture::new(config.max_output_bytes);
     let started = tokio::time::Instant::now();
     let deadline = started + config.timeout;
     let mut poll = tokio::time::interval(Duration::from_millis(50));
+    let mut cpu_time = Duration::ZERO;
     let stopped = loop {
         tokio::select! {
             item = streams.output.next() => match item {
@@ -387,7 +493,17 @@ async fn run_container(
                 Some(Err(_)) | None => break None,
             },
             _ = tokio::time::sleep_until(deadline) => break Some(Ending::TimedOut),
-            _ = poll.tick() => if cancel.is_cancelled() { break Some(Ending::Cancelled) },
+            _ = poll.tick() => {
+                if cancel.is_cancelled() {
+                    break Some(Ending::Cancelled);
+                }
+                if let Some(used) = cpu_counter.as_ref().and_then(cgroup::CpuCounter::read) {
+                    cpu_time = used;
+                    if used >= config.max_cpu_time {
+                        break Some(Ending::CpuLimit);
+                    }
+                }
+            }
         }
     };
     if stopped.is_some() {
@@ -409,29 +525,23 @@ async fn run_container(
         .ok()
         .and_then(|inspected| inspected.state);
     let oom_killed = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
-    if oom_killed && stopped.is_none() {
-        return Ok(SandboxOutput {
-            result: Err(TaskError::memory_limit(
-                config.max_memory_mb,
-                "the container was killed by the kernel's OOM killer",
-            )),
-            stdout: String::new(),
-            stderr: stderr.finish(),
-        });
+    if let Some(used) = cpu_counter.as_ref().and_then(cgroup::CpuCounter::read) {
+        cpu_time = cpu_time.max(used);
     }
-    let ending = stopped.unwrap_or(match exit {
-        code if code > 128 && code < 160 => Ending::Signaled((code - 128) as i32),
-        code => Ending::Exited(code as i32),
-    });
     if stopped.is_none() && !oom_killed {
-        let outside =
-            state.is_none() || matches!(ending, Ending::Signaled(libc::SIGKILL | libc::SIGTERM));
-        let cpu_limit = matches!(ending, Ending::Signaled(libc::SIGKILL))
-            && started.elapsed() >= config.max_cpu_time;
-        if outside && !cpu_limit {
-            return Err(stopped_from_outside(docker).await);
+        let outside = match state {
+            None => Some(TaskError::unavailable(
+                "the Docker engine stopped while the task ran (its container could not be inspected after it ended); the task did not finish",
+            )),
+            Some(_) => stopped_from_outside(docker, id, since).await,
+        };
+        if let Some(error) = outside {
+            return Err(error);
         }
     }
+    // An exit code says nothing the task could not fake (`os._exit(137)`):
+    // the host's own observations above decide the limits.
+    let ending = stopped.unwrap_or(Ending::Exited(exit as i32));
     let (stdout, channel, channel_overflow) = stdout.finish();
     let run = ChildRun {
         ending,
@@ -439,7 +549,8 @@ async fn run_container(
         stderr,
         channel,
         channel_overflow,
-        cpu_time: Duration::ZERO,
+        cpu_time,
+        oom_killed,
     };
     Ok(if python {
         python_outcome(run, config)
@@ -450,7 +561,8 @@ async fn run_container(
 
 fn host_config(config: &SandboxConfig) -> HostConfig {
     let memory = i64::try_from(config.max_memory_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
-    let cpu = config.max_cpu_time.as_secs_f64().ceil().max(1.0) as i64;
+    // A second line behind the host's watch of the container's CPU time.
+    let cpu = config.max_cpu_time.as_secs_f64().ceil().max(1.0) as i64 + 1;
     let ulimit = |name: &str, soft: i64, hard: i64| ResourcesUlimits {
         name: Some(name.into()),
         soft: Some(soft),
@@ -499,6 +611,8 @@ fn host_config(config: &SandboxConfig) -> HostConfig {
 /// the end to find the last mark and the envelope after it.
 struct Collected {
     cap: usize,
+    /// The most the envelope may take.
+    envelope_cap: usize,
     split: bool,
     mark: Vec<u8>,
     bytes: Vec<u8>,
@@ -507,9 +621,14 @@ struct Collected {
 }
 
 impl Collected {
-    fn new(cap: usize, split: bool, mark: &str) -> Collected {
+    fn new(cap: usize, split: bool, mark: &str, config: &SandboxConfig) -> Collected {
         Collected {
             cap,
+            envelope_cap: if split {
+                envelope_cap(config)
+            } else {
+                config.max_result_bytes
+            },
             split,
             mark: format!("\n{mark}\n").into_bytes(),
             bytes: Vec::new(),
@@ -519,7 +638,7 @@ impl Collected {
 
     /// Most bytes kept: the user's cap plus the largest envelope.
     fn limit(&self) -> usize {
-        self.cap + MAX_RESULT_BYTES + self.mark.len() + 1
+        self.cap + self.envelope_cap + self.mark.len() + 1
     }
 
     fn push(&mut self, data: &[u8]) {
@@ -542,7 +661,7 @@ impl Collected {
                 envelope.drain(..self.mark.len());
             }
         }
-        let overflow = envelope.len() > MAX_RESULT_BYTES;
+        let overflow = envelope.len() > self.envelope_cap;
         let mut user = OutputCapture::new(self.cap);
         user.push(&self.bytes);
         user.count_dropped(self.dropped);

@@ -85,3 +85,140 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
         now.tv_nsec.clamp(0, 999_999_999) as u32,
     )
 }
+
+/// A task under the watchdog: a thread that, every tick, checks the limits
+/// of the tasks running in this process and, once one is over, interrupts
+/// it (`interrupt`, again every tick, should the task catch it) and wakes
+/// its thread from a blocking system call with [`wake_signal`] — a sleep,
+/// or an `open` of a FIFO in a Wasm mount, which would otherwise outlive
+/// every limit. Until [`Watch::finish`] (or drop).
+pub(crate) struct Watch {
+    token: u64,
+}
+
+/// A running task the watchdog checks every tick.
+struct Entry {
+    token: u64,
+    thread: libc::pthread_t,
+    limits: Limits,
+    interrupt: Option<Box<dyn Fn() + Send>>,
+    stop: Option<Stop>,
+    stopped_at: Option<Instant>,
+}
+
+static WATCHED: std::sync::Mutex<Vec<Entry>> = std::sync::Mutex::new(Vec::new());
+
+/// How often the watchdog checks.
+const WATCH_TICK: Duration = Duration::from_millis(10);
+
+impl Watch {
+    /// Watches the task that runs on this thread under `limits`.
+    pub fn start(token: u64, limits: Limits, interrupt: Option<Box<dyn Fn() + Send>>) -> Watch {
+        static WATCHDOG: std::sync::Once = std::sync::Once::new();
+        WATCHDOG.call_once(|| {
+            install_wake_handler();
+            if let Err(e) = std::thread::Builder::new()
+                .name("lattice-watchdog".into())
+                .spawn(watchdog)
+            {
+                eprintln!("lattice-wasm: can't start the limits watchdog: {e}");
+            }
+        });
+        lock(&WATCHED).push(Entry {
+            token,
+            // SAFETY: pthread_self always succeeds.
+            thread: unsafe { libc::pthread_self() },
+            limits,
+            interrupt,
+            stop: None,
+            stopped_at: None,
+        });
+        Watch { token }
+    }
+
+    /// Stops watching; the limit that stopped the task, if one did.
+    pub fn finish(self) -> Option<Stop> {
+        let token = self.token;
+        std::mem::forget(self);
+        remove(token)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        remove(self.token);
+    }
+}
+
+fn remove(token: u64) -> Option<Stop> {
+    let mut watched = lock(&WATCHED);
+    let at = watched.iter().position(|entry| entry.token == token)?;
+    watched.swap_remove(at).stop
+}
+
+/// A fresh token for [`Watch::start`].
+pub(crate) fn next_token() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The limit that stopped task `token` at least `grace` ago, if one did.
+pub(crate) fn overdue(token: u64, grace: Duration) -> Option<Stop> {
+    let watched = lock(&WATCHED);
+    let entry = watched.iter().find(|entry| entry.token == token)?;
+    match (entry.stop, entry.stopped_at) {
+        (Some(stop), Some(at)) if at.elapsed() >= grace => Some(stop),
+        _ => None,
+    }
+}
+
+fn watchdog() {
+    loop {
+        std::thread::sleep(WATCH_TICK);
+        let mut watched = lock(&WATCHED);
+        for entry in watched.iter_mut() {
+            if entry.stop.is_none() {
+                entry.stop = entry.limits.exceeded();
+                entry.stopped_at = entry.stop.map(|_| Instant::now());
+            }
+            if entry.stop.is_some() {
+                if let Some(interrupt) = &entry.interrupt {
+                    interrupt();
+                }
+                // SAFETY: the thread is alive: its entry is removed (under
+                // this lock) before its task returns.
+                unsafe { libc::pthread_kill(entry.thread, wake_signal()) };
+            }
+        }
+    }
+}
+
+/// The signal that interrupts a stopped task's blocking system call
+/// (`EINTR`).
+fn wake_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 4
+}
+
+/// Installs a do-nothing handler for [`wake_signal`] without `SA_RESTART`,
+/// unless the program already handles that signal.
+fn install_wake_handler() {
+    extern "C" fn wake(_: libc::c_int) {}
+    // SAFETY: sigaction with zeroed structs we own; the handler is
+    // async-signal-safe (it does nothing).
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(wake_signal(), std::ptr::null(), &mut current) != 0
+            || current.sa_sigaction != libc::SIG_DFL
+        {
+            return;
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(wake_signal(), &action, std::ptr::null_mut());
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -4,11 +4,14 @@
 //! [`CancelToken`] and gives back a [`SandboxOutput`].
 
 mod cancel;
+mod cgroup;
 mod config;
 mod docker;
 mod limits;
 mod none;
+mod outcome;
 mod output;
+mod policy;
 mod private_fs;
 pub(crate) mod process;
 mod seccomp;
@@ -21,8 +24,12 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 pub use cancel::CancelToken;
-pub use config::{get_sandbox_config, set_sandbox_config, Mount, SandboxConfig, SandboxLevel};
+pub use config::{
+    get_sandbox_config, set_sandbox_config, Mount, SandboxConfig, SandboxLevel,
+    DEFAULT_MAX_RESULT_BYTES,
+};
 pub(crate) use output::OutputCapture;
+pub use policy::{AllowedMount, Policy};
 pub use seccomp::allowlist as seccomp_allowlist;
 
 use crate::runner;
@@ -115,6 +122,36 @@ pub(crate) fn reject_unsupported(
         return Err(TaskError::invalid("max_memory_mb must be at least 1"));
     }
     Ok(())
+}
+
+/// A value made once it can be: unlike `OnceLock::get_or_init`, a failure
+/// (perhaps passing: no fds left, a full disk) is not kept, and the next
+/// caller tries again. Makers are serialised, so the work is done once.
+pub(crate) struct OnceOk<T> {
+    value: std::sync::OnceLock<T>,
+    making: std::sync::Mutex<()>,
+}
+
+impl<T> OnceOk<T> {
+    pub const fn new() -> Self {
+        OnceOk {
+            value: std::sync::OnceLock::new(),
+            making: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The value, made by `make` if there is none yet.
+    pub fn get_or_try_init<E>(&self, make: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
+        if let Some(value) = self.value.get() {
+            return Ok(value);
+        }
+        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(value) = self.value.get() {
+            return Ok(value);
+        }
+        let value = make()?;
+        Ok(self.value.get_or_init(|| value))
+    }
 }
 
 /// The native stack of threads that run tasks: enough for any tier (the
@@ -251,6 +288,37 @@ impl SandboxExecutor {
     }
 }
 
+/// Host paths no task may be given, nor anything beneath them: the
+/// kernel's views of processes (another's memory and environment), of the
+/// system and of devices; and `/` itself, the whole host.
+const FORBIDDEN_MOUNTS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// The mounts of `config` with their host paths resolved (symlinks
+/// followed, so what is checked is what is mounted), or why one is refused.
+fn resolve_mounts(config: &SandboxConfig) -> Result<Vec<Mount>, TaskError> {
+    config
+        .mount_paths
+        .iter()
+        .map(|mount| {
+            let real = std::fs::canonicalize(&mount.host).map_err(|e| {
+                TaskError::invalid(format!("mount {}: {e}", mount.host.display()))
+            })?;
+            if real == std::path::Path::new("/")
+                || FORBIDDEN_MOUNTS.iter().any(|dir| real.starts_with(dir))
+            {
+                return Err(TaskError::invalid(format!(
+                    "mount {} is refused: no task may be given /, /proc, /sys, /dev or anything beneath them",
+                    mount.host.display()
+                )));
+            }
+            Ok(Mount {
+                host: real,
+                ..mount.clone()
+            })
+        })
+        .collect()
+}
+
 fn run_in_tier(
     task: &TaskSubmission,
     config: &SandboxConfig,
@@ -263,6 +331,18 @@ fn run_in_tier(
     {
         return SandboxOutput::error(error);
     }
+    let resolved;
+    let config = match resolve_mounts(config) {
+        Ok(mounts) if mounts.is_empty() => config,
+        Ok(mounts) => {
+            resolved = SandboxConfig {
+                mount_paths: mounts,
+                ..config.clone()
+            };
+            &resolved
+        }
+        Err(error) => return SandboxOutput::error(error),
+    };
     let input_json;
     let request;
     let work = match &task.payload {
@@ -279,6 +359,9 @@ fn run_in_tier(
                 source,
                 input: &input_json,
             }
+        }
+        Payload::Command(argv) if argv.first().is_none_or(String::is_empty) => {
+            return SandboxOutput::error(TaskError::invalid("a command task must name a program"))
         }
         Payload::Command(argv) => {
             input_json = runner::stdin_input(task);

@@ -19,15 +19,14 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-use super::limits::{Limits, Stop};
+use super::limits::{self, Limits, Watch};
 use super::subprocess::ProcessTier;
 use super::{
-    reject_unsupported, CancelToken, Job, OutputCapture, Sandbox, SandboxConfig, SandboxLevel,
-    SandboxOutput, Work,
+    outcome, reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
+    SandboxLevel, SandboxOutput, Work,
 };
-use crate::runner;
 use crate::task::TaskError;
 
 /// The native RustPython library (`guest/src/native.rs`), built by build.rs.
@@ -107,10 +106,9 @@ struct Library {
 }
 
 fn library() -> Result<&'static Library, TaskError> {
-    static LIBRARY: OnceLock<Result<Library, String>> = OnceLock::new();
+    static LIBRARY: OnceOk<Library> = OnceOk::new();
     LIBRARY
-        .get_or_init(load)
-        .as_ref()
+        .get_or_try_init(load)
         .map_err(|e| TaskError::unavailable(format!("the in-process Python can't load: {e}")))
 }
 
@@ -177,8 +175,7 @@ fn run_python(
     cancel: &CancelToken,
 ) -> Result<SandboxOutput, TaskError> {
     let library = library()?;
-    static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
-    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    let token = limits::next_token();
     let (reply, output) = std::sync::mpsc::channel();
     let job = PythonJob {
         token,
@@ -204,7 +201,7 @@ fn run_python(
         }
         // A task that swallows every KeyboardInterrupt keeps its thread (it
         // never returns to the pool), but its caller gets the outcome.
-        if let Some(stop) = overdue(token) {
+        if let Some(stop) = limits::overdue(token, UNWIND_GRACE) {
             return Ok(SandboxOutput::error(stop.error(config)));
         }
     }
@@ -251,7 +248,17 @@ fn spawn_python_thread(library: &'static Library, first: PythonJob) -> Result<()
 /// Runs `job` on this thread's interpreter, watched.
 fn execute(library: &Library, job: &PythonJob) -> SandboxOutput {
     let (token, request, config) = (job.token, &job.request, &job.config);
-    let watched = Watched::start(token, Limits::start(config, &job.cancel));
+    // Stopped by a KeyboardInterrupt raised in it, and woken from a
+    // blocking call (`time.sleep`).
+    let interrupt = library.interrupt;
+    let watched = Watch::start(
+        token,
+        Limits::start(config, &job.cancel),
+        Some(Box::new(move || {
+            // SAFETY: a plain call into the loaded library.
+            unsafe { interrupt(token) };
+        })),
+    );
     let mut run = std::mem::MaybeUninit::<LatticeRun>::uninit();
     // SAFETY: request is valid for its length; `run` is written by the call.
     let mut run = unsafe {
@@ -275,8 +282,9 @@ fn execute(library: &Library, job: &PythonJob) -> SandboxOutput {
     let stderr = capture(&run.stderr, run.stderr_dropped);
     let result = match (stop, run.status) {
         (Some(stop), _) => Err(stop.error(config)),
-        (None, 0) => runner::parse_envelope(run.envelope.bytes(), config),
-        (None, 1) => Err(TaskError::internal(format!(
+        (None, 0) if run.envelope.len > config.max_result_bytes => Err(outcome::result_too_big(config)),
+        (None, 0) => outcome::from_envelope(run.envelope.bytes()),
+        (None, 1) => Err(outcome::protocol_error(&format!(
             "the CodeRunner driver failed before it could answer (did the task replace its modules?){}",
             stderr.tail_note()
         ))),
@@ -293,116 +301,9 @@ fn execute(library: &Library, job: &PythonJob) -> SandboxOutput {
     }
 }
 
-/// A running task the watchdog checks every tick.
-struct Entry {
-    token: u64,
-    thread: libc::pthread_t,
-    limits: Limits,
-    stop: Option<Stop>,
-    stopped_at: Option<std::time::Instant>,
-}
-
 /// How long a stopped task may take to unwind before its caller gets the
 /// outcome without it.
 const UNWIND_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The limit that stopped task `token` longer than [`UNWIND_GRACE`] ago.
-fn overdue(token: u64) -> Option<Stop> {
-    let watched = lock(&WATCHED);
-    let entry = watched.iter().find(|entry| entry.token == token)?;
-    match (entry.stop, entry.stopped_at) {
-        (Some(stop), Some(at)) if at.elapsed() >= UNWIND_GRACE => Some(stop),
-        _ => None,
-    }
-}
-
-/// The signal that interrupts a task's blocking system call (`EINTR`), so
-/// the interpreter checks for the watchdog's `KeyboardInterrupt`.
-fn wake_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 4
-}
-
-/// Installs a do-nothing handler for [`wake_signal`] without `SA_RESTART`,
-/// unless the program already handles that signal.
-fn install_wake_handler() {
-    extern "C" fn wake(_: libc::c_int) {}
-    // SAFETY: sigaction with zeroed structs we own; the handler is
-    // async-signal-safe (it does nothing).
-    unsafe {
-        let mut current: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(wake_signal(), std::ptr::null(), &mut current) != 0
-            || current.sa_sigaction != libc::SIG_DFL
-        {
-            return;
-        }
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(wake_signal(), &action, std::ptr::null_mut());
-    }
-}
-
-static WATCHED: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-
-/// A task under the watchdog, until [`Watched::finish`].
-struct Watched(u64);
-
-impl Watched {
-    fn start(token: u64, limits: Limits) -> Watched {
-        static WATCHDOG: OnceLock<()> = OnceLock::new();
-        WATCHDOG.get_or_init(|| {
-            install_wake_handler();
-            std::thread::Builder::new()
-                .name("lattice-none-watchdog".into())
-                .spawn(watchdog)
-                .map(|_| ())
-                .unwrap_or_else(|e| {
-                    eprintln!("lattice-wasm: can't start the none tier's watchdog: {e}")
-                })
-        });
-        lock(&WATCHED).push(Entry {
-            token,
-            // SAFETY: pthread_self always succeeds.
-            thread: unsafe { libc::pthread_self() },
-            limits,
-            stop: None,
-            stopped_at: None,
-        });
-        Watched(token)
-    }
-
-    /// Stops watching; returns the limit that stopped the task, if one did.
-    fn finish(self) -> Option<Stop> {
-        let mut watched = lock(&WATCHED);
-        let at = watched.iter().position(|entry| entry.token == self.0)?;
-        watched.swap_remove(at).stop
-    }
-}
-
-/// Every tick: records the limit a task went over and interrupts it (again,
-/// in case it caught the `KeyboardInterrupt`).
-fn watchdog() {
-    loop {
-        std::thread::sleep(TICK);
-        let Ok(library) = library() else { return };
-        let mut watched = lock(&WATCHED);
-        for entry in watched.iter_mut() {
-            if entry.stop.is_none() {
-                entry.stop = entry.limits.exceeded();
-                entry.stopped_at = entry.stop.map(|_| std::time::Instant::now());
-            }
-            if entry.stop.is_some() {
-                // SAFETY: a plain call into the loaded library; the thread is
-                // alive, as its entry is removed (under this lock) before
-                // its task returns.
-                unsafe {
-                    (library.interrupt)(entry.token);
-                    libc::pthread_kill(entry.thread, wake_signal());
-                }
-            }
-        }
-    }
-}
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())

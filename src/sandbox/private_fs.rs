@@ -52,19 +52,23 @@ enum Step {
 /// The child's mount steps, with the fd numbers its binds use.
 pub(crate) struct PrivateFs {
     read_only_root: bool,
+    /// Mount a /proc of the task's own PID namespace over the host's.
+    mount_proc: bool,
     steps: Vec<Step>,
-    _reserved: Vec<OwnedFd>,
+    reserved: Vec<OwnedFd>,
 }
 
 impl PrivateFs {
     /// Plans the task's view: `temp_dir` a tmpfs of its own owned by `uid`,
     /// private shared directories, the rest of the host's tree read-only if
-    /// `read_only_root`, and the host paths `keep` reachable.
+    /// `read_only_root`, the host paths `keep` reachable, and with
+    /// `mount_proc` a /proc that shows only the task's own PID namespace.
     pub fn plan(
         temp_dir: &Path,
         uid: u32,
         keep: &[&Path],
         read_only_root: bool,
+        mount_proc: bool,
     ) -> Result<PrivateFs, TaskError> {
         let mut kept: Vec<PathBuf> = keep
             .iter()
@@ -128,9 +132,20 @@ impl PrivateFs {
         }
         Ok(PrivateFs {
             read_only_root,
+            mount_proc,
             steps,
-            _reserved: reserved,
+            reserved,
         })
+    }
+
+    /// True if the child gets a /proc of its own PID namespace.
+    pub fn mounts_proc(&self) -> bool {
+        self.mount_proc
+    }
+
+    /// The descriptors the child's steps use.
+    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.reserved.iter().map(AsRawFd::as_raw_fd)
     }
 
     /// In the child, inside its new mount namespace: takes the steps.
@@ -163,6 +178,19 @@ impl PrivateFs {
                 check(libc::syscall(libc::SYS_dup3, opened, *fd, libc::O_CLOEXEC))?;
                 libc::syscall(libc::SYS_close, opened);
             }
+        }
+        // A /proc of the child's own PID namespace (it is that namespace's
+        // first process): other processes, the host's included, are not in
+        // it.
+        if self.mount_proc {
+            check(libc::syscall(
+                libc::SYS_mount,
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                none,
+            ))?;
         }
         // The whole tree at once needs mount_setattr (Linux 5.12); before
         // that, the rest of the tree stays writable as the task's uid allows.

@@ -11,6 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use seccompiler::BpfProgram;
+
+use super::cgroup::TaskCgroup;
 use super::private_fs::PrivateFs;
 use super::{CancelToken, OutputCapture};
 use crate::task::TaskError;
@@ -22,6 +25,8 @@ pub(crate) enum Ending {
     Signaled(i32),
     /// Killed by us at the wall-clock deadline.
     TimedOut,
+    /// Killed by us when the task's processes together used up their CPU time.
+    CpuLimit,
     /// Killed by us on cancel.
     Cancelled,
 }
@@ -48,14 +53,27 @@ pub(crate) struct ChildSpec<'a> {
     pub uid: Option<u32>,
     /// Give the child an empty network namespace.
     pub new_netns: bool,
+    /// Give the child IPC and PID namespaces of its own (the PID namespace
+    /// only with `private_fs`, which mounts its /proc).
+    pub own_namespaces: bool,
     /// Give the child a mount namespace with its own view of the filesystem.
     pub private_fs: Option<PrivateFs>,
+    /// The task's cgroup, which the child joins first; its CPU time is
+    /// watched against `max_cpu_time`, and it is removed after the run.
+    pub cgroup: Option<TaskCgroup>,
+    pub max_cpu_time: Duration,
+    /// Set no_new_privs and a parent-death SIGKILL in the child.
+    pub no_new_privs: bool,
+    /// A seccomp filter the child installs after dropping privileges.
+    pub filter: Option<Arc<BpfProgram>>,
     pub timeout: Duration,
     /// Cap on each of stdout and stderr.
     pub output_cap: usize,
     /// Cap on the result channel.
     pub channel_cap: usize,
     pub hook: Option<ChildHook>,
+    /// Descriptors the hook uses in the child (kept open for it).
+    pub hook_fds: Vec<RawFd>,
 }
 
 /// What came back.
@@ -66,8 +84,12 @@ pub(crate) struct ChildRun {
     pub stderr: OutputCapture,
     pub channel: Vec<u8>,
     pub channel_overflow: bool,
-    /// CPU time of the child (user + system).
+    /// CPU time of the task: of its cgroup when it has one, else of the
+    /// child and the children it waited for (user + system).
     pub cpu_time: Duration,
+    /// The kernel killed a process of the task for going over its memory
+    /// limit (its cgroup says so).
+    pub oom_killed: bool,
 }
 
 const POLL_SLICE: Duration = Duration::from_millis(50);
@@ -89,20 +111,30 @@ pub(crate) fn run_child(
     let rlimits = std::mem::take(&mut spec.rlimits);
     let mut hook = spec.hook.take();
     let uid = spec.uid;
-    let netns_flags = match (spec.new_netns, is_root()) {
-        (false, _) => 0,
-        (true, true) => libc::CLONE_NEWNET,
-        (true, false) => libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
-    };
-    let mntns_flags = match spec.private_fs {
-        Some(_) => libc::CLONE_NEWNS,
-        None => 0,
-    };
+    let root = is_root();
+    let mut unshare_flags = 0;
+    if spec.new_netns {
+        unshare_flags |= libc::CLONE_NEWNET;
+    }
+    if spec.own_namespaces {
+        unshare_flags |= libc::CLONE_NEWIPC;
+    }
+    if unshare_flags != 0 && !root {
+        unshare_flags |= libc::CLONE_NEWUSER;
+    }
+    let mut clone_flags = 0;
+    if let Some(private_fs) = &spec.private_fs {
+        unshare_flags |= libc::CLONE_NEWNS;
+        if spec.own_namespaces && private_fs.mounts_proc() {
+            clone_flags |= libc::CLONE_NEWPID;
+        }
+    }
     let spawned = spawn(
         &spec,
         channel,
         &rlimits,
-        netns_flags | mntns_flags,
+        unshare_flags,
+        clone_flags,
         hook.as_mut(),
     )?;
     let pid = spawned.pid;
@@ -129,7 +161,12 @@ pub(crate) fn run_child(
         channel: Vec::new(),
         channel_overflow: false,
         cpu_time: Duration::ZERO,
+        oom_killed: false,
     };
+    let cpu_watch = spec
+        .cgroup
+        .as_ref()
+        .map(|cgroup| (cgroup, spec.max_cpu_time));
     let ending = pump(
         PumpFds {
             stdin: Some(spawned.stdin),
@@ -143,6 +180,7 @@ pub(crate) fn run_child(
         Instant::now() + spec.timeout,
         pid,
         uid,
+        cpu_watch,
         cancel,
         &mut run,
     );
@@ -158,6 +196,12 @@ pub(crate) fn run_child(
         sweep_uid(uid);
     }
     run.cpu_time = cpu_time;
+    if let Some(cgroup) = spec.cgroup.take() {
+        cgroup.kill();
+        run.cpu_time = run.cpu_time.max(cgroup.cpu_time().unwrap_or_default());
+        run.oom_killed = cgroup.oom_killed();
+        drop(cgroup); // removes it
+    }
     run.ending = match ending {
         Some(ending) => ending,
         None if cancel.is_cancelled() => Ending::Cancelled,
@@ -241,15 +285,18 @@ struct Spawned {
 
 /// The setup steps of a child, in order; a failing one is reported by
 /// number on the error pipe.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 12] = [
     "signals",
     "session",
+    "cgroup",
     "namespace",
     "private mounts",
     "rlimits",
     "file descriptors",
     "working directory",
     "privilege drop",
+    "no_new_privs",
+    "syscall filter",
     "exec",
 ];
 const STEP_HOOK: u32 = STEPS.len() as u32;
@@ -264,9 +311,16 @@ struct ChildPlan<'a> {
     /// Where a failing step writes (step, errno); closed by a good exec.
     error_fd: RawFd,
     rlimits: &'a [Rlimit],
+    /// `cgroup.procs` of the task's cgroup, to write "0" into.
+    cgroup_fds: Vec<RawFd>,
     unshare_flags: libc::c_int,
     private_fs: Option<&'a PrivateFs>,
+    /// The fds above 3 the child still needs after its stdio is set up
+    /// (sorted): every other one is closed.
+    keep_fds: Vec<RawFd>,
     uid: Option<u32>,
+    no_new_privs: bool,
+    filter: Option<libc::sock_fprog>,
     hook: Option<&'a mut ChildHook>,
 }
 
@@ -278,6 +332,7 @@ fn spawn(
     channel: Option<(OwnedFd, OwnedFd)>,
     rlimits: &[Rlimit],
     unshare_flags: libc::c_int,
+    clone_flags: libc::c_int,
     hook: Option<&mut ChildHook>,
 ) -> Result<Spawned, TaskError> {
     let exec = Exec::new(spec.program, &spec.args, &spec.env)?;
@@ -297,6 +352,13 @@ fn spawn(
         above_stdio(stderr_w)?,
         above_stdio(error_w)?,
     );
+    let mut keep_fds = vec![error_w.as_raw_fd()];
+    if let Some(private_fs) = &spec.private_fs {
+        keep_fds.extend(private_fs.fds());
+    }
+    keep_fds.extend(&spec.hook_fds);
+    keep_fds.sort_unstable();
+    keep_fds.dedup();
     let mut plan = ChildPlan {
         exec: &exec,
         cwd,
@@ -308,15 +370,32 @@ fn spawn(
         ],
         error_fd: error_w.as_raw_fd(),
         rlimits,
+        cgroup_fds: spec
+            .cgroup
+            .as_ref()
+            .map(TaskCgroup::join_fds)
+            .unwrap_or_default(),
         unshare_flags,
         private_fs: spec.private_fs.as_ref(),
+        keep_fds,
         uid: spec.uid,
+        no_new_privs: spec.no_new_privs,
+        filter: spec.filter.as_ref().map(|program| libc::sock_fprog {
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        }),
         hook,
     };
     // SAFETY: `child_main` makes system calls only (the hook's promise too)
     // and ends in exec or exit; `plan` outlives the clone.
-    let pid = unsafe { vfork_clone(child_main, &mut plan as *mut ChildPlan as *mut libc::c_void) }
-        .map_err(|e| TaskError::internal(format!("can't start {}: {e}", spec.program.display())))?;
+    let pid = unsafe {
+        vfork_clone(
+            child_main,
+            &mut plan as *mut ChildPlan as *mut libc::c_void,
+            clone_flags,
+        )
+    }
+    .map_err(|e| TaskError::internal(format!("can't start {}: {e}", spec.program.display())))?;
     drop((stdin_r, stdout_w, stderr_w, channel_w, error_w));
     // The child has exec'd (the pipe closed on exec) or failed and exited.
     let mut report = [0u8; 8];
@@ -419,12 +498,16 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
         }
     }
     step!(1, libc::syscall(libc::SYS_setsid));
+    // Into the task's cgroup before anything else runs ("0": the writer).
+    for &fd in &plan.cgroup_fds {
+        step!(2, libc::syscall(libc::SYS_write, fd, c"0".as_ptr(), 1));
+    }
     if plan.unshare_flags != 0 {
-        step!(2, libc::syscall(libc::SYS_unshare, plan.unshare_flags));
+        step!(3, libc::syscall(libc::SYS_unshare, plan.unshare_flags));
     }
     if let Some(private_fs) = plan.private_fs {
         if let Err(errno) = private_fs.apply() {
-            return (3, errno);
+            return (4, errno);
         }
     }
     for &(resource, soft, hard) in plan.rlimits {
@@ -433,7 +516,7 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
             rlim_max: hard,
         };
         step!(
-            4,
+            5,
             libc::syscall(
                 libc::SYS_prlimit64,
                 0,
@@ -446,19 +529,61 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
     for (target, &source) in plan.fds.iter().enumerate() {
         if source >= 0 {
             step!(
-                5,
+                6,
                 libc::syscall(libc::SYS_dup3, source, target as libc::c_int, 0)
             );
         }
     }
-    step!(6, libc::syscall(libc::SYS_chdir, plan.cwd.as_ptr()));
+    // Only the fds the child needs: none of this process's others (which
+    // would count against its RLIMIT_NOFILE, and must not reach the task).
+    let mut from: libc::c_uint = 4;
+    for &keep in &plan.keep_fds {
+        let keep = keep as libc::c_uint;
+        if keep > from {
+            close_range(from, keep - 1);
+        }
+        from = from.max(keep + 1);
+    }
+    close_range(from, libc::c_uint::MAX);
+    step!(7, libc::syscall(libc::SYS_chdir, plan.cwd.as_ptr()));
     if let Some(uid) = plan.uid {
         step!(
-            7,
+            8,
             libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
         );
-        step!(7, libc::syscall(libc::SYS_setresgid, uid, uid, uid));
-        step!(7, libc::syscall(libc::SYS_setresuid, uid, uid, uid));
+        step!(8, libc::syscall(libc::SYS_setresgid, uid, uid, uid));
+        step!(8, libc::syscall(libc::SYS_setresuid, uid, uid, uid));
+    }
+    if plan.no_new_privs {
+        // No setuid binary gains privileges; and the task dies with the
+        // thread that started it, should this process die first (set after
+        // the uid change, which clears it).
+        step!(
+            9,
+            libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        );
+        step!(
+            9,
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL,
+                0,
+                0,
+                0
+            )
+        );
+    }
+    if let Some(filter) = &plan.filter {
+        step!(
+            10,
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                filter as *const libc::sock_fprog
+            )
+        );
     }
     // Signals were blocked around the clone; the program starts with none.
     let empty = 0u64;
@@ -479,7 +604,15 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
         }
     }
     plan.exec.execve();
-    (8, errno())
+    (11, errno())
+}
+
+/// close_range(2) of `first..=last` (a no-op before Linux 5.9).
+///
+/// # Safety
+/// System calls only (for the child).
+unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    libc::syscall(libc::SYS_close_range, first, last, 0u32);
 }
 
 /// `fd`, moved to a number above 3, close-on-exec: every fd the child
@@ -518,6 +651,7 @@ fn pump(
     deadline: Instant,
     pid: libc::pid_t,
     uid: Option<u32>,
+    cpu_watch: Option<(&TaskCgroup, Duration)>,
     cancel: &CancelToken,
     run: &mut ChildRun,
 ) -> Option<Ending> {
@@ -543,6 +677,10 @@ fn pump(
                 ended = Some(Ending::Cancelled);
             } else if now >= deadline {
                 ended = Some(Ending::TimedOut);
+            } else if cpu_watch
+                .is_some_and(|(cgroup, limit)| cgroup.cpu_time().is_some_and(|used| used >= limit))
+            {
+                ended = Some(Ending::CpuLimit);
             }
             if ended.is_some() {
                 kill_group(pid);
@@ -797,7 +935,7 @@ unsafe fn run_vforked(
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
 ) -> io::Result<libc::c_int> {
-    let pid = vfork_clone(child, arg)?;
+    let pid = vfork_clone(child, arg, 0)?;
     let mut status = 0;
     while libc::waitpid(pid, &mut status, 0) < 0 {
         let error = io::Error::last_os_error();
@@ -808,14 +946,16 @@ unsafe fn run_vforked(
     Ok(status)
 }
 
-/// Starts `child(arg)` as `run_vforked` does and returns its pid once it
-/// has exec'd or exited (this thread is suspended until then).
+/// Starts `child(arg)` as `run_vforked` does, with the extra clone `flags`
+/// (a new PID namespace), and returns its pid once it has exec'd or exited
+/// (this thread is suspended until then).
 ///
 /// # Safety
 /// As for `run_vforked`; `child` may also end in a successful exec.
 unsafe fn vfork_clone(
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
+    flags: libc::c_int,
 ) -> io::Result<libc::pid_t> {
     // Room for the seccomp tier's hook (Landlock, filters) too.
     const STACK_BYTES: usize = 256 << 10;
@@ -830,7 +970,7 @@ unsafe fn vfork_clone(
     let pid = libc::clone(
         child,
         top as *mut libc::c_void,
-        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+        libc::CLONE_VM | libc::CLONE_VFORK | flags | libc::SIGCHLD,
         arg,
     );
     let spawn_error = io::Error::last_os_error();

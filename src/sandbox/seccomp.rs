@@ -30,7 +30,7 @@ use seccompiler::{
 };
 
 use super::process::{self, ChildHook, Exec};
-use super::subprocess::{ExecPlan, ProcessTier};
+use super::subprocess::{python_interpreter, ExecPlan, ProcessTier};
 use super::{
     reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput,
 };
@@ -44,6 +44,7 @@ impl Sandbox for SeccompSandbox {
     }
 
     fn check_available(&self) -> Result<(), TaskError> {
+        python_interpreter()?;
         landlock_abi()?;
         seccomp_available()
     }
@@ -74,13 +75,24 @@ impl Sandbox for SeccompSandbox {
     }
 }
 
-/// The child's last steps: Landlock, seccomp, exec.
-fn hook(config: &SandboxConfig, plan: &ExecPlan<'_>) -> Result<ChildHook, TaskError> {
+/// The child's last steps: Landlock, seccomp, exec; with the descriptors
+/// of the Landlock rules, which the child keeps for them.
+fn hook(
+    config: &SandboxConfig,
+    plan: &ExecPlan<'_>,
+) -> Result<(ChildHook, Vec<std::os::fd::RawFd>), TaskError> {
     let abi = landlock_abi()?;
     let rules = path_rules(config, plan, abi)?;
+    let fds = rules
+        .iter()
+        .filter_map(|rule| match &rule.target {
+            RuleTarget::Opened(fd) => Some(fd.as_raw_fd()),
+            RuleTarget::InChild(_) => None,
+        })
+        .collect();
     let exec = Exec::new(plan.program, plan.args, plan.env)?;
     let filters = filters(config, exec.program.as_ptr() as u64)?;
-    Ok(Box::new(move || {
+    let hook: ChildHook = Box::new(move || {
         // The whole `Exec` (Send + Sync), not its raw-pointer fields.
         let exec = &exec;
         restrict_paths(abi, &rules)?;
@@ -93,7 +105,8 @@ fn hook(config: &SandboxConfig, plan: &ExecPlan<'_>) -> Result<ChildHook, TaskEr
         // this `program` pointer.
         unsafe { exec.execve() };
         Err(io::Error::last_os_error())
-    }))
+    });
+    Ok((hook, fds))
 }
 
 /// The seccomp tier's built-in allowlist: the system calls CPython needs
@@ -235,9 +248,9 @@ const NETWORK: &[i64] = &[
 ];
 
 #[cfg(target_arch = "x86_64")]
-const ARCH: TargetArch = TargetArch::x86_64;
+pub(crate) const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
-const ARCH: TargetArch = TargetArch::aarch64;
+pub(crate) const ARCH: TargetArch = TargetArch::aarch64;
 
 /// The two filters, in the order they are installed: `clone3 -> ENOSYS`,
 /// then the allowlist (which allows `clone3`: the kernel takes the
@@ -317,6 +330,10 @@ const READ_FILE: u64 = 1 << 2;
 const READ_DIR: u64 = 1 << 3;
 /// REMOVE_DIR .. MAKE_SYM (ABI 1).
 const CHANGE_TREE: u64 = 0b1_1111_1111 << 4;
+/// MAKE_CHAR, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK and MAKE_SYM: what a task
+/// may not make in a host directory (a FIFO there could hang, and a link
+/// mislead, whatever uses the directory next).
+const MAKE_SPECIAL: u64 = (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 const REFER: u64 = 1 << 13;
 const TRUNCATE: u64 = 1 << 14;
 const IOCTL_DEV: u64 = 1 << 15;
@@ -419,7 +436,11 @@ fn path_rules(
     wanted.push((program, EXECUTE | READ_FILE));
     wanted.push((dynamic_loader(), EXECUTE | READ_FILE));
     for mount in &config.mount_paths {
-        let access = if mount.writable { all & !EXECUTE } else { read };
+        let access = if mount.writable {
+            all & !EXECUTE & !MAKE_SPECIAL
+        } else {
+            read
+        };
         wanted.push((mount.host.clone(), access));
     }
     let mut rules = vec![PathRule {

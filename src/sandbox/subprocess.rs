@@ -9,6 +9,7 @@
 //! [`ProcessTier`].
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,16 +17,24 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+use super::cgroup::TaskCgroup;
 use super::private_fs::PrivateFs;
 use super::process::{self, ChildHook, ChildRun, ChildSpec, Ending, UidLease};
 use super::{
-    reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
+    outcome, reject_unsupported, CancelToken, Job, OnceOk, Sandbox, SandboxConfig, SandboxLevel,
+    SandboxOutput, Work,
 };
-use crate::runner::{self, DRIVER};
+use crate::runner::DRIVER;
 use crate::task::TaskError;
 
-/// The biggest result (or command stdout) a process tier hands back.
-pub(crate) const MAX_RESULT_BYTES: usize = 64 << 20;
 /// Open files per task.
 const MAX_OPEN_FILES: u64 = 256;
 /// Largest file a task may write.
@@ -53,8 +62,10 @@ impl Sandbox for SubprocessSandbox {
     }
 }
 
-/// Builds a tier's child hook for one task.
-pub(crate) type MakeHook = fn(&SandboxConfig, &ExecPlan<'_>) -> Result<ChildHook, TaskError>;
+/// Builds a tier's child hook for one task, with the descriptors it uses
+/// in the child.
+pub(crate) type MakeHook =
+    fn(&SandboxConfig, &ExecPlan<'_>) -> Result<(ChildHook, Vec<RawFd>), TaskError>;
 
 /// What the child will exec, and where: for hooks that exec it themselves.
 pub(crate) struct ExecPlan<'a> {
@@ -141,20 +152,24 @@ impl ProcessTier {
             env.push(("CUDA_VISIBLE_DEVICES".into(), gpus));
         }
 
-        let hook = match self.hook {
-            Some(make) => Some(make(
-                config,
-                &ExecPlan {
-                    program: &program,
-                    args: &args,
-                    env: &env,
-                    workdir: workdir.path(),
-                },
-            )?),
-            None => None,
+        let (hook, hook_fds) = match self.hook {
+            Some(make) => {
+                let (hook, fds) = make(
+                    config,
+                    &ExecPlan {
+                        program: &program,
+                        args: &args,
+                        env: &env,
+                        workdir: workdir.path(),
+                    },
+                )?;
+                (Some(hook), fds)
+            }
+            None => (None, Vec::new()),
         };
         // With a uid of its own (we are root), the task also gets its own
-        // view of the filesystem (see private_fs).
+        // view of the filesystem (see private_fs), with a /proc of its own
+        // PID namespace.
         let private_fs = match uid {
             Some(uid) => {
                 let mut keep = vec![program.as_path()];
@@ -164,10 +179,23 @@ impl ProcessTier {
                     uid,
                     &keep,
                     self.read_only_root,
+                    true,
                 )?)
             }
             None => None,
         };
+        // Limits for all of the task's processes together, where the host
+        // has cgroups (see cgroup.rs); else the rlimits alone, per process.
+        let memory_bytes = config.max_memory_mb.saturating_mul(1 << 20);
+        let cgroup = match uid {
+            Some(_) => TaskCgroup::create(memory_bytes, MAX_PROCESSES)?,
+            None => None,
+        };
+        // The subprocess tier without the network: no socket but its own
+        // namespace's (no host unix socket by path, no vsock).
+        let filter = (self.level == SandboxLevel::Subprocess && !config.network_enabled)
+            .then(socket_filter)
+            .transpose()?;
         let spec = ChildSpec {
             program: &program,
             args,
@@ -175,18 +203,24 @@ impl ProcessTier {
             cwd: workdir.path(),
             stdin,
             result_channel: python,
-            rlimits: rlimits(config, self.isolate, uid.is_some()),
+            rlimits: rlimits(config, self.isolate, uid.is_some(), cgroup.is_some()),
             uid,
             new_netns: self.isolate && !config.network_enabled,
+            own_namespaces: self.isolate,
             private_fs,
+            cgroup,
+            max_cpu_time: config.max_cpu_time,
+            no_new_privs: self.isolate,
+            filter,
             timeout: config.timeout,
             output_cap: if python {
                 config.max_output_bytes
             } else {
-                MAX_RESULT_BYTES
+                config.max_result_bytes
             },
-            channel_cap: MAX_RESULT_BYTES,
+            channel_cap: envelope_cap(config),
             hook,
+            hook_fds,
         };
         let run = process::run_child(spec, cancel)?;
         drop(lease);
@@ -202,12 +236,74 @@ impl ProcessTier {
     }
 }
 
-fn rlimits(config: &SandboxConfig, isolate: bool, own_uid: bool) -> Vec<process::Rlimit> {
-    let memory = config.max_memory_mb.saturating_mul(1 << 20);
-    let cpu = config.max_cpu_time.as_secs_f64().ceil().max(1.0) as u64;
+/// The most a task's envelope may take: its result (`max_result_bytes`)
+/// and room for an error's message and traceback.
+pub(crate) fn envelope_cap(config: &SandboxConfig) -> usize {
+    config.max_result_bytes.saturating_add(ENVELOPE_ROOM)
+}
+
+/// What an envelope holds besides the result (an error's message and
+/// traceback are cut to fit by the driver).
+const ENVELOPE_ROOM: usize = 256 << 10;
+
+/// The seccomp filter of the subprocess tier without network: `socket`
+/// only for the IP families (which reach nothing in the task's empty
+/// network namespace) and netlink, no io_uring (which could open sockets
+/// around this filter). Everything else is allowed.
+fn socket_filter() -> Result<Arc<BpfProgram>, TaskError> {
+    static FILTER: OnceOk<Arc<BpfProgram>> = OnceOk::new();
+    FILTER.get_or_try_init(make_socket_filter).cloned()
+}
+
+fn make_socket_filter() -> Result<Arc<BpfProgram>, TaskError> {
+    let internal = |e: &dyn std::fmt::Display| TaskError::internal(format!("seccomp filter: {e}"));
+    let other_family = |family: i32| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64)
+            .map_err(|e| internal(&e))
+    };
+    let rule = SeccompRule::new(vec![
+        other_family(libc::AF_INET)?,
+        other_family(libc::AF_INET6)?,
+        other_family(libc::AF_NETLINK)?,
+    ])
+    .map_err(|e| internal(&e))?;
+    let rules = BTreeMap::from([
+        (libc::SYS_socket, vec![rule]),
+        (libc::SYS_io_uring_setup, Vec::new()),
+    ]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        super::seccomp::ARCH,
+    )
+    .map_err(|e| internal(&e))?;
+    let program: BpfProgram = filter.try_into().map_err(|e| internal(&e))?;
+    Ok(Arc::new(program))
+}
+
+/// The rlimits of a task's processes. With a cgroup the memory limit is
+/// the cgroup's (for all processes together, so that an out-of-memory kill
+/// is seen by the host); the address-space rlimit is then only a bound at
+/// the machine's memory, past which no allocation could be backed anyway.
+fn rlimits(
+    config: &SandboxConfig,
+    isolate: bool,
+    own_uid: bool,
+    cgroup: bool,
+) -> Vec<process::Rlimit> {
+    let limit = config.max_memory_mb.saturating_mul(1 << 20);
+    let memory = if cgroup {
+        limit.max(machine_memory())
+    } else {
+        limit
+    };
+    // Per process, SIGXCPU at the soft limit, SIGKILL a second later if it
+    // is ignored; with a cgroup, whose CPU time the host watches for the
+    // whole task, only a second line a second after it.
+    let cpu = config.max_cpu_time.as_secs_f64().ceil().max(1.0) as u64 + u64::from(cgroup);
     let mut limits = vec![
         (libc::RLIMIT_AS, memory, memory),
-        // SIGXCPU at the soft limit, SIGKILL a second later if it is ignored.
         (libc::RLIMIT_CPU, cpu, cpu + 1),
         (libc::RLIMIT_CORE, 0, 0),
     ];
@@ -279,74 +375,96 @@ fn remove_orphaned_dirs() {
     }
 }
 
-/// What a Python child's ending means (shared by every process tier).
+/// RAM and swap of this machine, in bytes (read once).
+fn machine_memory() -> u64 {
+    static TOTAL: OnceLock<u64> = OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .map_or(0, |kb| kb * 1024)
+        };
+        field("MemTotal:") + field("SwapTotal:")
+    })
+}
+
+/// What a Python child's ending means (shared by every process tier): the
+/// limits the host saw fire, else what the driver's envelope says.
 pub(crate) fn python_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
-    let stderr_has_memory_error = run.stderr.tail().contains("MemoryError");
     let result = match limit_error(&run, config) {
         Some(error) => Err(error),
-        None if run.channel_overflow => Err(result_too_big()),
-        None if !run.channel.is_empty() => runner::parse_envelope(&run.channel, config),
-        None if stderr_has_memory_error => Err(TaskError::memory_limit(config.max_memory_mb, "")),
+        None if run.channel_overflow => Err(outcome::result_too_big(config)),
+        None if !run.channel.is_empty() => outcome::from_envelope(&run.channel),
         None => Err(died_without_result(&run)),
     };
     SandboxOutput {
-        result,
+        result: out_of_memory(result, &run, config),
         stdout: run.stdout.finish(),
         stderr: run.stderr.finish(),
     }
 }
 
-/// What a command child's ending means: its stdout is its result.
+/// What a command child's ending means: its stdout is its result. When it
+/// is not one, the stdout is kept as the task's output.
 pub(crate) fn command_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
     let result = match limit_error(&run, config) {
         Some(error) => Err(error),
         None => match run.ending {
-            Ending::Exited(0) if run.stdout.is_truncated() => Err(result_too_big()),
-            Ending::Exited(0) => parse_command_stdout(&run),
+            Ending::Exited(0) if run.stdout.is_truncated() => Err(outcome::result_too_big(config)),
+            Ending::Exited(0) => outcome::from_json_text(run.stdout.kept(), "command", config),
             _ => Err(died_without_result(&run)),
         },
     };
+    let stdout = outcome::stdout_unless_result(&result, &run.stdout, config);
     SandboxOutput {
-        result,
-        stdout: String::new(),
+        result: out_of_memory(result, &run, config),
+        stdout,
         stderr: run.stderr.finish(),
     }
 }
 
-fn parse_command_stdout(run: &ChildRun) -> Result<Value, TaskError> {
-    let text = run.stdout.kept();
-    if text.iter().all(u8::is_ascii_whitespace) {
-        return Err(TaskError::Failed {
-            type_name: "ValueError".into(),
-            message: "the command printed no result (its stdout must be the result JSON)".into(),
-            traceback: String::new(),
-        });
+/// A task that failed after the kernel killed one of its processes for
+/// going over the memory limit failed of that.
+fn out_of_memory(
+    result: Result<Value, TaskError>,
+    run: &ChildRun,
+    config: &SandboxConfig,
+) -> Result<Value, TaskError> {
+    match result {
+        Err(error) if run.oom_killed && !outcome::host_decided(&error) => {
+            Err(TaskError::memory_limit(
+                config.max_memory_mb,
+                "the kernel killed a process of the task at its memory limit",
+            ))
+        }
+        result => result,
     }
-    serde_json::from_slice(text).map_err(|e| TaskError::Failed {
-        type_name: "ValueError".into(),
-        message: format!("the command's stdout is not JSON: {e}"),
-        traceback: String::new(),
-    })
 }
 
-/// The limit that ended the child, if one did.
+/// The limit that ended the child, as the host saw it: its clock, its
+/// cancel, and the CPU time it measured (the task's cgroup, else the
+/// child's own usage) when a CPU signal or kill ended it.
 fn limit_error(run: &ChildRun, config: &SandboxConfig) -> Option<TaskError> {
     match run.ending {
         Ending::Cancelled => Some(TaskError::Cancelled),
         Ending::TimedOut => Some(TaskError::wall_timeout(config.timeout)),
-        Ending::Signaled(libc::SIGXCPU) => Some(TaskError::cpu_timeout(config.max_cpu_time)),
-        Ending::Signaled(libc::SIGKILL) if run.cpu_time >= config.max_cpu_time => {
+        Ending::CpuLimit => Some(TaskError::cpu_timeout(config.max_cpu_time)),
+        // Killed (SIGXCPU, SIGKILL, or a container's exit code for them)
+        // after the host measured its CPU time at the limit.
+        Ending::Signaled(libc::SIGXCPU | libc::SIGKILL) | Ending::Exited(1..)
+            if run.cpu_time >= config.max_cpu_time =>
+        {
             Some(TaskError::cpu_timeout(config.max_cpu_time))
         }
         _ => None,
-    }
-}
-
-fn result_too_big() -> TaskError {
-    TaskError::Failed {
-        type_name: "ValueError".into(),
-        message: format!("the result is larger than {} MiB", MAX_RESULT_BYTES >> 20),
-        traceback: String::new(),
     }
 }
 
@@ -363,7 +481,7 @@ fn died_without_result(run: &ChildRun) -> TaskError {
     let how = match run.ending {
         Ending::Exited(code) => format!("exited with code {code}"),
         Ending::Signaled(signal) => format!("was killed by signal {}", signal_name(signal)),
-        Ending::TimedOut | Ending::Cancelled => "was stopped".into(),
+        Ending::TimedOut | Ending::Cancelled | Ending::CpuLimit => "was stopped".into(),
     };
     TaskError::Failed {
         type_name: match run.ending {
@@ -409,11 +527,11 @@ fn resolve_program(name: &str) -> Result<PathBuf, TaskError> {
 /// to the real binary (a pyenv shim is a bash script), and usable by the
 /// task's unprivileged uid. `LATTICE_PYTHON` overrides the search.
 pub(crate) fn python_interpreter() -> Result<&'static Path, TaskError> {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static PYTHON: OnceOk<PathBuf> = OnceOk::new();
     PYTHON
-        .get_or_init(find_python)
-        .as_deref()
-        .map_err(|reason| TaskError::unavailable(reason.clone()))
+        .get_or_try_init(find_python)
+        .map(PathBuf::as_path)
+        .map_err(TaskError::unavailable)
 }
 
 fn find_python() -> Result<PathBuf, String> {

@@ -106,6 +106,26 @@ fn seconds(field: &str, value: Option<f64>) -> Result<Option<Duration>, TaskErro
     }
 }
 
+/// The `id` of a task line, read even when the rest of the line is not a
+/// valid task, so its `invalid_task` result can carry it.
+///
+/// ```
+/// use lattice::task::json::task_id;
+/// assert_eq!(task_id(r#"{"id": "t7", "code": 5}"#), Some("t7".into()));
+/// assert_eq!(task_id("not json"), None);
+/// ```
+pub fn task_id(text: &str) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Option<Value>,
+    }
+    serde_json::from_str::<IdOnly>(text)
+        .ok()?
+        .id
+        .filter(|id| !id.is_null())
+}
+
 /// Decodes one task from JSON text.
 pub fn parse_task(text: &str) -> Result<TaskSubmission, TaskError> {
     let spec: TaskSpec = serde_json::from_str(text).map_err(|e| {

@@ -83,23 +83,70 @@ pub fn alive(pid: i64) -> bool {
     }
 }
 
-/// Waits up to a second for `pid` to be gone; true if it is.
-pub fn gone(pid: i64) -> bool {
+/// A process a task reported with a `pid: PID NS` line, NS being its
+/// `/proc/self/ns/pid` link: the process tiers give a task a pid namespace
+/// of its own, where the pid alone names nothing on the host.
+#[derive(Clone, Debug)]
+pub struct TaskProcess {
+    pub pid: i64,
+    /// E.g. `pid:[4026532291]`.
+    pub namespace: Option<String>,
+}
+
+impl std::fmt::Display for TaskProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} in {:?}", self.pid, self.namespace)
+    }
+}
+
+/// Waits up to a second for the process to be gone; true if it is. A
+/// process in a pid namespace of its own is gone when no process is left
+/// in that namespace (the pid it saw is not the host's).
+pub fn gone(process: &TaskProcess) -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/pid").ok();
+    let private = process
+        .namespace
+        .as_deref()
+        .filter(|ns| ours.as_deref() != Some(Path::new(ns)));
+    let still_there = || match private {
+        Some(ns) => !in_namespace(ns).is_empty(),
+        None => alive(process.pid),
+    };
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        if !alive(pid) {
+        if !still_there() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    !alive(pid)
+    !still_there()
 }
 
-/// The pids in a task's stdout, one per line after `pid:`.
-pub fn pids_in(text: &str) -> Vec<i64> {
+/// The live host pids in the pid namespace `ns` (a `pid:[N]` link).
+pub fn in_namespace(ns: &str) -> Vec<i64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|&pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                .is_ok_and(|link| link == Path::new(ns))
+                && alive(pid)
+        })
+        .collect()
+}
+
+/// The processes in a task's stdout, one per `pid: N [NS]` line.
+pub fn pids_in(text: &str) -> Vec<TaskProcess> {
     text.lines()
         .filter_map(|l| l.strip_prefix("pid:"))
-        .filter_map(|p| p.trim().parse().ok())
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            Some(TaskProcess {
+                pid: words.next()?.parse().ok()?,
+                namespace: words.next().map(str::to_string),
+            })
+        })
         .collect()
 }
 
@@ -163,3 +210,6 @@ fn docker_ps(flags: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The user Wasm tasks reach their mounts as (and docker tasks run as).
+pub const NOBODY: u32 = 65534;

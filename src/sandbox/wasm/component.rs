@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Component, InstancePre, Linker};
 
-use super::host::{self, CappedOutput, ComponentState, Guarded, RunReport, TICK};
-use super::{engine, limit_error, module, trap_error};
-use crate::sandbox::limits::{Limits, Stop};
-use crate::sandbox::{CancelToken, SandboxConfig, SandboxOutput};
+use super::host::{
+    self, AsNobody, CappedOutput, ComponentState, Guarded, PoolSlot, RunReport, TICK,
+};
+use super::{engine, limit_error, module, out_of_memory, trap_error};
+use crate::sandbox::limits::{self, Limits, Stop, Watch};
+use crate::sandbox::{outcome, CancelToken, SandboxConfig, SandboxOutput};
 use crate::task::TaskError;
 
 /// The export a task component must have, as `wit/task.wit` declares it.
@@ -27,12 +29,25 @@ pub(super) fn run(
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> Result<SandboxOutput, TaskError> {
+    if let Some(mount) = config.mount_paths.iter().find(|m| m.writable) {
+        return Err(TaskError::invalid(format!(
+            "a Wasm component gets its mounts read-only (the write budget of Wasm tasks is kept on WASI preview 1, which Python and modules use): mount {} without :rw",
+            mount.host.display()
+        )));
+    }
     let pre = compiled(bytes)?;
+    let watchdog_limits = Limits::start(config, cancel);
+    let _slot = PoolSlot::acquire(&watchdog_limits, config)?;
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
-    let state = host::component_state(config, &stdout, &stderr)?;
-    let mut store = host::guarded_store(pre.engine(), state, config, cancel);
-    let watchdog_limits = Limits::start(config, cancel);
+    let mounts = !config.mount_paths.is_empty();
+    let as_task = mounts.then(AsNobody::enter);
+    let state = host::component_state(config, &stdout, &stderr);
+    drop(as_task);
+    let mut store = host::guarded_store(pre.engine(), state?, config, cancel);
+    let _as_task = mounts.then(AsNobody::enter);
+    // File operations run on this thread: a blocking one is woken at the limits.
+    let _watch = Watch::start(limits::next_token(), watchdog_limits.clone(), None);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -94,7 +109,7 @@ fn outcome(
 ) -> SandboxOutput {
     let result = match (limit_error(&report, config), returned) {
         (Some(error), _) => Err(error),
-        (None, Some(Ok(json))) => module::json_result(json.as_bytes(), "component"),
+        (None, Some(Ok(json))) => outcome::from_json_text(json.as_bytes(), "component", config),
         (None, Some(Err(message))) => Err(TaskError::Failed {
             type_name: "TaskError".into(),
             message,
@@ -109,14 +124,14 @@ fn outcome(
         )),
     };
     SandboxOutput {
-        result,
+        result: out_of_memory(result, &report, config),
         stdout: report.stdout.finish(),
         stderr: report.stderr.finish(),
     }
 }
 
-fn compiled(bytes: &[u8]) -> Result<InstancePre<ComponentState>, TaskError> {
-    static COMPILED: Mutex<Vec<(u64, InstancePre<ComponentState>)>> = Mutex::new(Vec::new());
+fn compiled(bytes: &Arc<[u8]>) -> Result<InstancePre<ComponentState>, TaskError> {
+    static COMPILED: module::CompiledCache<InstancePre<ComponentState>> = Mutex::new(Vec::new());
     module::cached(&COMPILED, bytes, || {
         let engine = engine::engine()?;
         let component = Component::new(engine, bytes)

@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
 
 use super::host::TICK;
+use crate::sandbox::OnceOk;
 use crate::task::TaskError;
 
 /// Deepest Wasm stack a task may use. RustPython raises RecursionError well
@@ -17,15 +17,15 @@ use crate::task::TaskError;
 /// ([`crate::sandbox::on_task_thread`]), whose stack leaves room for it.
 const MAX_WASM_STACK: usize = 8 << 20;
 /// Instances that may live at once (the pooling allocator's slots).
-const POOL_SLOTS: u32 = 256;
+pub(super) const POOL_SLOTS: u32 = 256;
 /// Largest linear memory of a task (the pool reserves this per slot).
 pub(super) const MAX_POOLED_MEMORY: usize = 1 << 30;
 
 /// The shared engine, built once (with its epoch ticker).
 pub(super) fn engine() -> Result<&'static Engine, TaskError> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    static ENGINE: OnceOk<Engine> = OnceOk::new();
     ENGINE
-        .get_or_init(|| {
+        .get_or_try_init(|| {
             let engine = Engine::new(&config(true)).map_err(|e| format!("{e:#}"))?;
             let ticker = engine.weak();
             std::thread::Builder::new()
@@ -40,8 +40,7 @@ pub(super) fn engine() -> Result<&'static Engine, TaskError> {
                 .map_err(|e| format!("can't start the epoch ticker: {e}"))?;
             Ok(engine)
         })
-        .as_ref()
-        .map_err(|e| TaskError::unavailable(format!("can't create the Wasm engine: {e}")))
+        .map_err(|e: String| TaskError::unavailable(format!("can't create the Wasm engine: {e}")))
 }
 
 /// The part of a cache key that says which compiled code this engine
@@ -68,7 +67,9 @@ pub(super) fn config(pooling: bool) -> Config {
         .parallel_compilation(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(POOL_SLOTS)
+        // A task that touches files has a second, memoryless instance (the
+        // file budget's trampoline, see files.rs).
+        pool.total_core_instances(2 * POOL_SLOTS)
             .total_memories(POOL_SLOTS)
             .total_tables(POOL_SLOTS)
             .total_stacks(POOL_SLOTS)

@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
 use super::engine::{self, FileLock};
 use super::host::{self, TaskState};
-use crate::sandbox::{CancelToken, SandboxConfig};
+use crate::sandbox::{CancelToken, OnceOk, SandboxConfig};
 use crate::task::TaskError;
 
 /// The raw guest, as build.rs built it.
@@ -32,11 +31,8 @@ pub(super) struct PythonGuest {
 
 /// The Python guest, loaded from the cache or prepared (~30 s, once).
 pub(super) fn python() -> Result<&'static PythonGuest, TaskError> {
-    static GUEST: OnceLock<Result<PythonGuest, String>> = OnceLock::new();
-    GUEST
-        .get_or_init(|| load().map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|reason| TaskError::unavailable(reason.clone()))
+    static GUEST: OnceOk<PythonGuest> = OnceOk::new();
+    GUEST.get_or_try_init(|| load().map_err(|e| TaskError::unavailable(e.to_string())))
 }
 
 /// The cache file of the compiled snapshot: keyed by the guest's hash and

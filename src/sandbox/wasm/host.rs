@@ -12,12 +12,11 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::sandbox::limits::{Limits, Stop};
+use super::files::{self, FileBudget};
+use crate::sandbox::limits::{self, Limits, Stop, Watch};
 use crate::sandbox::{CancelToken, OutputCapture, SandboxConfig};
 use crate::task::TaskError;
 
-/// The biggest result a guest may hand back.
-pub(super) const MAX_RESULT_BYTES: usize = 64 << 20;
 /// Largest table a guest may grow to (RustPython's is ~9k entries).
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
@@ -27,6 +26,20 @@ pub(super) struct TaskState {
     guard: Guard,
     /// The envelope the guest handed back through `lattice.result`.
     result: Option<Vec<u8>>,
+    /// The most `lattice.result` takes; `result_too_big` says it was refused.
+    result_cap: usize,
+    result_too_big: bool,
+    files: FileBudget,
+}
+
+impl TaskState {
+    pub(super) fn wasi(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
+    }
+
+    pub(super) fn files(&mut self) -> &mut FileBudget {
+        &mut self.files
+    }
 }
 
 /// The host's hold on a running instance, module or component alike: its
@@ -43,8 +56,7 @@ impl Guard {
     fn new(config: &SandboxConfig) -> Guard {
         Guard {
             limiter: Limiter {
-                max_memory: usize::try_from(config.max_memory_mb.saturating_mul(1 << 20))
-                    .unwrap_or(usize::MAX),
+                max_memory: memory_limit_mb(config) as usize * (1 << 20),
                 memory_hit: false,
             },
             stop: None,
@@ -65,6 +77,14 @@ impl Guard {
         }
         stop
     }
+}
+
+/// The memory limit of a Wasm task in MiB: `max_memory_mb`, clamped to the
+/// largest linear memory an instance can have here (its pool slot).
+pub(super) fn memory_limit_mb(config: &SandboxConfig) -> u64 {
+    config
+        .max_memory_mb
+        .min(super::engine::MAX_POOLED_MEMORY as u64 >> 20)
 }
 
 /// Caps linear memory; remembers that a grow was refused, so a trap that
@@ -186,12 +206,14 @@ impl tokio::io::AsyncWrite for CappedOutput {
 }
 
 /// WASI preview 1 plus `lattice.result(ptr, len)`, through which the guest
-/// hands back its envelope, with `poll_oneoff` replaced (see [`poll_oneoff`]).
+/// hands back its envelope, with `poll_oneoff` replaced (see
+/// [`poll_oneoff`]) and the file functions budgeted (see [`files`]).
 pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p1::add_to_linker_sync(linker, |state: &mut TaskState| &mut state.wasi)?;
     linker.allow_shadowing(true);
     linker.func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)?;
     linker.allow_shadowing(false);
+    files::add_to_linker(linker)?;
     linker.func_wrap(
         "lattice",
         "result",
@@ -201,8 +223,10 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
                 .and_then(|export| export.into_memory())
                 .ok_or_else(|| wasmtime::format_err!("the guest exports no memory"))?;
             let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-            if len > MAX_RESULT_BYTES {
-                wasmtime::bail!("lattice: the result is larger than {MAX_RESULT_BYTES} bytes");
+            if len > caller.data().result_cap {
+                // Not copied: the host never holds more than the cap.
+                caller.data_mut().result_too_big = true;
+                return Ok(());
             }
             let data = memory
                 .data(&caller)
@@ -336,6 +360,10 @@ fn wasi_context(
     stderr: &CappedOutput,
 ) -> Result<WasiCtxBuilder, TaskError> {
     let mut wasi = WasiCtxBuilder::new();
+    // File operations run on the task's own thread, where the limits
+    // watchdog can wake one that blocks, and as the task's identity (see
+    // `AsNobody`); and without a hop to a thread pool.
+    wasi.allow_blocking_current_thread(true);
     wasi.stdin(MemoryInputPipe::new(stdin))
         .stdout(stdout.clone())
         .stderr(stderr.clone())
@@ -351,9 +379,14 @@ fn wasi_context(
         wasi.preopened_dir(&mount.host, &mount.guest, perms)
             .map_err(|e| {
                 TaskError::invalid(format!(
-                    "can't mount {} at {}: {e}",
+                    "can't mount {} at {}: {e}{}",
                     mount.host.display(),
-                    mount.guest
+                    mount.guest,
+                    if AsNobody::applies() {
+                        " (Wasm tasks reach their mounts as the user nobody)"
+                    } else {
+                        ""
+                    }
                 ))
             })?;
     }
@@ -371,6 +404,9 @@ pub(super) fn task_state(
         wasi: wasi_context(stdin, config, stdout, stderr)?.build_p1(),
         guard: Guard::new(config),
         result: None,
+        result_cap: crate::sandbox::subprocess::envelope_cap(config),
+        result_too_big: false,
+        files: FileBudget::default(),
     })
 }
 
@@ -451,6 +487,8 @@ pub(super) struct RunReport {
     pub memory_hit: bool,
     /// What the guest handed back (the envelope, or a component's result).
     pub result: Option<Vec<u8>>,
+    /// The guest handed back more than `max_result_bytes`.
+    pub result_too_big: bool,
     pub stdout: OutputCapture,
     pub stderr: OutputCapture,
 }
@@ -468,6 +506,7 @@ impl RunReport {
             stop: guard.stop,
             memory_hit: guard.limiter.memory_hit,
             result,
+            result_too_big: false,
             stdout: stdout.take(),
             stderr: stderr.take(),
         }
@@ -486,22 +525,111 @@ pub(super) fn run(
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> Result<RunReport, TaskError> {
+    let limits = Limits::start(config, cancel);
+    let _slot = PoolSlot::acquire(&limits, config)?;
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
-    let state = task_state(stdin, config, &stdout, &stderr)?;
-    let mut store = guarded_store(pre.module().engine(), state, config, cancel);
+    let as_task = (!config.mount_paths.is_empty()).then(AsNobody::enter);
+    let state = task_state(stdin, config, &stdout, &stderr);
+    drop(as_task);
+    let mut store = guarded_store(pre.module().engine(), state?, config, cancel);
     let instance = pre
         .instantiate(&mut store)
         .map_err(|e| TaskError::unavailable(format!("can't instantiate the Wasm module: {e:#}")))?;
-    let call = instance
-        .get_typed_func::<(), ()>(&mut store, entry)
-        .and_then(|function| function.call(&mut store, ()));
+    let call = {
+        let _as_task = (!config.mount_paths.is_empty()).then(AsNobody::enter);
+        // Epochs stop Wasm code; the watchdog wakes a host call that blocks.
+        let _watch = Watch::start(limits::next_token(), limits, None);
+        instance
+            .get_typed_func::<(), ()>(&mut store, entry)
+            .and_then(|function| function.call(&mut store, ()))
+    };
     let state = store.data_mut();
-    Ok(RunReport::new(
-        call,
-        &state.guard,
-        state.result.take(),
-        &stdout,
-        &stderr,
-    ))
+    let mut report = RunReport::new(call, &state.guard, state.result.take(), &stdout, &stderr);
+    report.result_too_big = state.result_too_big;
+    Ok(report)
+}
+
+/// Instances that may live at once: the pooling allocator's slots. A task
+/// that finds none free waits for one, within its own limits.
+pub(super) struct PoolSlot;
+
+static SLOTS_IN_USE: Mutex<u32> = Mutex::new(0);
+static SLOT_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl PoolSlot {
+    pub(super) fn acquire(limits: &Limits, config: &SandboxConfig) -> Result<PoolSlot, TaskError> {
+        let mut in_use = SLOTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_use >= super::engine::POOL_SLOTS {
+            if let Some(stop) = limits.exceeded() {
+                return Err(stop.error(config));
+            }
+            in_use = SLOT_FREED
+                .wait_timeout(in_use, TICK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *in_use += 1;
+        Ok(PoolSlot)
+    }
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        *SLOTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        SLOT_FREED.notify_one();
+    }
+}
+
+/// The identity a Wasm task reaches its mounts with: while alive, the
+/// filesystem uid and gid of this thread are nobody's (65534) and it has no
+/// supplementary groups, so the kernel lets the task read and write only
+/// what nobody could — not what this process, perhaps root, can. Only this
+/// thread changes (the kernel keeps these per thread; the raw system calls
+/// do not spread them to the others as glibc's wrappers would). A process
+/// that is not root can't change them: its tasks reach its own files.
+pub(super) struct AsNobody {
+    fsuid: libc::c_long,
+    fsgid: libc::c_long,
+    groups: Vec<libc::gid_t>,
+}
+
+const NOBODY: libc::uid_t = 65534;
+
+impl AsNobody {
+    pub(super) fn applies() -> bool {
+        crate::sandbox::process::is_root()
+    }
+
+    pub(super) fn enter() -> Option<AsNobody> {
+        if !Self::applies() {
+            return None;
+        }
+        let mut groups = vec![0 as libc::gid_t; 256];
+        // SAFETY: raw credential calls on this thread, with a buffer we own.
+        unsafe {
+            let n = libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr());
+            groups.truncate(n.max(0) as usize);
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+            // Each returns the value it replaces.
+            let fsgid = libc::syscall(libc::SYS_setfsgid, NOBODY);
+            let fsuid = libc::syscall(libc::SYS_setfsuid, NOBODY);
+            Some(AsNobody {
+                fsuid,
+                fsgid,
+                groups,
+            })
+        }
+    }
+}
+
+impl Drop for AsNobody {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`: this thread goes back to what it was.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, self.fsuid);
+            libc::syscall(libc::SYS_setfsgid, self.fsgid);
+            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+        }
+    }
 }

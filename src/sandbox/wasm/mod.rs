@@ -12,16 +12,19 @@
 
 mod component;
 mod engine;
+mod files;
 mod guest;
 mod host;
 mod module;
 
 use wasmtime::Trap;
 
+use serde_json::Value;
+
 use super::{
-    reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel, SandboxOutput, Work,
+    outcome, reject_unsupported, CancelToken, Job, Sandbox, SandboxConfig, SandboxLevel,
+    SandboxOutput, Work,
 };
-use crate::runner;
 use crate::task::TaskError;
 use host::RunReport;
 
@@ -87,10 +90,10 @@ fn python_outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutput {
     let result = match limit_error(&report, config) {
         Some(error) => Err(error),
         None => match (&report.call, &report.result) {
-            (Ok(()), Some(envelope)) => runner::parse_envelope(envelope, config)
-                .map_err(|e| beyond_address_space(e, config)),
+            _ if report.result_too_big => Err(outcome::result_too_big(config)),
+            (Ok(()), Some(envelope)) => outcome::from_envelope(envelope),
             // The driver itself failed: the task tampered with it, or a bug.
-            (Ok(()), None) => Err(TaskError::internal(format!(
+            (Ok(()), None) => Err(outcome::protocol_error(&format!(
                 "the CodeRunner driver in the Wasm guest failed before it could answer (did the task replace its modules?){}",
                 report.stderr.tail_note()
             ))),
@@ -98,50 +101,34 @@ fn python_outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutput {
         },
     };
     SandboxOutput {
-        result,
+        result: out_of_memory(result, &report, config),
         stdout: report.stdout.finish(),
         stderr: report.stderr.finish(),
     }
 }
 
-/// The limit that ended the run, if one did.
+/// The limit that ended the run, if the host stopped it.
 fn limit_error(report: &RunReport, config: &SandboxConfig) -> Option<TaskError> {
-    match report.stop {
-        Some(stop) => Some(stop.error(config)),
-        // A refused grow shows as a MemoryError or as a trap (an allocation
-        // failure in the interpreter aborts): either way it is the limit.
-        None if report.memory_hit
-            && (report.call.is_err()
-                || report
-                    .result
-                    .as_deref()
-                    .is_some_and(|envelope| contains(envelope, b"\"MemoryError\""))) =>
-        {
-            Some(TaskError::memory_limit(
-                config
-                    .max_memory_mb
-                    .min(engine::MAX_POOLED_MEMORY as u64 >> 20),
+    report.stop.map(|stop| stop.error(config))
+}
+
+/// A run that failed (an error, or a trap: an allocation failure in the
+/// interpreter itself aborts) after the limiter refused to grow its memory
+/// failed of the memory limit. A task that caught the `MemoryError` and
+/// returned a result is fine.
+fn out_of_memory(
+    result: Result<Value, TaskError>,
+    report: &RunReport,
+    config: &SandboxConfig,
+) -> Result<Value, TaskError> {
+    match result {
+        Err(error) if report.memory_hit && !outcome::host_decided(&error) => {
+            Err(TaskError::memory_limit(
+                host::memory_limit_mb(config),
                 "the Wasm linear memory could not grow",
             ))
         }
-        None => None,
-    }
-}
-
-/// wasm32 is a 32-bit platform: a size past 2 GiB (`'a' * 10**12`) fails as
-/// an OverflowError before any allocation, as on 32-bit CPython. It asked
-/// for more memory than any limit here allows, and is reported as that.
-fn beyond_address_space(error: TaskError, config: &SandboxConfig) -> TaskError {
-    match &error {
-        TaskError::Failed {
-            type_name, message, ..
-        } if type_name == "OverflowError" && message.contains("index-sized integer") => {
-            TaskError::memory_limit(
-                config.max_memory_mb,
-                "the task asked for more memory than a 32-bit address space holds",
-            )
-        }
-        _ => error,
+        result => result,
     }
 }
 
@@ -172,8 +159,4 @@ fn trap_error(error: &wasmtime::Error, report: &RunReport) -> TaskError {
             traceback: String::new(),
         },
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -4,31 +4,70 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use wasmtime::{InstancePre, Linker, Module};
 
 use super::host::{self, RunReport, TaskState};
-use super::{engine, limit_error, trap_error};
-use crate::sandbox::{CancelToken, SandboxConfig, SandboxOutput};
+use super::{engine, limit_error, out_of_memory, trap_error};
+use crate::sandbox::{outcome, CancelToken, SandboxConfig, SandboxOutput};
 use crate::task::{TaskError, WasmSource};
 
 /// Compiled user modules, by content hash: a batch of tasks with the same
 /// module compiles it once.
 const COMPILED_KEPT: usize = 16;
 
-/// The bytes of a Wasm payload, read from its file if it is one.
+/// The largest Wasm payload read from a file.
+const MAX_PAYLOAD_BYTES: u64 = 256 << 20;
+
+/// The bytes of a Wasm payload, read from its file if it is one: only a
+/// regular file of at most [`MAX_PAYLOAD_BYTES`] (not `/dev/zero`, not a
+/// FIFO, which is opened without blocking and then refused).
 pub(super) fn load(source: &WasmSource) -> Result<Arc<[u8]>, TaskError> {
     match source {
         WasmSource::Bytes(bytes) => Ok(bytes.clone()),
-        WasmSource::Path(path) => std::fs::read(path)
-            .map(Arc::from)
-            .map_err(|e| TaskError::invalid(format!("can't read {}: {e}", path.display()))),
+        WasmSource::Path(path) => read_payload(path).map(Arc::from),
     }
+}
+
+fn read_payload(path: &std::path::Path) -> Result<Vec<u8>, TaskError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cant = |e: &dyn std::fmt::Display| {
+        TaskError::invalid(format!(
+            "can't read the Wasm payload {}: {e}",
+            path.display()
+        ))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| cant(&e))?;
+    let meta = file.metadata().map_err(|e| cant(&e))?;
+    if !meta.is_file() {
+        return Err(cant(&"it is not a regular file"));
+    }
+    let too_big = || {
+        cant(&format_args!(
+            "it is larger than {} MiB",
+            MAX_PAYLOAD_BYTES >> 20
+        ))
+    };
+    if meta.len() > MAX_PAYLOAD_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_PAYLOAD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cant(&e))?;
+    if bytes.len() as u64 > MAX_PAYLOAD_BYTES {
+        return Err(too_big());
+    }
+    Ok(bytes)
 }
 
 /// Runs `bytes` (a WASI command module) with `input` on its stdin.
 pub(super) fn run(
-    bytes: &[u8],
+    bytes: &Arc<[u8]>,
     input: &str,
     config: &SandboxConfig,
     cancel: &CancelToken,
@@ -36,15 +75,21 @@ pub(super) fn run(
     let pre = compiled(bytes)?;
     let mut config = config.clone();
     // The result travels on stdout: it gets the result's cap, not the log cap.
-    config.max_output_bytes = host::MAX_RESULT_BYTES;
+    config.max_output_bytes = config.max_result_bytes;
     host::run(&pre, "_start", input.as_bytes().to_vec(), &config, cancel)
 }
 
+/// Compiled payloads: each by the hash of its bytes, its bytes, and what
+/// they compiled to.
+pub(super) type CompiledCache<T> = Mutex<Vec<(u64, Arc<[u8]>, T)>>;
+
 /// The compiled form of `bytes` from `cache`, or `compile`d and kept: a
 /// batch of tasks with the same module or component compiles it once.
+/// The entry for a module is found by its hash and confirmed by its bytes:
+/// a module made to collide with another's hash still gets its own code.
 pub(super) fn cached<T: Clone>(
-    cache: &Mutex<Vec<(u64, T)>>,
-    bytes: &[u8],
+    cache: &CompiledCache<T>,
+    bytes: &Arc<[u8]>,
     compile: impl FnOnce() -> Result<T, TaskError>,
 ) -> Result<T, TaskError> {
     let key = {
@@ -53,7 +98,10 @@ pub(super) fn cached<T: Clone>(
         bytes.hash(&mut hasher);
         hasher.finish()
     };
-    if let Some((_, compiled)) = lock(cache).iter().find(|(k, _)| *k == key) {
+    if let Some((_, _, compiled)) = lock(cache)
+        .iter()
+        .find(|(k, kept, _)| *k == key && kept[..] == bytes[..])
+    {
         return Ok(compiled.clone());
     }
     let compiled = compile()?;
@@ -61,12 +109,12 @@ pub(super) fn cached<T: Clone>(
     if cache.len() >= COMPILED_KEPT {
         cache.remove(0);
     }
-    cache.push((key, compiled.clone()));
+    cache.push((key, bytes.clone(), compiled.clone()));
     Ok(compiled)
 }
 
-fn compiled(bytes: &[u8]) -> Result<InstancePre<TaskState>, TaskError> {
-    static COMPILED: Mutex<Vec<(u64, InstancePre<TaskState>)>> = Mutex::new(Vec::new());
+fn compiled(bytes: &Arc<[u8]>) -> Result<InstancePre<TaskState>, TaskError> {
+    static COMPILED: CompiledCache<InstancePre<TaskState>> = Mutex::new(Vec::new());
     cached(&COMPILED, bytes, || {
         let engine = engine::engine()?;
         let module = Module::new(engine, bytes)
@@ -92,7 +140,8 @@ pub(super) fn is_component(bytes: &[u8]) -> bool {
 }
 
 /// What a module run means: exit 0 (returning from `_start` or
-/// `proc_exit(0)`) with JSON on stdout is the result.
+/// `proc_exit(0)`) with JSON on stdout is the result; other stdout is kept
+/// as its output.
 pub(super) fn outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutput {
     let exited_zero = match &report.call {
         Ok(()) => true,
@@ -106,36 +155,14 @@ pub(super) fn outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutpu
             report.call.as_ref().expect_err("not exited zero"),
             &report,
         )),
-        None if report.stdout.is_truncated() => Err(too_large("module")),
-        None => json_result(report.stdout.kept(), "module"),
+        None if report.stdout.is_truncated() => Err(outcome::result_too_big(config)),
+        None => outcome::from_json_text(report.stdout.kept(), "module", config),
     };
+    let stdout = outcome::stdout_unless_result(&result, &report.stdout, config);
     SandboxOutput {
-        result,
-        stdout: String::new(),
+        result: out_of_memory(result, &report, config),
+        stdout,
         stderr: report.stderr.finish(),
-    }
-}
-
-/// The result JSON a module or component handed back.
-pub(super) fn json_result(bytes: &[u8], what: &str) -> Result<Value, TaskError> {
-    if bytes.len() > host::MAX_RESULT_BYTES {
-        return Err(too_large(what));
-    }
-    serde_json::from_slice::<Value>(bytes).map_err(|e| TaskError::Failed {
-        type_name: "ValueError".into(),
-        message: format!("the {what}'s result is not JSON: {e}"),
-        traceback: String::new(),
-    })
-}
-
-fn too_large(what: &str) -> TaskError {
-    TaskError::Failed {
-        type_name: "ValueError".into(),
-        message: format!(
-            "the {what}'s result is larger than {} MiB",
-            host::MAX_RESULT_BYTES >> 20
-        ),
-        traceback: String::new(),
     }
 }
 

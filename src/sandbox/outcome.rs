@@ -1,0 +1,176 @@
+//! What a task's own side may say about its outcome, and the errors every
+//! tier reports the same way.
+//!
+//! The rule: the kinds `timeout`, `memory_limit`, `cancelled`,
+//! `sandbox_unavailable`, `node_failed` and `internal` are decided by the
+//! host from what it observed (its clock, its limiter, the cgroup, the
+//! kernel's signal), never read from anything the task can write. What
+//! comes from inside the sandbox — the driver's envelope, a command's or a
+//! module's stdout — can only be a result, a `task_error` or an
+//! `invalid_task`; anything else it says is a `task_error` of type
+//! `ProtocolError`.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{OutputCapture, SandboxConfig};
+use crate::task::{ErrorKind, ErrorRecord, TaskError};
+
+/// The driver's envelope: `{"status": "ok", "result": ...}` or
+/// `{"status": "error", "error": {"kind", "type", "message", "traceback"}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    status: String,
+    /// `Some(Value::Null)` for `"result": null`.
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<ErrorRecord>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// The task's result or error from its driver's envelope.
+pub(crate) fn from_envelope(envelope: &[u8]) -> Result<Value, TaskError> {
+    let envelope: Envelope = serde_json::from_slice(envelope).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            TaskError::Failed {
+                type_name: "ValueError".into(),
+                message: "the result is nested deeper than 128 levels".into(),
+                traceback: String::new(),
+            }
+        } else {
+            protocol_error(&format!("its reply is not the driver's envelope ({e})"))
+        }
+    })?;
+    match (envelope.status.as_str(), envelope.result, envelope.error) {
+        ("ok", Some(result), None) => Ok(result),
+        ("error", None, Some(error)) => match error.kind {
+            ErrorKind::TaskError | ErrorKind::InvalidTask => Err(TaskError::from_record(error)),
+            kind => Err(protocol_error(&format!(
+                "it reported the outcome `{}`, which only the host decides",
+                kind.as_str()
+            ))),
+        },
+        _ => Err(protocol_error(
+            "its reply has neither one result nor one error",
+        )),
+    }
+}
+
+/// A reply from inside the sandbox that the host does not take.
+pub(crate) fn protocol_error(detail: &str) -> TaskError {
+    TaskError::Failed {
+        type_name: "ProtocolError".into(),
+        message: format!("the task's sandbox sent an answer the host does not accept: {detail}"),
+        traceback: String::new(),
+    }
+}
+
+/// The result was larger than `max_result_bytes`.
+pub(crate) fn result_too_big(config: &SandboxConfig) -> TaskError {
+    TaskError::Failed {
+        type_name: "ResultTooLarge".into(),
+        message: format!(
+            "the result is larger than max_result_bytes ({} bytes)",
+            config.max_result_bytes
+        ),
+        traceback: String::new(),
+    }
+}
+
+/// A result JSON handed back by a command, module or component (its stdout
+/// or return value): at most `max_result_bytes`, and JSON.
+pub(crate) fn from_json_text(
+    bytes: &[u8],
+    what: &str,
+    config: &SandboxConfig,
+) -> Result<Value, TaskError> {
+    if bytes.len() > config.max_result_bytes {
+        return Err(result_too_big(config));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(TaskError::Failed {
+            type_name: "ValueError".into(),
+            message: format!("the {what} gave no result (it must be the result JSON)"),
+            traceback: String::new(),
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|e| TaskError::Failed {
+        type_name: "ValueError".into(),
+        message: format!("the {what}'s result is not JSON: {e}"),
+        traceback: String::new(),
+    })
+}
+
+/// The output of a command or module whose stdout was to be its result:
+/// nothing when it was, else what it printed (capped as output is).
+pub(crate) fn stdout_unless_result(
+    result: &Result<Value, TaskError>,
+    stdout: &OutputCapture,
+    config: &SandboxConfig,
+) -> String {
+    if result.is_ok() {
+        return String::new();
+    }
+    let mut kept = OutputCapture::new(config.max_output_bytes);
+    kept.push(stdout.kept());
+    kept.finish()
+}
+
+/// True for the kinds only the host may decide.
+pub(crate) fn host_decided(error: &TaskError) -> bool {
+    !matches!(error.kind(), ErrorKind::TaskError | ErrorKind::InvalidTask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_results_task_errors_and_invalid_tasks_come_from_inside() {
+        assert_eq!(
+            from_envelope(br#"{"status":"ok","result":null}"#),
+            Ok(Value::Null)
+        );
+        let ok = br#"{"status":"ok","result":1267650600228229401496703205376}"#;
+        assert_eq!(
+            from_envelope(ok).unwrap().to_string(),
+            "1267650600228229401496703205376"
+        );
+        for kind in [
+            "timeout",
+            "memory_limit",
+            "cancelled",
+            "sandbox_unavailable",
+            "node_failed",
+            "internal",
+        ] {
+            let forged = format!(
+                r#"{{"status":"error","error":{{"kind":"{kind}","type":"x","message":"","traceback":""}}}}"#
+            );
+            let error = from_envelope(forged.as_bytes()).unwrap_err();
+            assert!(
+                matches!(&error, TaskError::Failed { type_name, .. } if type_name == "ProtocolError"),
+                "{kind}: {error:?}"
+            );
+        }
+        let raised = br#"{"status":"error","error":{"kind":"task_error","type":"MemoryError","message":"","traceback":""}}"#;
+        assert!(
+            matches!(from_envelope(raised), Err(TaskError::Failed { type_name, .. }) if type_name == "MemoryError")
+        );
+        for garbage in [
+            &br#"{"status":"ok","result":1,"error":{"kind":"timeout"}}"#[..],
+            br#"{"status":"ok"}"#,
+            br#"{"status":"ok","result":1}{"status":"ok","result":2}"#,
+            br#"{"status":"ok","result":1,"status":"error"}"#,
+            b"not json",
+        ] {
+            let error = from_envelope(garbage).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::TaskError, "{error:?}");
+        }
+    }
+}
