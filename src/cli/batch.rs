@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 use lattice::task::json::{outcome_to_json, parse_task, task_id};
@@ -55,7 +56,7 @@ impl Tally {
 }
 
 pub fn run(args: BatchArgs) -> Result<i32> {
-    let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
+    let input: Box<dyn BufRead + Send> = if args.file.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
         let file = std::fs::File::open(&args.file)
@@ -71,6 +72,11 @@ pub fn run(args: BatchArgs) -> Result<i32> {
     };
     let config = args.limits.config();
     let policy = args.policy.policy(&config);
+    let concurrency = args
+        .concurrency
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let window = (concurrency * 4).max(8);
     let executor: Arc<dyn ExecutorBackend> = Arc::from(create_executor(
         args.executor,
         ExecutorOptions {
@@ -79,9 +85,13 @@ pub fn run(args: BatchArgs) -> Result<i32> {
             ray: args.ray.options(),
         },
     )?);
+    let lines = read_lines(input, window);
     {
         let executor = executor.clone();
+        let stop = lines.stop.clone();
         signals::on_signal(move || {
+            // Wakes the loop below even while it waits for a line.
+            let _ = stop.try_send(Input::Stop);
             let _ = executor.shutdown();
         });
     }
@@ -89,11 +99,6 @@ pub fn run(args: BatchArgs) -> Result<i32> {
     if args.executor == ExecutorType::Local {
         super::prepare_wasm_if_cold(args.limits.config().level)?;
     }
-    let concurrency = args
-        .concurrency
-        .map(|n| n as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let window = (concurrency * 4).max(8);
 
     let started = Instant::now();
     let mut tally = Tally {
@@ -118,9 +123,15 @@ pub fn run(args: BatchArgs) -> Result<i32> {
         Ok(())
     };
 
-    let mut lines = input.split(b'\n');
     let mut line_no = 0u64;
-    while let Some(line) = lines.next().transpose().context("reading the task file")? {
+    loop {
+        let line = match lines.next.recv() {
+            Ok(Input::Line(line)) => line,
+            Ok(Input::Failed(error)) => {
+                return Err(anyhow::Error::new(error).context("reading the task file"))
+            }
+            Ok(Input::End | Input::Stop) | Err(_) => break,
+        };
         line_no += 1;
         if signals::received().is_some() {
             break; // no new task once asked to stop
@@ -194,6 +205,39 @@ pub fn run(args: BatchArgs) -> Result<i32> {
         None if tally.failures() > 0 => 1,
         None => 0,
     })
+}
+
+/// What the reading thread passes on: a line, or why there are no more.
+enum Input {
+    Line(Vec<u8>),
+    Failed(std::io::Error),
+    End,
+    /// A signal asked us to stop.
+    Stop,
+}
+
+struct Lines {
+    next: Receiver<Input>,
+    stop: SyncSender<Input>,
+}
+
+/// Reads `input` line by line on a thread of its own, at most `window`
+/// lines ahead: waiting for a line (a pipe that stays open) must not keep
+/// a signal from stopping the batch.
+fn read_lines(input: Box<dyn BufRead + Send>, window: usize) -> Lines {
+    let (sender, next) = sync_channel(window);
+    let stop = sender.clone();
+    std::thread::spawn(move || {
+        for line in input.split(b'\n') {
+            let item = line.map_or_else(Input::Failed, Input::Line);
+            let failed = matches!(item, Input::Failed(_));
+            if sender.send(item).is_err() || failed {
+                return;
+            }
+        }
+        let _ = sender.send(Input::End);
+    });
+    Lines { next, stop }
 }
 
 fn front_is_ready(pending: &VecDeque<Pending>, executor: &dyn ExecutorBackend) -> bool {

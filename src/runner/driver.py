@@ -185,15 +185,64 @@ def _awaited(result):
         import asyncio
     except ImportError:
         asyncio = None
-    if asyncio is not None:
+    if asyncio is None:
+        # No asyncio on this interpreter: a coroutine that never waits on
+        # an event loop still runs.
+        try:
+            while True:
+                result.send(None)
+        except StopIteration as done:
+            return done.value
+    if _can_pair_sockets():
         return asyncio.run(result)
-    # No event loop on this interpreter: a coroutine that never waits on
-    # one still runs.
+    # No socket pair for the event loop's wake-up (WASI, the seccomp tier
+    # without network): a loop of timers and tasks only (sleep, gather,
+    # wait_for, queues), which is all a task can wait on there.
+    loop = _timer_loop(asyncio)
     try:
-        while True:
-            result.send(None)
-    except StopIteration as done:
-        return done.value
+        return loop.run_until_complete(result)
+    finally:
+        loop.close()
+
+
+def _can_pair_sockets():
+    try:
+        import socket
+
+        ends = socket.socketpair()
+    except Exception:
+        return False
+    for end in ends:
+        end.close()
+    return True
+
+
+def _timer_loop(asyncio):
+    import time
+
+    class NoIO:
+        def select(self, timeout=None):
+            if timeout is None:
+                raise RuntimeError("the task waits for I/O, which a Wasm task has none of")
+            if timeout > 0:
+                time.sleep(timeout)
+            return []
+
+        def close(self):
+            pass
+
+    class TimerLoop(asyncio.BaseEventLoop):
+        def __init__(self):
+            super().__init__()
+            self._selector = NoIO()
+
+        def _process_events(self, event_list):
+            pass
+
+        def _write_to_self(self):
+            pass
+
+    return TimerLoop()
 
 
 def run_request(request_text):

@@ -452,9 +452,20 @@ async fn run_container(
         .unwrap_or_default()
         .as_secs() as i64
         - 1;
-    api(docker.start_container(id, None))
-        .await
-        .map_err(|e| TaskError::unavailable(format!("can't start the container: {e}")))?;
+    api(docker.start_container(id, None)).await.map_err(|e| {
+        let message = e.to_string();
+        if message.contains("executable file not found")
+            || (message.contains("exec:") && message.contains("no such file or directory"))
+        {
+            // The task's own command is not in the image: its mistake.
+            TaskError::invalid(format!(
+                "the command can't run in the image `{}`: {message}",
+                config.docker_image
+            ))
+        } else {
+            TaskError::unavailable(format!("can't start the container: {message}"))
+        }
+    })?;
     // The container's main process: its cgroup tells the CPU time of all
     // the task's processes.
     let cpu_counter = api(docker.inspect_container(id, None::<InspectContainerOptions>))
@@ -615,9 +626,14 @@ struct Collected {
     envelope_cap: usize,
     split: bool,
     mark: Vec<u8>,
-    bytes: Vec<u8>,
-    /// Bytes dropped from the middle (a flood) to bound memory.
+    /// What came before the mark, its middle dropped past `cap` (a flood).
+    user: Vec<u8>,
     dropped: u64,
+    /// Where the next search for the mark starts in `user`.
+    searched: usize,
+    /// What came after the mark, up to `envelope_cap`.
+    envelope: Option<Vec<u8>>,
+    overflow: bool,
 }
 
 impl Collected {
@@ -631,46 +647,56 @@ impl Collected {
             },
             split,
             mark: format!("\n{mark}\n").into_bytes(),
-            bytes: Vec::new(),
+            user: Vec::new(),
             dropped: 0,
+            searched: 0,
+            envelope: None,
+            overflow: false,
         }
     }
 
-    /// Most bytes kept: the user's cap plus the largest envelope.
-    fn limit(&self) -> usize {
-        self.cap + self.envelope_cap + self.mark.len() + 1
-    }
-
+    /// Keeps at most `cap` bytes and a tail that may hold the start of
+    /// the mark; the task's output and the envelope are each bounded as
+    /// they arrive, so neither can grow the host.
     fn push(&mut self, data: &[u8]) {
-        self.bytes.extend_from_slice(data);
-        let limit = self.limit();
-        if self.bytes.len() > 2 * limit {
-            // Drop from just after the user's cap, keeping the tail.
-            let excess = self.bytes.len() - limit;
-            self.bytes.drain(self.cap..self.cap + excess);
+        if let Some(envelope) = &mut self.envelope {
+            let room = self.envelope_cap + 1 - envelope.len().min(self.envelope_cap + 1);
+            envelope.extend_from_slice(&data[..data.len().min(room)]);
+            self.overflow |= envelope.len() > self.envelope_cap;
+            return;
+        }
+        self.user.extend_from_slice(data);
+        if self.split {
+            if let Some(at) = find(&self.user[self.searched..], &self.mark) {
+                let at = self.searched + at;
+                let after = self.user.split_off(at + self.mark.len());
+                self.user.truncate(at);
+                self.envelope = Some(Vec::new());
+                self.push(&after);
+                return;
+            }
+            self.searched = self.user.len().saturating_sub(self.mark.len() - 1);
+        }
+        let keep_tail = self.mark.len();
+        if self.user.len() > 2 * (self.cap + keep_tail) {
+            let excess = self.user.len() - self.cap - keep_tail;
+            self.user.drain(self.cap..self.cap + excess);
             self.dropped += excess as u64;
+            self.searched = self.searched.saturating_sub(excess).max(self.cap);
         }
     }
 
     /// (user output, envelope, whether the envelope was too big).
-    fn finish(mut self) -> (OutputCapture, Vec<u8>, bool) {
-        let mut envelope = Vec::new();
-        if self.split {
-            if let Some(at) = rfind(&self.bytes, &self.mark) {
-                envelope = self.bytes.split_off(at);
-                envelope.drain(..self.mark.len());
-            }
-        }
-        let overflow = envelope.len() > self.envelope_cap;
+    fn finish(self) -> (OutputCapture, Vec<u8>, bool) {
         let mut user = OutputCapture::new(self.cap);
-        user.push(&self.bytes);
+        user.push(&self.user);
         user.count_dropped(self.dropped);
-        (user, envelope, overflow)
+        (user, self.envelope.unwrap_or_default(), self.overflow)
     }
 }
 
-fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).rposition(|w| w == needle)
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A per-task mark the task can't predict before it runs.
@@ -685,4 +711,57 @@ fn rand_u128() -> u128 {
         return now.as_nanos() ^ u128::from(std::process::id());
     }
     u128::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(chunks: &[&[u8]], config: &SandboxConfig) -> (String, Vec<u8>, bool) {
+        let mut collected = Collected::new(16, true, "MARK", config);
+        for chunk in chunks {
+            collected.push(chunk);
+        }
+        let (user, envelope, overflow) = collected.finish();
+        (user.finish(), envelope, overflow)
+    }
+
+    #[test]
+    fn the_envelope_is_split_off_at_the_mark_even_across_chunks_and_floods() {
+        let config = SandboxConfig::default();
+        let (user, envelope, overflow) = collect(&[b"hi\n\nMA", b"RK\n{\"k\":1}"], &config);
+        assert_eq!(
+            (user.as_str(), &envelope[..], overflow),
+            ("hi\n", &b"{\"k\":1}"[..], false)
+        );
+        // A flood before the mark is cut to the cap; the mark is still found.
+        let flood = vec![b'x'; 100_000];
+        let chunks: Vec<&[u8]> = (0..50)
+            .map(|_| &flood[..])
+            .chain([&b"\nMARK\n[]"[..]])
+            .collect();
+        let (user, envelope, _) = collect(&chunks, &config);
+        assert!(
+            user.starts_with("xxxxxxxxxxxxxxxx") && user.contains("truncated"),
+            "{user}"
+        );
+        assert_eq!(envelope, b"[]");
+    }
+
+    #[test]
+    fn an_envelope_past_its_cap_is_kept_bounded_and_flagged() {
+        let config = SandboxConfig {
+            max_result_bytes: 1000,
+            ..SandboxConfig::default()
+        };
+        let big = vec![b'0'; 1 << 20];
+        let chunks: Vec<&[u8]> = [&b"\nMARK\n"[..]]
+            .into_iter()
+            .chain((0..4).map(|_| &big[..]))
+            .collect();
+        let (user, envelope, overflow) = collect(&chunks, &config);
+        assert_eq!(user, "");
+        assert!(overflow);
+        assert_eq!(envelope.len(), envelope_cap(&config) + 1);
+    }
 }

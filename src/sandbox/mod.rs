@@ -296,20 +296,29 @@ const FORBIDDEN_MOUNTS: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// The mounts of `config` with their host paths resolved (symlinks
 /// followed, so what is checked is what is mounted), or why one is refused.
 fn resolve_mounts(config: &SandboxConfig) -> Result<Vec<Mount>, TaskError> {
+    let refused = |mount: &Mount| {
+        TaskError::invalid(format!(
+            "mount {} is refused: no task may be given /, /proc, /sys, /dev or anything beneath them",
+            mount.host.display()
+        ))
+    };
+    let forbidden = |path: &std::path::Path| {
+        path == std::path::Path::new("/")
+            || FORBIDDEN_MOUNTS.iter().any(|dir| path.starts_with(dir))
+    };
     config
         .mount_paths
         .iter()
         .map(|mount| {
-            let real = std::fs::canonicalize(&mount.host).map_err(|e| {
-                TaskError::invalid(format!("mount {}: {e}", mount.host.display()))
-            })?;
-            if real == std::path::Path::new("/")
-                || FORBIDDEN_MOUNTS.iter().any(|dir| real.starts_with(dir))
-            {
-                return Err(TaskError::invalid(format!(
-                    "mount {} is refused: no task may be given /, /proc, /sys, /dev or anything beneath them",
-                    mount.host.display()
-                )));
+            // As written first (a path under /proc may not even resolve
+            // for us), then as it resolves.
+            if forbidden(&lexically_normal(&mount.host)) {
+                return Err(refused(mount));
+            }
+            let real = std::fs::canonicalize(&mount.host)
+                .map_err(|e| TaskError::invalid(format!("mount {}: {e}", mount.host.display())))?;
+            if forbidden(&real) {
+                return Err(refused(mount));
             }
             Ok(Mount {
                 host: real,
@@ -319,18 +328,32 @@ fn resolve_mounts(config: &SandboxConfig) -> Result<Vec<Mount>, TaskError> {
         .collect()
 }
 
+/// `path` with `.` and `..` taken out as written (no symlink followed).
+fn lexically_normal(path: &std::path::Path) -> std::path::PathBuf {
+    let mut normal = std::path::PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::Normal(name) => normal.push(name),
+            _ => {}
+        }
+    }
+    normal
+}
+
 fn run_in_tier(
     task: &TaskSubmission,
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> SandboxOutput {
     let sandbox = tier(config.level);
-    if let Err(error) = sandbox
-        .check_available()
-        .and_then(|()| sandbox.check_config(config))
-    {
+    if let Err(error) = sandbox.check_available() {
         return SandboxOutput::error(error);
     }
+    // The refused mounts are refused on every tier, with the same reason;
+    // the tier then judges the mounts as they resolve.
     let resolved;
     let config = match resolve_mounts(config) {
         Ok(mounts) if mounts.is_empty() => config,
@@ -343,6 +366,9 @@ fn run_in_tier(
         }
         Err(error) => return SandboxOutput::error(error),
     };
+    if let Err(error) = sandbox.check_config(config) {
+        return SandboxOutput::error(error);
+    }
     let input_json;
     let request;
     let work = match &task.payload {

@@ -283,7 +283,7 @@ fn execute(library: &Library, job: &PythonJob) -> SandboxOutput {
     let result = match (stop, run.status) {
         (Some(stop), _) => Err(stop.error(config)),
         (None, 0) if run.envelope.len > config.max_result_bytes => Err(outcome::result_too_big(config)),
-        (None, 0) => outcome::from_envelope(run.envelope.bytes()),
+        (None, 0) => outcome::from_envelope(run.envelope.bytes(), config),
         (None, 1) => Err(outcome::protocol_error(&format!(
             "the CodeRunner driver failed before it could answer (did the task replace its modules?){}",
             stderr.tail_note()

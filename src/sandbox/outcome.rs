@@ -34,7 +34,7 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<V
 }
 
 /// The task's result or error from its driver's envelope.
-pub(crate) fn from_envelope(envelope: &[u8]) -> Result<Value, TaskError> {
+pub(crate) fn from_envelope(envelope: &[u8], config: &SandboxConfig) -> Result<Value, TaskError> {
     let envelope: Envelope = serde_json::from_slice(envelope).map_err(|e| {
         if e.to_string().contains("recursion limit") {
             TaskError::Failed {
@@ -47,6 +47,9 @@ pub(crate) fn from_envelope(envelope: &[u8]) -> Result<Value, TaskError> {
         }
     })?;
     match (envelope.status.as_str(), envelope.result, envelope.error) {
+        ("ok", Some(result), None) if encoded_len(&result) > config.max_result_bytes => {
+            Err(result_too_big(config))
+        }
         ("ok", Some(result), None) => Ok(result),
         ("error", None, Some(error)) => match error.kind {
             ErrorKind::TaskError | ErrorKind::InvalidTask => Err(TaskError::from_record(error)),
@@ -59,6 +62,25 @@ pub(crate) fn from_envelope(envelope: &[u8]) -> Result<Value, TaskError> {
             "its reply has neither one result nor one error",
         )),
     }
+}
+
+/// The bytes of `value` as compact JSON: what `max_result_bytes` bounds
+/// (the envelope around it, and the spaces a driver puts in, are not the
+/// task's).
+fn encoded_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// A reply from inside the sandbox that the host does not take.
@@ -133,12 +155,17 @@ mod tests {
     #[test]
     fn only_results_task_errors_and_invalid_tasks_come_from_inside() {
         assert_eq!(
-            from_envelope(br#"{"status":"ok","result":null}"#),
+            from_envelope(
+                br#"{"status":"ok","result":null}"#,
+                &SandboxConfig::default()
+            ),
             Ok(Value::Null)
         );
         let ok = br#"{"status":"ok","result":1267650600228229401496703205376}"#;
         assert_eq!(
-            from_envelope(ok).unwrap().to_string(),
+            from_envelope(ok, &SandboxConfig::default())
+                .unwrap()
+                .to_string(),
             "1267650600228229401496703205376"
         );
         for kind in [
@@ -152,7 +179,7 @@ mod tests {
             let forged = format!(
                 r#"{{"status":"error","error":{{"kind":"{kind}","type":"x","message":"","traceback":""}}}}"#
             );
-            let error = from_envelope(forged.as_bytes()).unwrap_err();
+            let error = from_envelope(forged.as_bytes(), &SandboxConfig::default()).unwrap_err();
             assert!(
                 matches!(&error, TaskError::Failed { type_name, .. } if type_name == "ProtocolError"),
                 "{kind}: {error:?}"
@@ -160,7 +187,7 @@ mod tests {
         }
         let raised = br#"{"status":"error","error":{"kind":"task_error","type":"MemoryError","message":"","traceback":""}}"#;
         assert!(
-            matches!(from_envelope(raised), Err(TaskError::Failed { type_name, .. }) if type_name == "MemoryError")
+            matches!(from_envelope(raised, &SandboxConfig::default()), Err(TaskError::Failed { type_name, .. }) if type_name == "MemoryError")
         );
         for garbage in [
             &br#"{"status":"ok","result":1,"error":{"kind":"timeout"}}"#[..],
@@ -169,7 +196,7 @@ mod tests {
             br#"{"status":"ok","result":1,"status":"error"}"#,
             b"not json",
         ] {
-            let error = from_envelope(garbage).unwrap_err();
+            let error = from_envelope(garbage, &SandboxConfig::default()).unwrap_err();
             assert_eq!(error.kind(), ErrorKind::TaskError, "{error:?}");
         }
     }

@@ -231,6 +231,7 @@ pub fn allowlist() -> Vec<i64> {
 /// What a task with the network enabled may also do.
 const NETWORK: &[i64] = &[
     libc::SYS_socket,
+    libc::SYS_socketpair,
     libc::SYS_connect,
     libc::SYS_bind,
     libc::SYS_listen,

@@ -402,7 +402,7 @@ pub(crate) fn python_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOu
     let result = match limit_error(&run, config) {
         Some(error) => Err(error),
         None if run.channel_overflow => Err(outcome::result_too_big(config)),
-        None if !run.channel.is_empty() => outcome::from_envelope(&run.channel),
+        None if !run.channel.is_empty() => outcome::from_envelope(&run.channel, config),
         None => Err(died_without_result(&run)),
     };
     SandboxOutput {
@@ -553,7 +553,12 @@ fn find_python() -> Result<PathBuf, String> {
             match real_interpreter(candidate, ask_scripts) {
                 Ok(Some(path)) => return Ok(path),
                 Ok(None) => {}
-                Err(why) => rejected.push(format!("{}: {why}", candidate.display())),
+                Err(why) => {
+                    let why = format!("{}: {why}", candidate.display());
+                    if !rejected.contains(&why) {
+                        rejected.push(why);
+                    }
+                }
             }
         }
     }

@@ -112,18 +112,33 @@ fn seconds(field: &str, value: Option<f64>) -> Result<Option<Duration>, TaskErro
 /// ```
 /// use lattice::task::json::task_id;
 /// assert_eq!(task_id(r#"{"id": "t7", "code": 5}"#), Some("t7".into()));
+/// assert_eq!(task_id(r#"{"id": 3, "code": "def f()"#), Some(3.into()));
 /// assert_eq!(task_id("not json"), None);
 /// ```
 pub fn task_id(text: &str) -> Option<Value> {
-    #[derive(Deserialize)]
-    struct IdOnly {
-        #[serde(default)]
-        id: Option<Value>,
+    /// Keeps the `id` it meets, whatever comes after it (a line cut short,
+    /// a bad field).
+    struct IdFinder<'a>(&'a mut Option<Value>);
+    impl<'de> serde::de::Visitor<'de> for IdFinder<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a task object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "id" {
+                    *self.0 = Some(map.next_value()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
     }
-    serde_json::from_str::<IdOnly>(text)
-        .ok()?
-        .id
-        .filter(|id| !id.is_null())
+    let mut id = None;
+    let mut decoder = serde_json::Deserializer::from_str(text);
+    let _ = serde::Deserializer::deserialize_map(&mut decoder, IdFinder(&mut id));
+    id.filter(|id| !id.is_null())
 }
 
 /// Decodes one task from JSON text.

@@ -190,18 +190,19 @@ pub fn cancel_after(delay: Duration) -> (CancelToken, std::thread::JoinHandle<()
 /// The docker containers this test process created that are still on the
 /// engine, running or not (they carry our pid in their owner label).
 pub fn our_containers() -> Vec<String> {
-    docker_ps("-aq")
+    containers_of(std::process::id(), false)
 }
 
 /// Our docker containers that are running.
 pub fn our_running_containers() -> Vec<String> {
-    docker_ps("-q")
+    containers_of(std::process::id(), true)
 }
 
-fn docker_ps(flags: &str) -> Vec<String> {
+/// The docker containers process `pid` created (all, or the running ones).
+pub fn containers_of(pid: u32, running_only: bool) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", flags, "--filter"])
-        .arg(format!("label=lattice-wasm.owner={}", std::process::id()))
+        .args(["ps", if running_only { "-q" } else { "-aq" }, "--filter"])
+        .arg(format!("label=lattice-wasm.owner={pid}"))
         .output()
         .expect("the docker CLI runs");
     assert!(out.status.success(), "{out:?}");

@@ -91,7 +91,7 @@ fn python_outcome(report: RunReport, config: &SandboxConfig) -> SandboxOutput {
         Some(error) => Err(error),
         None => match (&report.call, &report.result) {
             _ if report.result_too_big => Err(outcome::result_too_big(config)),
-            (Ok(()), Some(envelope)) => outcome::from_envelope(envelope),
+            (Ok(()), Some(envelope)) => outcome::from_envelope(envelope, config),
             // The driver itself failed: the task tampered with it, or a bug.
             (Ok(()), None) => Err(outcome::protocol_error(&format!(
                 "the CodeRunner driver in the Wasm guest failed before it could answer (did the task replace its modules?){}",
@@ -123,9 +123,18 @@ fn out_of_memory(
 ) -> Result<Value, TaskError> {
     match result {
         Err(error) if report.memory_hit && !outcome::host_decided(&error) => {
+            let limit = host::memory_limit_mb(config);
+            let clamped = if config.max_memory_mb > limit {
+                format!(
+                    "; max_memory_mb {} is clamped to the Wasm tier's {limit} MiB",
+                    config.max_memory_mb
+                )
+            } else {
+                String::new()
+            };
             Err(TaskError::memory_limit(
-                host::memory_limit_mb(config),
-                "the Wasm linear memory could not grow",
+                limit,
+                &format!("the Wasm linear memory could not grow{clamped}"),
             ))
         }
         result => result,
