@@ -343,8 +343,12 @@ fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<St
             listener.set_nonblocking(true).unwrap();
             let unix_listeners = attack.unix_listener.then(|| UnixListeners::open(tier));
             let host_process = attack.host_process.then(|| {
-                std::process::Command::new("sleep")
-                    .args(["60", &format!("lattice-cmdline-secret-{tier}")])
+                std::process::Command::new("/usr/bin/python3")
+                    .args([
+                        "-c",
+                        "import time; time.sleep(60)",
+                        &format!("lattice-cmdline-secret-{tier}"),
+                    ])
                     .spawn()
                     .unwrap()
             });

@@ -104,9 +104,21 @@ pub fn cache_dir() -> PathBuf {
 /// Loads a compiled module from the cache if it is there and sound: ours
 /// (owner and mode), the length its sidecar records, and accepted by
 /// wasmtime (which checks its version and the engine configuration).
-/// Anything else is reported and ignored, so the caller recompiles.
-pub(super) fn load_cached(engine: &Engine, path: &Path) -> Option<Module> {
-    let meta = std::fs::metadata(path).ok()?;
+/// Anything else is reported and ignored, so the caller recompiles; but a
+/// cache that can't be read right now (no fd or memory left) is an error,
+/// so that a passing shortage costs neither a rebuild nor the tier.
+pub(super) fn load_cached(engine: &Engine, path: &Path) -> Result<Option<Module>, TaskError> {
+    let unreadable = |e: &std::io::Error| {
+        TaskError::unavailable(format!(
+            "can't read the compiled Wasm guest {}: {e}",
+            path.display()
+        ))
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unreadable(&e)),
+    };
     // SAFETY: geteuid never fails.
     let euid = unsafe { libc::geteuid() };
     let complaint = if meta.uid() != euid || meta.mode() & 0o022 != 0 {
@@ -115,7 +127,10 @@ pub(super) fn load_cached(engine: &Engine, path: &Path) -> Option<Module> {
         match std::fs::read_to_string(sidecar(path)) {
             Ok(text) if text.trim() == meta.len().to_string() => None,
             Ok(_) => Some("its length does not match (truncated?)".into()),
-            Err(_) => Some("its length record is missing".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("its length record is missing".into())
+            }
+            Err(e) => return Err(unreadable(&e)),
         }
     };
     if let Some(complaint) = complaint {
@@ -123,18 +138,21 @@ pub(super) fn load_cached(engine: &Engine, path: &Path) -> Option<Module> {
             "lattice-wasm: ignoring the cached module {}: {complaint}",
             path.display()
         );
-        return None;
+        return Ok(None);
     }
     // SAFETY: the file is ours, private, complete, and wasmtime checks that
     // it was compiled by this version for this engine configuration.
     match unsafe { Module::deserialize_file(engine, path) } {
-        Ok(module) => Some(module),
+        Ok(module) => Ok(Some(module)),
         Err(e) => {
+            if let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
+                return Err(unreadable(io));
+            }
             eprintln!(
                 "lattice-wasm: ignoring the cached module {}: {e}",
                 path.display()
             );
-            None
+            Ok(None)
         }
     }
 }

@@ -48,14 +48,14 @@ pub fn cache_path() -> Result<PathBuf, TaskError> {
 fn load() -> Result<PythonGuest, TaskError> {
     let engine = engine::engine()?;
     let path = cache_path()?;
-    let module = match engine::load_cached(engine, &path) {
+    let module = match engine::load_cached(engine, &path)? {
         Some(module) => module,
         None => {
             let _lock = FileLock::acquire(&path.with_extension("lock")).map_err(|e| {
                 TaskError::unavailable(format!("can't lock the Wasm cache {}: {e}", path.display()))
             })?;
             // Another process may have built it while we waited.
-            match engine::load_cached(engine, &path) {
+            match engine::load_cached(engine, &path)? {
                 Some(module) => module,
                 None => prepare(engine, &path)?,
             }
