@@ -1075,13 +1075,21 @@ fn the_cli_runs_a_batch_and_lists_resources_on_the_cluster() {
             "ray",
             "--ray-address",
             &cluster.dashboard,
+            // The probes ask for the none tier, which only the operator can allow.
+            "--allow-tiers",
+            "wasm,none",
         ])
         .arg(file.path())
         .env("LATTICE_RAY_PYTHON", &cluster.python)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "some tasks fail: {stderr}");
+    // invalid_task results outrank the task error: exit 2.
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "some tasks are invalid: {stderr}"
+    );
     assert!(stderr.contains("7 tasks, 4 ok, 3 failed"), "{stderr}");
     let results: HashMap<String, Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
