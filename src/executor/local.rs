@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::completion::{self, Completion, Signal};
 use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
 use crate::sandbox::{
-    get_sandbox_config, CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel,
+    get_sandbox_config, meminfo, CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel,
 };
 use crate::task::{ExecutorType, Payload, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
 
@@ -298,7 +298,7 @@ impl ExecutorBackend for LocalExecutor {
     fn get_available_resources(&self) -> Result<ClusterResources, TaskError> {
         let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let running = self.shared.lock().running as f64;
-        let (memory, memory_available) = meminfo();
+        let (memory, memory_available) = (meminfo("MemTotal:"), meminfo("MemAvailable:"));
         let gpu = gpu_count() as f64;
         Ok(ClusterResources {
             nodes: vec![NodeResources {
@@ -338,24 +338,6 @@ impl Drop for LocalExecutor {
 
 fn shut_down() -> TaskError {
     TaskError::invalid("the executor is shut down")
-}
-
-/// (MemTotal, MemAvailable) in bytes, from /proc/meminfo.
-fn meminfo() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("MemTotal:"), field("MemAvailable:"))
 }
 
 /// NVIDIA GPUs the driver reports (0 without a driver), read once.

@@ -124,6 +124,21 @@ pub(crate) fn reject_unsupported(
     Ok(())
 }
 
+/// A field of `/proc/meminfo` (`"MemTotal:"`, say) in bytes; 0 if unknown.
+pub(crate) fn meminfo(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A value made once it can be: unlike `OnceLock::get_or_init`, a failure
 /// (perhaps passing: no fds left, a full disk) is not kept, and the next
 /// caller tries again. Makers are serialised, so the work is done once.

@@ -378,22 +378,7 @@ fn remove_orphaned_dirs() {
 /// RAM and swap of this machine, in bytes (read once).
 fn machine_memory() -> u64 {
     static TOTAL: OnceLock<u64> = OnceLock::new();
-    *TOTAL.get_or_init(|| {
-        let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .map_or(0, |kb| kb * 1024)
-        };
-        field("MemTotal:") + field("SwapTotal:")
-    })
+    *TOTAL.get_or_init(|| super::meminfo("MemTotal:") + super::meminfo("SwapTotal:"))
 }
 
 /// What a Python child's ending means (shared by every process tier): the
