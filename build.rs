@@ -19,7 +19,7 @@ fn main() {
         "guest/src",
         "guest/Cargo.toml",
         "guest/Cargo.lock",
-        "src/runner/driver.py",
+        "src/sandbox/driver.py",
     ] {
         println!("cargo:rerun-if-changed={path}");
     }

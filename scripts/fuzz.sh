@@ -2,7 +2,7 @@
 # Fuzzes the task/result JSON decoders and the CLI's argument grammar
 # (fuzz/fuzz_targets) for a bounded time each: scripts/fuzz.sh [SECONDS]
 # (default 60). Starts from the committed corpus in fuzz/corpus/<target>;
-# new inputs go to fuzz/target/corpus/<target> (fold them in with
+# new inputs go to target/fuzz/corpus/<target> (fold them in with
 # `cargo fuzz cmin -s none <target> fuzz/corpus/<target>` after copying).
 # A crash fails the script and leaves its input in fuzz/artifacts/<target>.
 set -euo pipefail
@@ -21,13 +21,14 @@ if ! [ -f "$LATTICE_GUEST_WASM" ] || ! [ -f "$LATTICE_NATIVE_PYTHON" ]; then
 fi
 
 # The fuzzed code is safe Rust: coverage-guided fuzzing without a
-# sanitizer, which builds on the stable toolchain.
+# sanitizer, which builds on the stable toolchain. Its (instrumented) build
+# lives in the one target dir, under target/fuzz.
 for target in task_json cli_args; do
-  mkdir -p "fuzz/target/corpus/$target"
-  log="fuzz/target/$target.log"
+  mkdir -p "target/fuzz/corpus/$target"
+  log="target/fuzz/$target.log"
   status=0
-  cargo fuzz run --sanitizer none "$target" \
-    "fuzz/target/corpus/$target" "fuzz/corpus/$target" -- \
+  cargo fuzz run --sanitizer none --target-dir "$PWD/target/fuzz" "$target" \
+    "target/fuzz/corpus/$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
     >"$log" 2>&1 || status=$?
   grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$log" | sed "s/^/$target: /" || true

@@ -2,7 +2,7 @@
 //! native closures) in a sandbox tier of your choice, on this machine or on a
 //! Ray cluster.
 //!
-//! The layers (design.md §2):
+//! The layers:
 //! - [`task`]: the data: submission, payload, handle, outcome, errors, JSON.
 //! - [`sandbox`]: *how* a task is isolated, one module per tier.
 //! - [`executor`]: *where* tasks run (local pool, Ray), behind one trait.

@@ -139,6 +139,7 @@ fn writes_outside_the_temp_dir_and_host_reads_are_refused() {
 
 #[test]
 fn a_writable_mount_under_tmp_reaches_the_host() {
+    // SAFETY: geteuid never fails.
     if unsafe { libc::geteuid() } != 0 {
         return; // the task's own /tmp needs root
     }

@@ -456,5 +456,6 @@ fn settings_the_tier_cannot_honour_are_errors() {
 }
 
 fn lattice_is_root() -> bool {
+    // SAFETY: geteuid never fails.
     unsafe { libc::geteuid() == 0 }
 }

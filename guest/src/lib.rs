@@ -14,7 +14,7 @@ use rustpython_vm::{Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine
 pub mod native;
 
 /// The CodeRunner driver shared with the CPython tiers.
-const DRIVER_SRC: &str = include_str!("../../src/runner/driver.py");
+const DRIVER_SRC: &str = include_str!("../../src/sandbox/driver.py");
 
 /// Run after the driver is loaded. Pre-imports stdlib modules that tasks
 /// commonly use, but never `random` (a snapshot would freeze its seed): any

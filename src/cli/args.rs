@@ -17,13 +17,13 @@ use serde_json::Value;
 /// process, seccomp or Docker tier; locally or on a Ray cluster.
 #[derive(Parser)]
 #[command(name = "lattice-wasm", version, about)]
-pub struct Cli {
+pub(super) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Run one task from a file (.py: Python, .wasm: a Wasm module; -: Python on stdin)
     /// and print its result JSON.
     Run(RunArgs),
@@ -42,7 +42,7 @@ pub enum Command {
 
 /// Limits and settings shared by `run`, `batch` and `exec` (a task's own fields win).
 #[derive(Args, Clone, Debug, Default)]
-pub struct LimitArgs {
+pub(super) struct LimitArgs {
     /// Sandbox tier: none, wasm, subprocess, seccomp, docker.
     #[arg(long, value_parser = parse_value::<SandboxLevel>)]
     pub tier: Option<SandboxLevel>,
@@ -78,7 +78,7 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     /// The sandbox configuration these flags describe.
-    pub fn config(&self) -> SandboxConfig {
+    pub(super) fn config(&self) -> SandboxConfig {
         let mut config = SandboxConfig::default();
         if let Some(tier) = self.tier {
             config.level = tier;
@@ -108,7 +108,7 @@ impl LimitArgs {
 }
 
 #[derive(Args)]
-pub struct RunArgs {
+pub(super) struct RunArgs {
     /// The task: a .py file, a .wasm module or component, or - for Python on stdin.
     pub file: PathBuf,
     /// The input, as JSON: the function is called as f(input).
@@ -142,7 +142,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The task these flags describe, given the bytes of `file` and, with
     /// `--input-file`, the text of that file.
-    pub fn task(
+    pub(super) fn task(
         self,
         source: Vec<u8>,
         input_file_text: Option<&str>,
@@ -193,7 +193,7 @@ impl RunArgs {
 }
 
 #[derive(Args)]
-pub struct ExecArgs {
+pub(super) struct ExecArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -203,7 +203,7 @@ pub struct ExecArgs {
 /// What task lines may ask for (`batch`, `exec`): the limit flags above are
 /// also caps (a task may ask for less, not more), and these allow the rest.
 #[derive(Args, Clone, Debug, Default)]
-pub struct PolicyArgs {
+pub(super) struct PolicyArgs {
     /// Tiers task lines may ask for, comma-separated (default: every tier
     /// but none, which must be named here or by --tier).
     #[arg(long, value_name = "TIERS", value_delimiter = ',', value_parser = parse_value::<SandboxLevel>)]
@@ -220,7 +220,7 @@ pub struct PolicyArgs {
 
 impl PolicyArgs {
     /// The operator's bounds, with `config` (from the limit flags) as caps.
-    pub fn policy(&self, config: &SandboxConfig) -> Policy {
+    pub(super) fn policy(&self, config: &SandboxConfig) -> Policy {
         let mut policy = Policy::for_config(config);
         if !self.allow_tiers.is_empty() {
             policy.allowed_tiers = self.allow_tiers.clone();
@@ -235,8 +235,8 @@ impl PolicyArgs {
 }
 
 #[derive(Args)]
-pub struct BatchArgs {
-    /// A JSON-lines file, one task per line (design.md §6), or - for stdin.
+pub(super) struct BatchArgs {
+    /// A JSON-lines file, one task per line (see the README), or - for stdin.
     pub file: PathBuf,
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -257,7 +257,7 @@ pub struct BatchArgs {
 
 /// Where the Ray executor finds its cluster (`--executor ray`).
 #[derive(Args, Clone, Debug, Default)]
-pub struct RayArgs {
+pub(super) struct RayArgs {
     /// The Ray cluster: its GCS address (host:6379) or its dashboard URL
     /// (http://host:8265); default: $RAY_ADDRESS. Without either, a Ray head
     /// is started on this machine for the run and stopped after.
@@ -276,7 +276,7 @@ pub struct RayArgs {
 
 impl RayArgs {
     /// The Ray executor's options these flags describe.
-    pub fn options(&self) -> RayOptions {
+    pub(super) fn options(&self) -> RayOptions {
         let defaults = RayOptions::default();
         RayOptions {
             address: self.ray_address.clone().or_else(|| {
@@ -293,7 +293,7 @@ impl RayArgs {
 }
 
 #[derive(Args)]
-pub struct ResourcesArgs {
+pub(super) struct ResourcesArgs {
     /// Which executor: local or ray.
     #[arg(long, default_value = "local", value_parser = parse_value::<ExecutorType>)]
     pub executor: ExecutorType,
@@ -302,7 +302,7 @@ pub struct ResourcesArgs {
 }
 
 #[derive(Args)]
-pub struct DoctorArgs {
+pub(super) struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -313,7 +313,7 @@ pub struct DoctorArgs {
 }
 
 #[derive(Args)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     /// Tiers to compare, comma-separated, of wasm, subprocess, none, seccomp,
     /// docker (default: all; a tier this host can't run is listed as
     /// unavailable, with the reason).
@@ -347,7 +347,7 @@ pub struct BenchArgs {
 /// One kind of benchmark work, from "the sandbox's fixed cost" to "moving
 /// data" (the workloads themselves are in bench/workload.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum WorkloadKind {
+pub(super) enum WorkloadKind {
     /// `def f(x): return x + 1`: what a task costs before it does anything.
     Trivial,
     /// Recursive fib(25): interpreter speed.
@@ -364,7 +364,7 @@ pub enum WorkloadKind {
 
 /// A usage error: bad flags or flag values (the CLI exits with code 2).
 #[derive(Debug)]
-pub struct UsageError(pub String);
+pub(super) struct UsageError(pub String);
 
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -55,7 +55,7 @@ impl Tally {
     }
 }
 
-pub fn run(args: BatchArgs) -> Result<i32> {
+pub(super) fn run(args: BatchArgs) -> Result<i32> {
     let input: Box<dyn BufRead + Send> = if args.file.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))
     } else {

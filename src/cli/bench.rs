@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use lattice::sandbox::{tier, SandboxLevel};
+use lattice::sandbox::{check_available, SandboxLevel};
 
 use super::args::{BenchArgs, WorkloadKind};
 use contender::{Contender, PythonReference, TierContender, PYTHON_REFERENCE};
@@ -97,7 +97,7 @@ fn without_repeats<T: PartialEq>(items: Vec<T>) -> Vec<T> {
     kept
 }
 
-pub fn run(args: BenchArgs) -> Result<i32> {
+pub(super) fn run(args: BenchArgs) -> Result<i32> {
     let started = Instant::now();
     let json = args.json;
     let plan = Plan::from_args(args);
@@ -182,7 +182,7 @@ impl Lineup {
     }
 
     fn add_tier(&mut self, level: SandboxLevel, concurrency: usize) -> Result<()> {
-        let status = match tier(level).check_available() {
+        let status = match check_available(level) {
             Ok(()) => {
                 prepare_wasm(level)?;
                 // The first task loads the tier's engine: that memory is

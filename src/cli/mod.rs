@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use args::{Cli, Command, DoctorArgs, ResourcesArgs, UsageError};
 use clap::Parser;
-use lattice::sandbox::{tier, wasm, SandboxLevel};
+use lattice::sandbox::{check_available, wasm, SandboxLevel};
 use lattice::task::{ErrorKind, TaskOutcome};
 
 /// Turns a usage error into the error `main` maps to exit code 2.
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
@@ -30,7 +30,7 @@ fn exit_code(outcome: &TaskOutcome) -> i32 {
     }
 }
 
-pub fn main() -> i32 {
+pub(crate) fn main() -> i32 {
     signals::install();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -81,7 +81,7 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
     }
     let mut report = Vec::new();
     for level in SandboxLevel::ALL {
-        let status = tier(level).check_available();
+        let status = check_available(level);
         report.push((level, status));
     }
     if args.json {
@@ -138,7 +138,7 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
 
 /// Before the first Wasm task of a machine, prepares the Python guest with
 /// a spinner on a terminal (it takes ~30 s once; later runs load the cache).
-pub fn prepare_wasm_if_cold(level: SandboxLevel) -> Result<()> {
+pub(crate) fn prepare_wasm_if_cold(level: SandboxLevel) -> Result<()> {
     if level == SandboxLevel::Wasm && !wasm_is_warm() {
         with_spinner(
             "preparing the Python sandbox (once per machine)",

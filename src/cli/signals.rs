@@ -15,7 +15,7 @@ static HANDLER: Mutex<Option<Handler>> = Mutex::new(None);
 /// Blocks SIGINT and SIGTERM in this thread, so in every thread started
 /// after it (call it first), and starts the one thread that takes them.
 /// Children start with no signal blocked (their spawners reset the mask).
-pub fn install() {
+pub(super) fn install() {
     // SAFETY: signal-set calls on a set we own, for this thread.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -58,7 +58,7 @@ pub fn install() {
 
 /// Runs `cancel` (once) when a signal arrives, until [`clear`]; a signal
 /// that came before is handled at once.
-pub fn on_signal(cancel: impl Fn() + Send + Sync + 'static) {
+pub(super) fn on_signal(cancel: impl Fn() + Send + Sync + 'static) {
     let mut handler = HANDLER.lock().unwrap_or_else(|e| e.into_inner());
     if RECEIVED.load(Ordering::SeqCst) != 0 {
         cancel();
@@ -67,17 +67,17 @@ pub fn on_signal(cancel: impl Fn() + Send + Sync + 'static) {
 }
 
 /// No more cancelling: a signal now exits at once.
-pub fn clear() {
+pub(super) fn clear() {
     *HANDLER.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// The signal that asked us to stop, if one did.
-pub fn received() -> Option<i32> {
+pub(super) fn received() -> Option<i32> {
     Some(RECEIVED.load(Ordering::SeqCst)).filter(|&s| s != 0)
 }
 
 /// The exit code after `signal`: 128 + its number.
-pub fn exit_code(signal: i32) -> i32 {
+pub(super) fn exit_code(signal: i32) -> i32 {
     128 + signal
 }
 

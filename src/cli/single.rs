@@ -13,7 +13,7 @@ use lattice::task::{TaskOutcome, TaskSubmission};
 use super::args::{ExecArgs, RunArgs};
 use super::{exit_code, read_source, signals, usage};
 
-pub fn run(args: RunArgs) -> Result<i32> {
+pub(super) fn run(args: RunArgs) -> Result<i32> {
     let source = read_source(&args.file)?;
     let input_file_text = match &args.input_file {
         Some(path) if args.input.is_none() => Some(
@@ -30,7 +30,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     Ok(finished(&outcome))
 }
 
-pub fn exec(args: ExecArgs) -> Result<i32> {
+pub(super) fn exec(args: ExecArgs) -> Result<i32> {
     let input = read_source(&PathBuf::from("-"))?;
     let config = args.limits.config();
     let policy = args.policy.policy(&config);

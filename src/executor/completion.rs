@@ -74,7 +74,7 @@ pub(crate) struct Signal {
 }
 
 impl Signal {
-    pub fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         *lock(&self.generation)
     }
 
@@ -84,7 +84,7 @@ impl Signal {
     }
 
     /// Waits until the generation moves past `seen` or `deadline` passes.
-    pub fn wait_past(&self, seen: u64, deadline: Option<Instant>) {
+    pub(super) fn wait_past(&self, seen: u64, deadline: Option<Instant>) {
         let mut generation = lock(&self.generation);
         while *generation == seen {
             match deadline {
@@ -124,7 +124,7 @@ struct State {
 }
 
 impl Completion {
-    pub fn new(signal: Arc<Signal>) -> Self {
+    pub(super) fn new(signal: Arc<Signal>) -> Self {
         Completion {
             state: Mutex::new(State::default()),
             done: Condvar::new(),
@@ -133,7 +133,7 @@ impl Completion {
     }
 
     /// Sets the outcome unless one is set already; true if this call set it.
-    pub fn complete(&self, outcome: TaskOutcome) -> bool {
+    pub(super) fn complete(&self, outcome: TaskOutcome) -> bool {
         let wakers = {
             let mut state = lock(&self.state);
             if state.outcome.is_some() {
@@ -150,12 +150,12 @@ impl Completion {
         true
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(super) fn is_done(&self) -> bool {
         lock(&self.state).outcome.is_some()
     }
 
     /// Blocks until the outcome is set.
-    pub fn wait(&self) -> TaskOutcome {
+    pub(super) fn wait(&self) -> TaskOutcome {
         let mut state = lock(&self.state);
         loop {
             if let Some(outcome) = &state.outcome {
@@ -166,7 +166,7 @@ impl Completion {
     }
 
     /// A future of the outcome.
-    pub fn future(self: Arc<Self>) -> CompletionFuture {
+    pub(super) fn future(self: Arc<Self>) -> CompletionFuture {
         CompletionFuture { completion: self }
     }
 }

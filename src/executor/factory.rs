@@ -1,6 +1,6 @@
-//! The seed's `create_executor`.
+//! `create_executor`: an executor by type.
 
-use super::{ExecutorBackend, LocalExecutor, RayExecutor, RayOptions};
+use super::{ExecutorBackend, LocalExecutor, RayOptions};
 use crate::sandbox::SandboxConfig;
 use crate::task::{ExecutorType, TaskError};
 
@@ -50,12 +50,17 @@ pub fn create_executor(
             options.max_workers,
             options.sandbox,
         ))),
+        #[cfg(feature = "ray")]
         ExecutorType::Ray => {
             let mut ray = options.ray;
             if options.sandbox.is_some() {
                 ray.sandbox = options.sandbox;
             }
-            Ok(Box::new(RayExecutor::new(ray)))
+            Ok(Box::new(super::RayExecutor::new(ray)))
         }
+        #[cfg(not(feature = "ray"))]
+        ExecutorType::Ray => Err(TaskError::unavailable(
+            "this build of lattice has no Ray executor: build it with the `ray` feature",
+        )),
     }
 }

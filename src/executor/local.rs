@@ -14,12 +14,12 @@ use crate::sandbox::{
 use crate::task::{ExecutorType, Payload, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
 
 /// The id of the one node of the local executor.
-pub const LOCAL_NODE_ID: &str = "local";
+pub(super) const LOCAL_NODE_ID: &str = "local";
 
 /// Runs tasks on this machine, at most `max_workers` at a time (default: the
 /// number of cores), each in its sandbox tier.
 ///
-/// Unlike the seed's ThreadPoolExecutor, `wait` honours its timeout and
+/// Unlike a plain thread pool, `wait` honours its timeout and
 /// `cancel` also stops a running task (its process is killed). `shutdown`
 /// **cancels** whatever is queued or running and returns once nothing runs;
 /// to drain instead, `wait` for the handles first. Dropping the executor

@@ -15,14 +15,16 @@ use serde::{Deserialize, Serialize};
 
 pub use factory::{create_executor, ExecutorOptions};
 pub use local::LocalExecutor;
-pub use ray::{RayExecutor, RayOptions};
+#[cfg(feature = "ray")]
+pub use ray::RayExecutor;
+pub use ray::RayOptions;
 
 use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
 
 /// A boxed future, so that [`ExecutorBackend`] stays object-safe.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// The seed's seven executor operations, object-safe, usable from blocking
+/// The seven executor operations, object-safe, usable from blocking
 /// code (every method) and async code ([`ExecutorBackend::get_result_async`]).
 ///
 /// ```no_run
@@ -84,20 +86,32 @@ pub trait ExecutorBackend: Send + Sync {
 
 /// What an executor can run on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ClusterResources {
+    /// One entry per node (the local executor has one, `local`).
     pub nodes: Vec<NodeResources>,
 }
 
 /// One node's resources: totals and what is free now. Memory in bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct NodeResources {
+    /// The node's id (`local`, or Ray's 56 hex digits).
     pub node_id: String,
+    /// The node's IP address.
     pub node_ip: String,
+    /// Whether the node is up.
     pub alive: bool,
+    /// CPUs in all.
     pub cpu: f64,
+    /// CPUs not taken by running tasks.
     pub cpu_available: f64,
+    /// Memory in all, bytes.
     pub memory: u64,
+    /// Memory not taken, bytes.
     pub memory_available: u64,
+    /// GPUs in all.
     pub gpu: f64,
+    /// GPUs not taken.
     pub gpu_available: f64,
 }

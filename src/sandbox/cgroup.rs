@@ -233,7 +233,10 @@ impl TaskCgroup {
     /// A fresh group that caps memory at `memory_bytes` (no swap) and the
     /// task at `max_tasks` processes and threads; None where this host has
     /// no usable cgroups.
-    pub fn create(memory_bytes: u64, max_tasks: u64) -> Result<Option<TaskCgroup>, TaskError> {
+    pub(crate) fn create(
+        memory_bytes: u64,
+        max_tasks: u64,
+    ) -> Result<Option<TaskCgroup>, TaskError> {
         let Some(layout) = layout() else {
             return Ok(None);
         };
@@ -296,7 +299,7 @@ impl TaskCgroup {
     }
 
     /// The descriptors the child writes "0" into to join the group.
-    pub fn join_fds(&self) -> Vec<RawFd> {
+    pub(crate) fn join_fds(&self) -> Vec<RawFd> {
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
@@ -311,7 +314,7 @@ impl TaskCgroup {
     }
 
     /// The CPU time every process of the task used, together.
-    pub fn cpu_time(&self) -> Option<Duration> {
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
         match self.layout {
             Layout::V2 { .. } => {
                 let stat = std::fs::read_to_string(self.file(Controller::Cpu, "cpu.stat")).ok()?;
@@ -330,7 +333,7 @@ impl TaskCgroup {
 
     /// True if the kernel killed a process of the task for going over
     /// the memory limit.
-    pub fn oom_killed(&self) -> bool {
+    pub(crate) fn oom_killed(&self) -> bool {
         let (file, key) = match self.layout {
             Layout::V2 { .. } => ("memory.events", "oom_kill"),
             Layout::V1 { .. } => ("memory.oom_control", "oom_kill"),
@@ -342,7 +345,7 @@ impl TaskCgroup {
     }
 
     /// Kills every process in the group.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         if let Layout::V2 { .. } = self.layout {
             if std::fs::write(self.dirs[0].join("cgroup.kill"), "1").is_ok() {
                 return;
@@ -414,16 +417,18 @@ fn remove_dir(dir: &Path) {
 
 /// The CPU-time counter of another's cgroup (a container's, for the docker
 /// tier), read from the cgroup files of this host.
+#[cfg(feature = "docker")]
 pub(crate) struct CpuCounter {
     /// `cpuacct.usage` (ns) or `cpu.stat` (`usage_usec`).
     file: PathBuf,
 }
 
+#[cfg(feature = "docker")]
 impl CpuCounter {
     /// The counter of the cgroup process `pid` is in now, if its path
     /// names `name` (a container's id: a process that has already exited
     /// shows as in the root group, whose counter is the whole machine's).
-    pub fn of_pid(pid: u32, name: &str) -> Option<CpuCounter> {
+    pub(super) fn of_pid(pid: u32, name: &str) -> Option<CpuCounter> {
         let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         let mounts = cgroup_mounts();
         for line in groups.lines() {
@@ -449,7 +454,7 @@ impl CpuCounter {
     }
 
     /// The CPU time the group used so far; None once it is gone.
-    pub fn read(&self) -> Option<Duration> {
+    pub(super) fn read(&self) -> Option<Duration> {
         let text = std::fs::read_to_string(&self.file).ok()?;
         if self.file.ends_with("cpu.stat") {
             counter(&text, "usage_usec").map(Duration::from_micros)

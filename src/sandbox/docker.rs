@@ -1,7 +1,7 @@
 //! The docker tier: CPython in a hardened, single-use container, through
 //! the Docker Engine API (bollard; the API version is negotiated).
 //!
-//! Each task gets a fresh container with the seed's hardening: memory =
+//! Each task gets a fresh container hardened: memory =
 //! `max_memory_mb` (no swap), 1 CPU, at most 100 processes, a read-only
 //! root filesystem with a 64 MiB tmpfs at /tmp, no network unless enabled,
 //! `no-new-privileges`, every capability dropped, the nobody user, and the
@@ -29,13 +29,13 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::cgroup;
+use super::driver::DRIVER;
 use super::process::{ChildRun, Ending};
 use super::subprocess::{command_outcome, envelope_cap, python_outcome};
 use super::{
     reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
     SandboxLevel, SandboxOutput, Work,
 };
-use crate::runner::DRIVER;
 use crate::task::TaskError;
 
 /// The label every container of ours carries: the pid of the process that
@@ -53,10 +53,6 @@ const TMPFS: &str = "rw,nosuid,nodev,size=64m,mode=1777";
 pub(crate) struct DockerSandbox;
 
 impl Sandbox for DockerSandbox {
-    fn level(&self) -> SandboxLevel {
-        SandboxLevel::Docker
-    }
-
     fn check_available(&self) -> Result<(), TaskError> {
         runtime()?.block_on(async { engine().await.map(|_| ()) })
     }

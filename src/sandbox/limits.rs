@@ -18,7 +18,7 @@ pub(crate) enum Stop {
 
 impl Stop {
     /// The error the task ends with.
-    pub fn error(self, config: &SandboxConfig) -> TaskError {
+    pub(super) fn error(self, config: &SandboxConfig) -> TaskError {
         match self {
             Stop::Cancelled => TaskError::Cancelled,
             Stop::WallTimeout => TaskError::wall_timeout(config.timeout),
@@ -43,7 +43,7 @@ impl Limits {
     /// The limits of `config`, starting now. Call it on the thread that
     /// runs the task: its CPU clock is the one measured, also when another
     /// thread checks.
-    pub fn start(config: &SandboxConfig, cancel: &CancelToken) -> Limits {
+    pub(super) fn start(config: &SandboxConfig, cancel: &CancelToken) -> Limits {
         let mut cpu_clock: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
         // SAFETY: pthread_self is always valid; on failure the clock stays
         // CLOCK_THREAD_CPUTIME_ID (right when checked on this thread).
@@ -60,7 +60,7 @@ impl Limits {
 
     /// The limit that stops the task now, if any. Only valid while the
     /// task's thread is alive.
-    pub fn exceeded(&self) -> Option<Stop> {
+    pub(super) fn exceeded(&self) -> Option<Stop> {
         if self.cancel.is_cancelled() {
             Some(Stop::Cancelled)
         } else if self.started.elapsed() >= self.wall {
@@ -113,7 +113,11 @@ const WATCH_TICK: Duration = Duration::from_millis(10);
 
 impl Watch {
     /// Watches the task that runs on this thread under `limits`.
-    pub fn start(token: u64, limits: Limits, interrupt: Option<Box<dyn Fn() + Send>>) -> Watch {
+    pub(super) fn start(
+        token: u64,
+        limits: Limits,
+        interrupt: Option<Box<dyn Fn() + Send>>,
+    ) -> Watch {
         static WATCHDOG: std::sync::Once = std::sync::Once::new();
         WATCHDOG.call_once(|| {
             install_wake_handler();
@@ -137,7 +141,7 @@ impl Watch {
     }
 
     /// Stops watching; the limit that stopped the task, if one did.
-    pub fn finish(self) -> Option<Stop> {
+    pub(super) fn finish(self) -> Option<Stop> {
         let token = self.token;
         std::mem::forget(self);
         remove(token)

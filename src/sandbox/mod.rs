@@ -3,10 +3,11 @@
 //! A tier never knows where it runs: it gets a [`Job`] and a
 //! [`CancelToken`] and gives back a [`SandboxOutput`].
 
-mod cancel;
 mod cgroup;
 mod config;
+#[cfg(feature = "docker")]
 mod docker;
+mod driver;
 mod limits;
 mod none;
 mod outcome;
@@ -23,20 +24,17 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-pub use cancel::CancelToken;
-pub use config::{
-    get_sandbox_config, set_sandbox_config, Mount, SandboxConfig, SandboxLevel,
-    DEFAULT_MAX_RESULT_BYTES,
-};
+pub use config::{get_sandbox_config, set_sandbox_config, SandboxConfig, DEFAULT_MAX_RESULT_BYTES};
+// The task layer's words, also named here where a tier is configured.
+pub use crate::task::{CancelToken, Mount, SandboxLevel};
 pub(crate) use output::OutputCapture;
 pub use policy::{AllowedMount, Policy};
 pub use seccomp::allowlist as seccomp_allowlist;
 
-use crate::runner;
 use crate::task::{NativeCall, Payload, TaskError, TaskOutcome, TaskSubmission, WasmSource};
 
 /// What a tier is asked to run.
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     pub work: Work<'a>,
     /// The effective configuration (the executor's, with the task's overrides).
     pub config: &'a SandboxConfig,
@@ -45,7 +43,7 @@ pub struct Job<'a> {
 }
 
 /// The payload of a [`Job`].
-pub enum Work<'a> {
+pub(crate) enum Work<'a> {
     /// Python: the CodeRunner request for the driver (see [`crate::runner`]).
     Python { request: &'a str },
     /// A Wasm module or component with the input JSON for its stdin.
@@ -59,14 +57,14 @@ pub enum Work<'a> {
 
 /// What a tier gives back.
 #[derive(Debug)]
-pub struct SandboxOutput {
+pub(crate) struct SandboxOutput {
     pub result: Result<Value, TaskError>,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl SandboxOutput {
-    pub fn error(error: TaskError) -> Self {
+    pub(crate) fn error(error: TaskError) -> Self {
         SandboxOutput {
             result: Err(error),
             stdout: String::new(),
@@ -76,9 +74,7 @@ impl SandboxOutput {
 }
 
 /// One isolation tier.
-pub trait Sandbox: Send + Sync {
-    fn level(&self) -> SandboxLevel;
-
+pub(crate) trait Sandbox: Send + Sync {
     /// Ok if the tier can run on this host; otherwise why not, and how to fix it.
     fn check_available(&self) -> Result<(), TaskError>;
 
@@ -90,14 +86,58 @@ pub trait Sandbox: Send + Sync {
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput;
 }
 
+/// Ok if `level`'s tier can run on this host; otherwise why not, and how
+/// to fix it (what `lattice-wasm doctor` prints).
+pub fn check_available(level: SandboxLevel) -> Result<(), TaskError> {
+    tier(level).check_available()
+}
+
 /// The tier that implements `level`.
-pub fn tier(level: SandboxLevel) -> &'static dyn Sandbox {
+pub(crate) fn tier(level: SandboxLevel) -> &'static dyn Sandbox {
     match level {
         SandboxLevel::None => &none::NoneSandbox,
         SandboxLevel::Wasm => &wasm::WasmSandbox,
         SandboxLevel::Subprocess => &subprocess::SubprocessSandbox,
         SandboxLevel::Seccomp => &seccomp::SeccompSandbox,
+        #[cfg(feature = "docker")]
         SandboxLevel::Docker => &docker::DockerSandbox,
+        #[cfg(not(feature = "docker"))]
+        SandboxLevel::Docker => &NotBuilt {
+            level: SandboxLevel::Docker,
+            feature: "docker",
+        },
+    }
+}
+
+/// A tier this build left out (its Cargo feature is off): never available.
+#[cfg(not(feature = "docker"))]
+struct NotBuilt {
+    level: SandboxLevel,
+    feature: &'static str,
+}
+
+#[cfg(not(feature = "docker"))]
+impl NotBuilt {
+    fn error(&self) -> TaskError {
+        TaskError::unavailable(format!(
+            "this build of lattice has no {} tier: build it with the `{}` feature",
+            self.level, self.feature
+        ))
+    }
+}
+
+#[cfg(not(feature = "docker"))]
+impl Sandbox for NotBuilt {
+    fn check_available(&self) -> Result<(), TaskError> {
+        Err(self.error())
+    }
+
+    fn check_config(&self, _config: &SandboxConfig) -> Result<(), TaskError> {
+        Err(self.error())
+    }
+
+    fn run(&self, _job: &Job<'_>, _cancel: &CancelToken) -> SandboxOutput {
+        SandboxOutput::error(self.error())
     }
 }
 
@@ -148,7 +188,7 @@ pub(crate) struct OnceOk<T> {
 }
 
 impl<T> OnceOk<T> {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         OnceOk {
             value: std::sync::OnceLock::new(),
             making: std::sync::Mutex::new(()),
@@ -156,7 +196,7 @@ impl<T> OnceOk<T> {
     }
 
     /// The value, made by `make` if there is none yet.
-    pub fn get_or_try_init<E>(&self, make: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
+    pub(crate) fn get_or_try_init<E>(&self, make: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
         if let Some(value) = self.value.get() {
             return Ok(value);
         }
@@ -212,7 +252,7 @@ pub(crate) fn on_task_thread<R: Send>(work: impl FnOnce() -> R + Send) -> Result
     })
 }
 
-/// Runs tasks in their sandbox tier: the seed's `SandboxExecutor`.
+/// Runs tasks in their sandbox tier.
 ///
 /// ```no_run
 /// use lattice::sandbox::{SandboxConfig, SandboxExecutor, SandboxLevel};
@@ -236,15 +276,17 @@ pub fn get_sandbox_executor() -> SandboxExecutor {
 }
 
 impl SandboxExecutor {
+    /// An executor of tasks under `config`.
     pub fn new(config: SandboxConfig) -> Self {
         SandboxExecutor { config }
     }
 
+    /// The configuration it runs tasks under.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
     }
 
-    /// The seed's `execute(code_str, serialized_code, task_input_data)`:
+    /// `execute(code_str, serialized_code, task_input_data)`, the original framework's call:
     /// runs Python code or a Wasm module with `input`.
     pub fn execute(
         &self,
@@ -388,14 +430,14 @@ fn run_in_tier(
     let request;
     let work = match &task.payload {
         Payload::Code(code) => {
-            request = match runner::request(code, task, config) {
+            request = match driver::request(code, task, config) {
                 Ok(request) => request,
                 Err(error) => return SandboxOutput::error(error),
             };
             Work::Python { request: &request }
         }
         Payload::Wasm(source) => {
-            input_json = runner::stdin_input(task);
+            input_json = driver::stdin_input(task);
             Work::Wasm {
                 source,
                 input: &input_json,
@@ -405,7 +447,7 @@ fn run_in_tier(
             return SandboxOutput::error(TaskError::invalid("a command task must name a program"))
         }
         Payload::Command(argv) => {
-            input_json = runner::stdin_input(task);
+            input_json = driver::stdin_input(task);
             Work::Command {
                 argv,
                 input: &input_json,

@@ -38,10 +38,6 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 pub(crate) struct NoneSandbox;
 
 impl Sandbox for NoneSandbox {
-    fn level(&self) -> SandboxLevel {
-        SandboxLevel::None
-    }
-
     fn check_available(&self) -> Result<(), TaskError> {
         library().map(|_| ())
     }

@@ -9,10 +9,10 @@ pub(crate) struct OutputCapture {
 }
 
 /// The line appended to a stream that went over its cap.
-pub const TRUNCATION_MARK: &str = "[lattice: output truncated:";
+pub(super) const TRUNCATION_MARK: &str = "[lattice: output truncated:";
 
 impl OutputCapture {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         OutputCapture {
             kept: Vec::new(),
             cap,
@@ -20,7 +20,7 @@ impl OutputCapture {
         }
     }
 
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         let room = self.cap.saturating_sub(self.kept.len());
         let take = room.min(bytes.len());
         self.kept.extend_from_slice(&bytes[..take]);
@@ -28,17 +28,17 @@ impl OutputCapture {
     }
 
     /// Counts `n` bytes that were dropped before they got here.
-    pub fn count_dropped(&mut self, n: u64) {
+    pub(crate) fn count_dropped(&mut self, n: u64) {
         self.dropped += n;
     }
 
     /// The bytes kept so far.
-    pub fn kept(&self) -> &[u8] {
+    pub(crate) fn kept(&self) -> &[u8] {
         &self.kept
     }
 
     /// The last few hundred bytes kept, trimmed: what a crashing program said last.
-    pub fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         let start = self.kept.len().saturating_sub(500);
         String::from_utf8_lossy(&self.kept[start..])
             .trim()
@@ -46,19 +46,19 @@ impl OutputCapture {
     }
 
     /// `"; stderr ends with: ..."` to append to an error message, or `""`.
-    pub fn tail_note(&self) -> String {
+    pub(crate) fn tail_note(&self) -> String {
         match self.tail() {
             tail if tail.is_empty() => String::new(),
             tail => format!("; stderr ends with: {tail}"),
         }
     }
 
-    pub fn is_truncated(&self) -> bool {
+    pub(crate) fn is_truncated(&self) -> bool {
         self.dropped > 0
     }
 
     /// The kept text (invalid UTF-8 replaced), marked if anything was dropped.
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         let mut text = String::from_utf8_lossy(&self.kept).into_owned();
         if self.dropped > 0 {
             if !text.ends_with('\n') {

@@ -42,7 +42,9 @@ pub struct Policy {
 /// A host directory task lines may mount, and all beneath it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllowedMount {
+    /// The host directory (absolute, resolved).
     pub path: PathBuf,
+    /// Whether task lines may mount it writable.
     pub writable: bool,
 }
 

@@ -63,7 +63,7 @@ impl PrivateFs {
     /// private shared directories, the rest of the host's tree read-only if
     /// `read_only_root`, the host paths `keep` reachable, and with
     /// `mount_proc` a /proc that shows only the task's own PID namespace.
-    pub fn plan(
+    pub(crate) fn plan(
         temp_dir: &Path,
         uid: u32,
         keep: &[&Path],
@@ -139,12 +139,12 @@ impl PrivateFs {
     }
 
     /// True if the child gets a /proc of its own PID namespace.
-    pub fn mounts_proc(&self) -> bool {
+    pub(crate) fn mounts_proc(&self) -> bool {
         self.mount_proc
     }
 
     /// The descriptors the child's steps use.
-    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+    pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
         self.reserved.iter().map(AsRawFd::as_raw_fd)
     }
 
@@ -153,99 +153,103 @@ impl PrivateFs {
     ///
     /// # Safety
     /// For a child set up by `process::spawn`: system calls only.
-    pub unsafe fn apply(&self) -> Result<(), i32> {
-        let errno = || *libc::__errno_location();
-        let check = |result: libc::c_long| if result < 0 { Err(errno()) } else { Ok(()) };
-        let none = std::ptr::null::<libc::c_char>();
-        // Nothing mounted here may reach the host's namespace.
-        check(libc::syscall(
-            libc::SYS_mount,
-            none,
-            c"/".as_ptr(),
-            none,
-            libc::MS_REC | libc::MS_PRIVATE,
-            none,
-        ))?;
-        for step in &self.steps {
-            if let Step::Bind { path, fd, .. } = step {
-                let opened = libc::syscall(
-                    libc::SYS_openat,
-                    libc::AT_FDCWD,
-                    path.as_ptr(),
-                    libc::O_PATH | libc::O_CLOEXEC,
-                );
-                check(opened)?;
-                check(libc::syscall(libc::SYS_dup3, opened, *fd, libc::O_CLOEXEC))?;
-                libc::syscall(libc::SYS_close, opened);
-            }
-        }
-        // A /proc of the child's own PID namespace (it is that namespace's
-        // first process): other processes, the host's included, are not in
-        // it.
-        if self.mount_proc {
+    pub(crate) unsafe fn apply(&self) -> Result<(), i32> {
+        // SAFETY: called as the # Safety section says: raw system calls on the paths and fds this value owns, in the child.
+        unsafe {
+            let errno = || *libc::__errno_location();
+            let check = |result: libc::c_long| if result < 0 { Err(errno()) } else { Ok(()) };
+            let none = std::ptr::null::<libc::c_char>();
+            // Nothing mounted here may reach the host's namespace.
             check(libc::syscall(
                 libc::SYS_mount,
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
                 none,
             ))?;
-        }
-        // The whole tree at once needs mount_setattr (Linux 5.12); before
-        // that, the rest of the tree stays writable as the task's uid allows.
-        // Mounts made below are writable: they are new.
-        if self.read_only_root {
-            match make_read_only(c"/") {
-                Ok(()) | Err(libc::ENOSYS) => {}
-                Err(errno) => return Err(errno),
-            }
-        }
-        for step in &self.steps {
-            match step {
-                Step::Tmpfs { target, options } => check(libc::syscall(
-                    libc::SYS_mount,
-                    c"tmpfs".as_ptr(),
-                    target.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    options.as_ptr(),
-                ))?,
-                Step::Dir { path } => {
-                    if libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), 0o755) < 0
-                        && errno() != libc::EEXIST
-                    {
-                        return Err(errno());
-                    }
-                }
-                Step::File { path } => {
-                    let fd = libc::syscall(
+            for step in &self.steps {
+                if let Step::Bind { path, fd, .. } = step {
+                    let opened = libc::syscall(
                         libc::SYS_openat,
                         libc::AT_FDCWD,
                         path.as_ptr(),
-                        libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY | libc::O_CLOEXEC,
-                        0o644,
+                        libc::O_PATH | libc::O_CLOEXEC,
                     );
-                    if fd < 0 && errno() != libc::EEXIST {
-                        return Err(errno());
-                    }
-                    if fd >= 0 {
-                        libc::syscall(libc::SYS_close, fd);
-                    }
+                    check(opened)?;
+                    check(libc::syscall(libc::SYS_dup3, opened, *fd, libc::O_CLOEXEC))?;
+                    libc::syscall(libc::SYS_close, opened);
                 }
-                // A bind takes its source's flags: read-only under a
-                // read-only root.
-                Step::Bind { path, fd_path, .. } => check(libc::syscall(
-                    libc::SYS_mount,
-                    fd_path.as_ptr(),
-                    path.as_ptr(),
-                    none,
-                    libc::MS_BIND | libc::MS_REC,
-                    none,
-                ))?,
             }
+            // A /proc of the child's own PID namespace (it is that namespace's
+            // first process): other processes, the host's included, are not in
+            // it.
+            if self.mount_proc {
+                check(libc::syscall(
+                    libc::SYS_mount,
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    none,
+                ))?;
+            }
+            // The whole tree at once needs mount_setattr (Linux 5.12); before
+            // that, the rest of the tree stays writable as the task's uid allows.
+            // Mounts made below are writable: they are new.
+            if self.read_only_root {
+                match make_read_only(c"/") {
+                    Ok(()) | Err(libc::ENOSYS) => {}
+                    Err(errno) => return Err(errno),
+                }
+            }
+            for step in &self.steps {
+                match step {
+                    Step::Tmpfs { target, options } => check(libc::syscall(
+                        libc::SYS_mount,
+                        c"tmpfs".as_ptr(),
+                        target.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        options.as_ptr(),
+                    ))?,
+                    Step::Dir { path } => {
+                        if libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), 0o755)
+                            < 0
+                            && errno() != libc::EEXIST
+                        {
+                            return Err(errno());
+                        }
+                    }
+                    Step::File { path } => {
+                        let fd = libc::syscall(
+                            libc::SYS_openat,
+                            libc::AT_FDCWD,
+                            path.as_ptr(),
+                            libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY | libc::O_CLOEXEC,
+                            0o644,
+                        );
+                        if fd < 0 && errno() != libc::EEXIST {
+                            return Err(errno());
+                        }
+                        if fd >= 0 {
+                            libc::syscall(libc::SYS_close, fd);
+                        }
+                    }
+                    // A bind takes its source's flags: read-only under a
+                    // read-only root.
+                    Step::Bind { path, fd_path, .. } => check(libc::syscall(
+                        libc::SYS_mount,
+                        fd_path.as_ptr(),
+                        path.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REC,
+                        none,
+                    ))?,
+                }
+            }
+            Ok(())
         }
-        Ok(())
     }
 }
 
@@ -297,23 +301,26 @@ fn cstring(path: &Path) -> Result<CString, TaskError> {
 /// # Safety
 /// System calls only (for the child).
 unsafe fn make_read_only(path: &CStr) -> Result<(), i32> {
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let result = libc::syscall(
-        libc::SYS_mount_setattr,
-        libc::AT_FDCWD,
-        path.as_ptr(),
-        libc::AT_RECURSIVE as libc::c_uint,
-        &attr as *const libc::mount_attr,
-        std::mem::size_of::<libc::mount_attr>(),
-    );
-    if result < 0 {
-        Err(*libc::__errno_location())
-    } else {
-        Ok(())
+    // SAFETY: one raw system call on a path the caller owns; `attr` outlives it.
+    unsafe {
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let result = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        );
+        if result < 0 {
+            Err(*libc::__errno_location())
+        } else {
+            Ok(())
+        }
     }
 }

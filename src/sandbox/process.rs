@@ -221,10 +221,11 @@ pub(crate) struct Exec {
 // SAFETY: the pointers point into `_strings` and `program`, owned by the
 // same value and never changed.
 unsafe impl Send for Exec {}
+// SAFETY: as for Send: nothing behind the pointers is ever written.
 unsafe impl Sync for Exec {}
 
 impl Exec {
-    pub fn new(
+    pub(crate) fn new(
         program: &Path,
         args: &[OsString],
         env: &[(OsString, OsString)],
@@ -264,13 +265,16 @@ impl Exec {
     ///
     /// # Safety
     /// Replaces the calling process's image: for a child about to run it.
-    pub unsafe fn execve(&self) {
-        libc::syscall(
-            libc::SYS_execve,
-            self.program.as_ptr(),
-            self.argv.as_ptr(),
-            self.envp.as_ptr(),
-        );
+    pub(crate) unsafe fn execve(&self) {
+        // SAFETY: the pointers point into this value (see the Send note above); replacing the image is what the caller asked for.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execve,
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            );
+        }
     }
 }
 
@@ -459,152 +463,155 @@ extern "C" fn child_main(plan: *mut libc::c_void) -> libc::c_int {
 
 /// Sets the child up and execs; returns only on failure: (step, errno).
 unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
-    let errno = || *libc::__errno_location();
-    macro_rules! step {
-        ($n:expr, $call:expr) => {
-            if $call < 0 {
-                return ($n, errno());
-            }
-        };
-    }
-    // Handlers of ours must not run here, and SIGPIPE (ignored by Rust)
-    // must be the default again for the program: like posix_spawn, every
-    // caught or ignored signal goes back to its default.
-    let default = [0usize; 4]; // the kernel's sigaction: handler SIG_DFL, no flags
-    for signal in 1..=64 {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
+    // SAFETY: raw system calls only, on memory the plan owns, in the vforked child (the caller's contract).
+    unsafe {
+        let errno = || *libc::__errno_location();
+        macro_rules! step {
+            ($n:expr, $call:expr) => {
+                if $call < 0 {
+                    return ($n, errno());
+                }
+            };
         }
-        let mut old = [0usize; 4];
-        if libc::syscall(
-            libc::SYS_rt_sigaction,
-            signal,
-            std::ptr::null::<usize>(),
-            old.as_mut_ptr(),
-            8,
-        ) == 0
-            && old[0] != libc::SIG_DFL
-        {
+        // Handlers of ours must not run here, and SIGPIPE (ignored by Rust)
+        // must be the default again for the program: like posix_spawn, every
+        // caught or ignored signal goes back to its default.
+        let default = [0usize; 4]; // the kernel's sigaction: handler SIG_DFL, no flags
+        for signal in 1..=64 {
+            if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = [0usize; 4];
+            if libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                std::ptr::null::<usize>(),
+                old.as_mut_ptr(),
+                8,
+            ) == 0
+                && old[0] != libc::SIG_DFL
+            {
+                step!(
+                    0,
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        signal,
+                        default.as_ptr(),
+                        std::ptr::null_mut::<usize>(),
+                        8
+                    )
+                );
+            }
+        }
+        step!(1, libc::syscall(libc::SYS_setsid));
+        // Into the task's cgroup before anything else runs ("0": the writer).
+        for &fd in &plan.cgroup_fds {
+            step!(2, libc::syscall(libc::SYS_write, fd, c"0".as_ptr(), 1));
+        }
+        if plan.unshare_flags != 0 {
+            step!(3, libc::syscall(libc::SYS_unshare, plan.unshare_flags));
+        }
+        if let Some(private_fs) = plan.private_fs {
+            if let Err(errno) = private_fs.apply() {
+                return (4, errno);
+            }
+        }
+        for &(resource, soft, hard) in plan.rlimits {
+            let limit = libc::rlimit64 {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
             step!(
-                0,
+                5,
                 libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    default.as_ptr(),
-                    std::ptr::null_mut::<usize>(),
-                    8
+                    libc::SYS_prlimit64,
+                    0,
+                    resource,
+                    &limit as *const libc::rlimit64,
+                    std::ptr::null_mut::<libc::rlimit64>()
                 )
             );
         }
-    }
-    step!(1, libc::syscall(libc::SYS_setsid));
-    // Into the task's cgroup before anything else runs ("0": the writer).
-    for &fd in &plan.cgroup_fds {
-        step!(2, libc::syscall(libc::SYS_write, fd, c"0".as_ptr(), 1));
-    }
-    if plan.unshare_flags != 0 {
-        step!(3, libc::syscall(libc::SYS_unshare, plan.unshare_flags));
-    }
-    if let Some(private_fs) = plan.private_fs {
-        if let Err(errno) = private_fs.apply() {
-            return (4, errno);
+        for (target, &source) in plan.fds.iter().enumerate() {
+            if source >= 0 {
+                step!(
+                    6,
+                    libc::syscall(libc::SYS_dup3, source, target as libc::c_int, 0)
+                );
+            }
         }
-    }
-    for &(resource, soft, hard) in plan.rlimits {
-        let limit = libc::rlimit64 {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        step!(
-            5,
-            libc::syscall(
-                libc::SYS_prlimit64,
-                0,
-                resource,
-                &limit as *const libc::rlimit64,
-                std::ptr::null_mut::<libc::rlimit64>()
-            )
-        );
-    }
-    for (target, &source) in plan.fds.iter().enumerate() {
-        if source >= 0 {
+        // Only the fds the child needs: none of this process's others (which
+        // would count against its RLIMIT_NOFILE, and must not reach the task).
+        let mut from: libc::c_uint = 4;
+        for &keep in &plan.keep_fds {
+            let keep = keep as libc::c_uint;
+            if keep > from {
+                close_range(from, keep - 1);
+            }
+            from = from.max(keep + 1);
+        }
+        close_range(from, libc::c_uint::MAX);
+        step!(7, libc::syscall(libc::SYS_chdir, plan.cwd.as_ptr()));
+        if let Some(uid) = plan.uid {
             step!(
-                6,
-                libc::syscall(libc::SYS_dup3, source, target as libc::c_int, 0)
+                8,
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+            );
+            step!(8, libc::syscall(libc::SYS_setresgid, uid, uid, uid));
+            step!(8, libc::syscall(libc::SYS_setresuid, uid, uid, uid));
+        }
+        if plan.no_new_privs {
+            // No setuid binary gains privileges; and the task dies with the
+            // thread that started it, should this process die first (set after
+            // the uid change, which clears it).
+            step!(
+                9,
+                libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            );
+            step!(
+                9,
+                libc::syscall(
+                    libc::SYS_prctl,
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL,
+                    0,
+                    0,
+                    0
+                )
             );
         }
-    }
-    // Only the fds the child needs: none of this process's others (which
-    // would count against its RLIMIT_NOFILE, and must not reach the task).
-    let mut from: libc::c_uint = 4;
-    for &keep in &plan.keep_fds {
-        let keep = keep as libc::c_uint;
-        if keep > from {
-            close_range(from, keep - 1);
+        if let Some(filter) = &plan.filter {
+            step!(
+                10,
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    filter as *const libc::sock_fprog
+                )
+            );
         }
-        from = from.max(keep + 1);
-    }
-    close_range(from, libc::c_uint::MAX);
-    step!(7, libc::syscall(libc::SYS_chdir, plan.cwd.as_ptr()));
-    if let Some(uid) = plan.uid {
+        // Signals were blocked around the clone; the program starts with none.
+        let empty = 0u64;
         step!(
-            8,
-            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
-        );
-        step!(8, libc::syscall(libc::SYS_setresgid, uid, uid, uid));
-        step!(8, libc::syscall(libc::SYS_setresuid, uid, uid, uid));
-    }
-    if plan.no_new_privs {
-        // No setuid binary gains privileges; and the task dies with the
-        // thread that started it, should this process die first (set after
-        // the uid change, which clears it).
-        step!(
-            9,
-            libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        );
-        step!(
-            9,
+            0,
             libc::syscall(
-                libc::SYS_prctl,
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL,
-                0,
-                0,
-                0
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &empty as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8
             )
         );
-    }
-    if let Some(filter) = &plan.filter {
-        step!(
-            10,
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                filter as *const libc::sock_fprog
-            )
-        );
-    }
-    // Signals were blocked around the clone; the program starts with none.
-    let empty = 0u64;
-    step!(
-        0,
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8
-        )
-    );
-    if let Some(hook) = plan.hook.as_mut() {
-        // The hook execs the program itself once it is done.
-        if let Err(e) = hook() {
-            return (STEP_HOOK, e.raw_os_error().unwrap_or(libc::EPERM));
+        if let Some(hook) = plan.hook.as_mut() {
+            // The hook execs the program itself once it is done.
+            if let Err(e) = hook() {
+                return (STEP_HOOK, e.raw_os_error().unwrap_or(libc::EPERM));
+            }
         }
+        plan.exec.execve();
+        (11, errno())
     }
-    plan.exec.execve();
-    (11, errno())
 }
 
 /// close_range(2) of `first..=last` (a no-op before Linux 5.9).
@@ -612,7 +619,10 @@ unsafe fn child_setup(plan: &mut ChildPlan<'_>) -> (u32, i32) {
 /// # Safety
 /// System calls only (for the child).
 unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
-    libc::syscall(libc::SYS_close_range, first, last, 0u32);
+    // SAFETY: close_range only closes descriptors of the calling (child) process.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first, last, 0u32);
+    }
 }
 
 /// `fd`, moved to a number above 3, close-on-exec: every fd the child
@@ -784,6 +794,7 @@ fn pump(
 
 /// Without a pidfd (old kernels), notices the leader's exit by asking.
 fn leader_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid with WNOWAIT only inspects the child; it stays unreaped.
     let r = unsafe {
@@ -935,15 +946,18 @@ unsafe fn run_vforked(
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
 ) -> io::Result<libc::c_int> {
-    let pid = vfork_clone(child, arg, 0)?;
-    let mut status = 0;
-    while libc::waitpid(pid, &mut status, 0) < 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
+    // SAFETY: `child` keeps this function's contract (the caller's); waitpid only reaps our own child.
+    unsafe {
+        let pid = vfork_clone(child, arg, 0)?;
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
         }
+        Ok(status)
     }
-    Ok(status)
 }
 
 /// Starts `child(arg)` as `run_vforked` does, with the extra clone `flags`
@@ -957,29 +971,32 @@ unsafe fn vfork_clone(
     arg: *mut libc::c_void,
     flags: libc::c_int,
 ) -> io::Result<libc::pid_t> {
-    // Room for the seccomp tier's hook (Landlock, filters) too.
-    const STACK_BYTES: usize = 256 << 10;
-    let mut stack = vec![0u8; STACK_BYTES];
-    // The stack grows down from its 16-byte aligned top.
-    let top = (stack.as_mut_ptr() as usize + STACK_BYTES) & !15;
-    // No handler of ours may run in the helper (on its stack, with its uid).
-    let mut all: libc::sigset_t = std::mem::zeroed();
-    let mut old: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut all);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    let pid = libc::clone(
-        child,
-        top as *mut libc::c_void,
-        libc::CLONE_VM | libc::CLONE_VFORK | flags | libc::SIGCHLD,
-        arg,
-    );
-    let spawn_error = io::Error::last_os_error();
-    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    drop(stack);
-    if pid < 0 {
-        return Err(spawn_error);
+    // SAFETY: `child` keeps run_vforked's contract; the stack outlives the child's use of it (CLONE_VFORK suspends this thread until it execs or exits) and the signal mask is restored.
+    unsafe {
+        // Room for the seccomp tier's hook (Landlock, filters) too.
+        const STACK_BYTES: usize = 256 << 10;
+        let mut stack = vec![0u8; STACK_BYTES];
+        // The stack grows down from its 16-byte aligned top.
+        let top = (stack.as_mut_ptr() as usize + STACK_BYTES) & !15;
+        // No handler of ours may run in the helper (on its stack, with its uid).
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | flags | libc::SIGCHLD,
+            arg,
+        );
+        let spawn_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        drop(stack);
+        if pid < 0 {
+            return Err(spawn_error);
+        }
+        Ok(pid)
     }
-    Ok(pid)
 }
 
 pub(crate) fn is_root() -> bool {
@@ -1049,7 +1066,7 @@ const UID_COUNT: u32 = 4096;
 const UID_LOCK_DIR: &str = "/run/lattice-wasm/uids";
 
 impl UidLease {
-    pub fn acquire() -> Result<Self, TaskError> {
+    pub(crate) fn acquire() -> Result<Self, TaskError> {
         use std::os::unix::fs::DirBuilderExt;
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -1082,7 +1099,7 @@ impl UidLease {
         )))
     }
 
-    pub fn uid(&self) -> u32 {
+    pub(crate) fn uid(&self) -> u32 {
         self.uid
     }
 }

@@ -39,10 +39,6 @@ use crate::task::TaskError;
 pub(crate) struct SeccompSandbox;
 
 impl Sandbox for SeccompSandbox {
-    fn level(&self) -> SandboxLevel {
-        SandboxLevel::Seccomp
-    }
-
     fn check_available(&self) -> Result<(), TaskError> {
         python_interpreter()?;
         landlock_abi()?;

@@ -26,13 +26,13 @@ use seccompiler::{
 };
 
 use super::cgroup::TaskCgroup;
+use super::driver::DRIVER;
 use super::private_fs::PrivateFs;
 use super::process::{self, ChildHook, ChildRun, ChildSpec, Ending, UidLease};
 use super::{
     outcome, reject_unsupported, CancelToken, Job, OnceOk, Sandbox, SandboxConfig, SandboxLevel,
     SandboxOutput, Work,
 };
-use crate::runner::DRIVER;
 use crate::task::TaskError;
 
 /// Open files per task.
@@ -45,10 +45,6 @@ const MAX_PROCESSES: u64 = 64;
 pub(crate) struct SubprocessSandbox;
 
 impl Sandbox for SubprocessSandbox {
-    fn level(&self) -> SandboxLevel {
-        SandboxLevel::Subprocess
-    }
-
     fn check_available(&self) -> Result<(), TaskError> {
         python_interpreter().map(|_| ())
     }
@@ -90,7 +86,7 @@ pub(crate) struct ProcessTier {
 }
 
 impl ProcessTier {
-    pub fn isolated(level: SandboxLevel) -> Self {
+    pub(super) fn isolated(level: SandboxLevel) -> Self {
         ProcessTier {
             level,
             isolate: true,
@@ -99,7 +95,7 @@ impl ProcessTier {
         }
     }
 
-    pub fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
+    pub(super) fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
         match self.try_run(job, cancel) {
             Ok(output) => output,
             Err(error) => SandboxOutput::error(error),

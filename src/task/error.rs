@@ -22,8 +22,11 @@ pub enum TaskError {
     /// The task's code raised: `type_name` is the Python exception type.
     #[error("{type_name}: {message}")]
     Failed {
+        /// The Python exception's type (or a host-side name such as `ResultTooLarge`).
         type_name: String,
+        /// Its message.
         message: String,
+        /// Its traceback (the task's own frames), possibly empty.
         traceback: String,
     },
     /// The task was cancelled before it finished.
@@ -31,37 +34,67 @@ pub enum TaskError {
     Cancelled,
     /// The node running the task died or became unreachable.
     #[error("node failed: {message}")]
-    NodeFailed { message: String },
+    NodeFailed {
+        /// What was observed of the node.
+        message: String,
+    },
     /// A time limit fired.
     #[error("timeout: {message}")]
-    Timeout { limit: TimeLimit, message: String },
+    Timeout {
+        /// Which limit fired.
+        limit: TimeLimit,
+        /// What was observed.
+        message: String,
+    },
     /// The memory limit fired.
     #[error("memory limit: {message}")]
-    MemoryLimit { message: String },
+    MemoryLimit {
+        /// What was observed.
+        message: String,
+    },
     /// The requested tier or executor can't run on this host; `reason` says
     /// why and how to fix it.
     #[error("sandbox unavailable: {reason}")]
-    SandboxUnavailable { reason: String },
+    SandboxUnavailable {
+        /// Why, and how to fix it.
+        reason: String,
+    },
     /// The task was rejected before it ran (bad JSON, syntax error, no
     /// function, unknown node, a setting the tier can't honour, ...).
     #[error("invalid task: {message}")]
-    InvalidTask { type_name: String, message: String },
+    InvalidTask {
+        /// The error's type name (`InvalidTask` unless more precise).
+        type_name: String,
+        /// What is wrong with the task.
+        message: String,
+    },
     /// A bug or an unexpected failure of lattice itself.
     #[error("internal error: {message}")]
-    Internal { message: String },
+    Internal {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The `kind` of an error in the result JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
+    /// The task's own code failed.
     TaskError,
+    /// A wall-clock or CPU-time limit fired.
     Timeout,
+    /// The memory limit fired.
     MemoryLimit,
+    /// The task was cancelled.
     Cancelled,
+    /// The node running the task died.
     NodeFailed,
+    /// The tier (or the executor) can't run here.
     SandboxUnavailable,
+    /// The task can't be run as given.
     InvalidTask,
+    /// A fault of lattice itself.
     Internal,
 }
 
@@ -85,12 +118,16 @@ impl ErrorKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRecord {
+    /// Which kind of error.
     pub kind: ErrorKind,
     #[serde(rename = "type", default)]
+    /// The exception's or error's type name.
     pub type_name: String,
     #[serde(default)]
+    /// The message.
     pub message: String,
     #[serde(default)]
+    /// The traceback, possibly empty.
     pub traceback: String,
 }
 

@@ -1,4 +1,4 @@
-//! The JSON forms of a task and of its result (design.md §6).
+//! The JSON forms of a task and of its result (the CLI's task and result lines).
 //!
 //! Numbers are kept as their exact digits (serde_json's arbitrary
 //! precision), unknown fields are rejected by name, and every decoding error
@@ -24,21 +24,26 @@ use super::{
     ErrorRecord, Payload, Resources, SandboxOverrides, TaskError, TaskOutcome, TaskSubmission,
     WasmSource,
 };
-use crate::sandbox::{Mount, SandboxLevel};
+use crate::task::{Mount, SandboxLevel};
 
 /// A task as it is written in JSON.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Echoed on the result line (default: the line number).
     pub id: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Python source defining the entry function.
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A Wasm module or component, by path or base64.
     pub wasm: Option<WasmSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A command to run, input JSON on its stdin.
     pub argv: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The function to call (default: the last top-level `def`).
     pub entry: Option<String>,
     /// `Some(Value::Null)` when the task says `"input": null`.
     #[serde(
@@ -48,28 +53,40 @@ pub struct TaskSpec {
     )]
     pub input: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Positional arguments: `f(*args, **kwargs)`.
     pub args: Option<Vec<Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Keyword arguments: `f(*args, **kwargs)`.
     pub kwargs: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The tier to run in (within what the operator allows).
     pub tier: Option<SandboxLevel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Wall-clock limit, seconds.
     pub timeout_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Memory limit, MiB.
     pub max_memory_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// CPU-time limit, seconds.
     pub max_cpu_time_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The only modules the code may import.
     pub allowed_imports: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Whether the task may use the network.
     pub network: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Host paths to make visible, `HOST:GUEST[:rw]`.
     pub mounts: Option<Vec<Mount>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What the task asks the executor for (Ray: CPUs, memory, GPUs).
     pub resources: Option<Resources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Run on this node (Ray).
     pub node_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Run with this GPU visible (`CUDA_VISIBLE_DEVICES`).
     pub gpu_id: Option<u32>,
 }
 
@@ -77,16 +94,21 @@ pub struct TaskSpec {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum WasmSpec {
+    /// A path on the host.
     Path(String),
+    /// `{"path": ...}` or `{"base64": ...}`.
     Object(WasmObject),
 }
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// The object form of a Wasm payload: exactly one field.
 pub struct WasmObject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A path on the host.
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The module's bytes, base64-encoded.
     pub base64: Option<String>,
 }
 
@@ -352,14 +374,23 @@ fn base64_decode(text: &str) -> Result<Vec<u8>, TaskError> {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultRecord {
+    /// The task line's `id` (or its line number).
     pub id: Value,
+    /// `ok` or `error`.
     pub status: Status,
+    /// The entry function's return value (`null` on error).
     pub result: Value,
+    /// What the task printed, capped.
     pub stdout: String,
+    /// What the task wrote to stderr, capped.
     pub stderr: String,
+    /// The typed error, on error.
     pub error: Option<ErrorRecord>,
+    /// The tier that ran it (none for a task refused before it ran).
     pub tier: Option<SandboxLevel>,
+    /// The node that ran it.
     pub node_id: Option<String>,
+    /// Submit to outcome, milliseconds.
     pub duration_ms: f64,
 }
 
@@ -367,7 +398,9 @@ pub struct ResultRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// The task returned a result.
     Ok,
+    /// The task ended with an error.
     Error,
 }
 

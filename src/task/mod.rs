@@ -1,9 +1,11 @@
 //! The data of a task: what to run, with what, where, and what came back.
 //!
-//! Nothing here does I/O; [`json`] holds the JSON form of design.md §6.
+//! Nothing here does I/O; [`json`] holds the JSON forms of tasks and results.
 
+mod cancel;
 mod error;
 pub mod json;
+mod tier;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,9 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use cancel::CancelToken;
 pub use error::{ErrorKind, ErrorRecord, TaskError, TimeLimit};
-
-use crate::sandbox::{CancelToken, Mount, SandboxLevel};
+pub use tier::{Mount, SandboxLevel};
 
 /// A limit given in seconds (`timeout_s`, `--timeout`, ...) as a duration:
 /// finite, positive, at most 10^9 s, and not so small that it rounds to
@@ -59,14 +61,16 @@ impl NativeCall<'_> {
 /// A WebAssembly module or component, by value or by path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WasmSource {
+    /// The module's bytes.
     Bytes(Arc<[u8]>),
+    /// A file on the host.
     Path(PathBuf),
 }
 
 /// What a task runs.
 #[derive(Clone)]
 pub enum Payload {
-    /// Python source run by the CodeRunner (design.md §4).
+    /// Python source run by the CodeRunner (see [`crate::runner`]).
     Code(String),
     /// A WASI module or `lattice:task` component (input JSON in, result JSON out).
     Wasm(WasmSource),
@@ -92,26 +96,36 @@ impl fmt::Debug for Payload {
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// CPUs (fractions allowed on Ray).
     pub cpu: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Memory, bytes.
     pub cpu_mem: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// GPUs.
     pub gpu: Option<f64>,
 }
 
 /// Per-task changes to the executor's sandbox configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SandboxOverrides {
+    /// The tier (default: the executor's).
     pub tier: Option<SandboxLevel>,
+    /// Wall-clock limit.
     pub timeout: Option<Duration>,
+    /// Memory limit, MiB.
     pub max_memory_mb: Option<u64>,
+    /// CPU-time limit.
     pub max_cpu_time: Option<Duration>,
+    /// The only modules the code may import.
     pub allowed_imports: Option<Vec<String>>,
+    /// Whether the task may use the network.
     pub network: Option<bool>,
+    /// Host paths made visible to the task.
     pub mounts: Option<Vec<Mount>>,
 }
 
-/// One task to run: the seed's `TaskSubmission`, with a payload instead of a
+/// One task to run, with a payload instead of a
 /// Python callable.
 ///
 /// ```
@@ -125,6 +139,7 @@ pub struct SandboxOverrides {
 pub struct TaskSubmission {
     /// Echoed in the result; any JSON value (the CLI uses strings and line numbers).
     pub id: Option<Value>,
+    /// What runs.
     pub payload: Payload,
     /// The function to call; default: the last top-level `def`.
     pub entry: Option<String>,
@@ -132,12 +147,15 @@ pub struct TaskSubmission {
     pub input: Option<Value>,
     /// Called as `f(*args, **kwargs)` when either is given.
     pub args: Option<Vec<Value>>,
+    /// Keyword arguments (`f(*args, **kwargs)`).
     pub kwargs: Option<Map<String, Value>>,
+    /// What the task asks the executor for.
     pub resources: Resources,
     /// Run on this node (hard affinity).
     pub node_id: Option<String>,
     /// Pin the task to this GPU (`CUDA_VISIBLE_DEVICES`).
     pub gpu_id: Option<u32>,
+    /// Settings that override the executor's sandbox configuration.
     pub sandbox: SandboxOverrides,
 }
 
@@ -185,51 +203,61 @@ impl TaskSubmission {
         Self::new(Payload::Native(Arc::new(function)))
     }
 
+    /// Sets the id echoed on the outcome.
     pub fn with_id(mut self, id: impl Into<Value>) -> Self {
         self.id = Some(id.into());
         self
     }
 
+    /// Calls the entry as `f(input)`.
     pub fn with_input(mut self, input: Value) -> Self {
         self.input = Some(input);
         self
     }
 
+    /// Calls the entry as `f(*args)`.
     pub fn with_args(mut self, args: Vec<Value>) -> Self {
         self.args = Some(args);
         self
     }
 
+    /// Calls the entry as `f(**kwargs)` (with `args`, if any).
     pub fn with_kwargs(mut self, kwargs: Map<String, Value>) -> Self {
         self.kwargs = Some(kwargs);
         self
     }
 
+    /// Names the entry function.
     pub fn with_entry(mut self, entry: impl Into<String>) -> Self {
         self.entry = Some(entry.into());
         self
     }
 
+    /// Runs the task in `tier`.
     pub fn with_tier(mut self, tier: SandboxLevel) -> Self {
         self.sandbox.tier = Some(tier);
         self
     }
 
+    /// Sets the wall-clock limit.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.sandbox.timeout = Some(timeout);
         self
     }
 
+    /// Sets the memory limit, MiB.
     pub fn with_max_memory_mb(mut self, mb: u64) -> Self {
         self.sandbox.max_memory_mb = Some(mb);
         self
     }
 
+    /// Sets the CPU-time limit.
     pub fn with_max_cpu_time(mut self, cpu: Duration) -> Self {
         self.sandbox.max_cpu_time = Some(cpu);
         self
     }
 
+    /// Allows only these modules to be imported.
     pub fn with_allowed_imports<I, S>(mut self, modules: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -239,16 +267,19 @@ impl TaskSubmission {
         self
     }
 
+    /// Pins the task to a node (Ray).
     pub fn with_node(mut self, node_id: impl Into<String>) -> Self {
         self.node_id = Some(node_id.into());
         self
     }
 
+    /// Makes only this GPU visible to the task.
     pub fn with_gpu(mut self, gpu_id: u32) -> Self {
         self.gpu_id = Some(gpu_id);
         self
     }
 
+    /// Sets what the task asks the executor for.
     pub fn with_resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
         self
@@ -259,7 +290,9 @@ impl TaskSubmission {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorType {
+    /// A Ray cluster.
     Ray,
+    /// This machine.
     Local,
 }
 
@@ -289,7 +322,9 @@ impl std::str::FromStr for ExecutorType {
 /// A submitted task, to ask its executor about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskHandle {
+    /// Unique within its executor.
     pub handle_id: u64,
+    /// The executor that issued it.
     pub executor_type: ExecutorType,
 }
 
@@ -297,13 +332,19 @@ pub struct TaskHandle {
 /// and where and how long it ran.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskOutcome {
+    /// The submission's id, if it had one.
     pub id: Option<Value>,
+    /// The entry's JSON result, or the typed error.
     pub result: Result<Value, TaskError>,
+    /// What the task printed, capped.
     pub stdout: String,
+    /// What the task wrote to stderr, capped.
     pub stderr: String,
     /// The tier that ran it (None if it never reached one).
     pub tier: Option<SandboxLevel>,
+    /// The node that ran it (`local`, or a Ray node id).
     pub node_id: Option<String>,
+    /// Submit (or start) to outcome.
     pub duration: Duration,
 }
 

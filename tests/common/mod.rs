@@ -13,7 +13,7 @@ use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
 use serde_json::Value;
 
 /// A sandbox executor on `level` with a short timeout.
-pub fn sandbox(level: SandboxLevel) -> SandboxExecutor {
+pub(crate) fn sandbox(level: SandboxLevel) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
         level,
         timeout: Duration::from_secs(20),
@@ -23,19 +23,19 @@ pub fn sandbox(level: SandboxLevel) -> SandboxExecutor {
 }
 
 /// Runs one task on `level` and returns its outcome.
-pub fn run(level: SandboxLevel, task: TaskSubmission) -> TaskOutcome {
+pub(crate) fn run(level: SandboxLevel, task: TaskSubmission) -> TaskOutcome {
     sandbox(level).run(&task, &CancelToken::new())
 }
 
 /// Runs `code` with `input` on `level`.
-pub fn run_code(level: SandboxLevel, code: &str, input: Value) -> TaskOutcome {
+pub(crate) fn run_code(level: SandboxLevel, code: &str, input: Value) -> TaskOutcome {
     run(level, TaskSubmission::python(code).with_input(input))
 }
 
 /// A task whose `f` runs `body` (with os, sys, socket and subprocess
 /// imported) and returns the type of the exception it raised, or "ok": an
 /// attack's outcome as the task itself saw it.
-pub fn attack_code(body: &str) -> String {
+pub(crate) fn attack_code(body: &str) -> String {
     format!(
         "import os, sys, socket, subprocess\ndef f(x):\n    try:\n{}\n    except BaseException as e:\n        return type(e).__name__\n    return 'ok'\n",
         body.lines()
@@ -46,7 +46,7 @@ pub fn attack_code(body: &str) -> String {
 }
 
 /// The result, or a panic that shows the whole outcome.
-pub fn ok(outcome: &TaskOutcome) -> Value {
+pub(crate) fn ok(outcome: &TaskOutcome) -> Value {
     match &outcome.result {
         Ok(value) => value.clone(),
         Err(e) => panic!(
@@ -57,7 +57,7 @@ pub fn ok(outcome: &TaskOutcome) -> Value {
 }
 
 /// The error, or a panic that shows the result.
-pub fn err(outcome: &TaskOutcome) -> TaskError {
+pub(crate) fn err(outcome: &TaskOutcome) -> TaskError {
     match &outcome.result {
         Err(e) => e.clone(),
         Ok(value) => panic!("expected an error, got {value}\nstdout: {}", outcome.stdout),
@@ -65,7 +65,7 @@ pub fn err(outcome: &TaskOutcome) -> TaskError {
 }
 
 /// The Python exception type of a task failure.
-pub fn failed_type(outcome: &TaskOutcome) -> String {
+pub(crate) fn failed_type(outcome: &TaskOutcome) -> String {
     match err(outcome) {
         TaskError::Failed { type_name, .. } => type_name,
         other => panic!("expected a task failure, got {other:?}"),
@@ -73,7 +73,7 @@ pub fn failed_type(outcome: &TaskOutcome) -> String {
 }
 
 /// True while a process with this pid exists (and is not a zombie).
-pub fn alive(pid: i64) -> bool {
+pub(crate) fn alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit(')')
@@ -87,7 +87,7 @@ pub fn alive(pid: i64) -> bool {
 /// `/proc/self/ns/pid` link: the process tiers give a task a pid namespace
 /// of its own, where the pid alone names nothing on the host.
 #[derive(Clone, Debug)]
-pub struct TaskProcess {
+pub(crate) struct TaskProcess {
     pub pid: i64,
     /// E.g. `pid:[4026532291]`.
     pub namespace: Option<String>,
@@ -102,7 +102,7 @@ impl std::fmt::Display for TaskProcess {
 /// Waits up to a second for the process to be gone; true if it is. A
 /// process in a pid namespace of its own is gone when no process is left
 /// in that namespace (the pid it saw is not the host's).
-pub fn gone(process: &TaskProcess) -> bool {
+pub(crate) fn gone(process: &TaskProcess) -> bool {
     let ours = std::fs::read_link("/proc/self/ns/pid").ok();
     let private = process
         .namespace
@@ -123,7 +123,7 @@ pub fn gone(process: &TaskProcess) -> bool {
 }
 
 /// The live host pids in the pid namespace `ns` (a `pid:[N]` link).
-pub fn in_namespace(ns: &str) -> Vec<i64> {
+pub(crate) fn in_namespace(ns: &str) -> Vec<i64> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -137,7 +137,7 @@ pub fn in_namespace(ns: &str) -> Vec<i64> {
 }
 
 /// The processes in a task's stdout, one per `pid: N [NS]` line.
-pub fn pids_in(text: &str) -> Vec<TaskProcess> {
+pub(crate) fn pids_in(text: &str) -> Vec<TaskProcess> {
     text.lines()
         .filter_map(|l| l.strip_prefix("pid:"))
         .filter_map(|rest| {
@@ -151,12 +151,12 @@ pub fn pids_in(text: &str) -> Vec<TaskProcess> {
 }
 
 /// True if `path` no longer exists.
-pub fn removed(path: &str) -> bool {
+pub(crate) fn removed(path: &str) -> bool {
     !Path::new(path).exists()
 }
 
 /// Runs the `lattice-wasm` binary with `args`, `stdin` and extra `env`.
-pub fn lattice_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output {
+pub(crate) fn lattice_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
         .args(args)
         .envs(env.iter().copied())
@@ -175,7 +175,7 @@ pub fn lattice_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output 
 }
 
 /// A cancel token that another thread cancels after `delay`.
-pub fn cancel_after(delay: Duration) -> (CancelToken, std::thread::JoinHandle<()>) {
+pub(crate) fn cancel_after(delay: Duration) -> (CancelToken, std::thread::JoinHandle<()>) {
     let cancel = CancelToken::new();
     let canceller = {
         let cancel = cancel.clone();
@@ -189,17 +189,17 @@ pub fn cancel_after(delay: Duration) -> (CancelToken, std::thread::JoinHandle<()
 
 /// The docker containers this test process created that are still on the
 /// engine, running or not (they carry our pid in their owner label).
-pub fn our_containers() -> Vec<String> {
+pub(crate) fn our_containers() -> Vec<String> {
     containers_of(std::process::id(), false)
 }
 
 /// Our docker containers that are running.
-pub fn our_running_containers() -> Vec<String> {
+pub(crate) fn our_running_containers() -> Vec<String> {
     containers_of(std::process::id(), true)
 }
 
 /// The docker containers process `pid` created (all, or the running ones).
-pub fn containers_of(pid: u32, running_only: bool) -> Vec<String> {
+pub(crate) fn containers_of(pid: u32, running_only: bool) -> Vec<String> {
     let out = Command::new("docker")
         .args(["ps", if running_only { "-q" } else { "-aq" }, "--filter"])
         .arg(format!("label=lattice-wasm.owner={pid}"))
@@ -213,4 +213,4 @@ pub fn containers_of(pid: u32, running_only: bool) -> Vec<String> {
 }
 
 /// The user Wasm tasks reach their mounts as (and docker tasks run as).
-pub const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;

@@ -22,7 +22,7 @@ use super::workload::{abbreviate, Observed, Workload};
 const TASK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Something that runs a workload's tasks and is timed doing it.
-pub trait Contender {
+pub(super) trait Contender {
     /// The name in the table (`wasm`, `python3 -c`, ...).
     fn name(&self) -> &str;
 
@@ -51,7 +51,12 @@ pub trait Contender {
 }
 
 /// The error of a task whose answer was wrong.
-pub fn wrong_result(who: &str, workload: &Workload, task: usize, what: String) -> anyhow::Error {
+pub(super) fn wrong_result(
+    who: &str,
+    workload: &Workload,
+    task: usize,
+    what: String,
+) -> anyhow::Error {
     anyhow!(
         "{who} gave a wrong answer to {} task {task}: {what}",
         workload.name()
@@ -60,7 +65,7 @@ pub fn wrong_result(who: &str, workload: &Workload, task: usize, what: String) -
 
 /// A lattice tier, through the library's local executor: one executor with
 /// one worker for the sequential runs, one with `concurrency` workers.
-pub struct TierContender {
+pub(super) struct TierContender {
     level: SandboxLevel,
     name: String,
     sequential: LocalExecutor,
@@ -69,7 +74,7 @@ pub struct TierContender {
 }
 
 impl TierContender {
-    pub fn new(level: SandboxLevel, concurrency: usize) -> Result<TierContender> {
+    pub(super) fn new(level: SandboxLevel, concurrency: usize) -> Result<TierContender> {
         let config = SandboxConfig {
             level,
             timeout: TASK_TIMEOUT,
@@ -92,7 +97,7 @@ impl TierContender {
     /// was available, answers that it can't run here after all (a kernel
     /// feature missing at run time, say). Any other failure shows, with the
     /// task, when the workloads run.
-    pub fn smoke_test(&self) -> Result<(), String> {
+    pub(super) fn smoke_test(&self) -> Result<(), String> {
         let task = TaskSubmission::python("def f(x):\n    return x\n").with_input(json!(1));
         let outcome = match self.sequential.submit(task) {
             Ok(handle) => self.sequential.get_result(&handle),
@@ -185,7 +190,7 @@ impl Contender for TierContender {
 /// The bare-CPython reference: `python3 -c SCRIPT` per task, the input
 /// JSON on stdin, the answer JSON on stdout. No isolation, no limits: what
 /// one fresh CPython costs.
-pub struct PythonReference {
+pub(super) struct PythonReference {
     python: PathBuf,
     concurrency: usize,
     script: String,
@@ -193,7 +198,7 @@ pub struct PythonReference {
     inputs: Vec<Vec<u8>>,
 }
 
-pub const PYTHON_REFERENCE: &str = "python3 -c";
+pub(super) const PYTHON_REFERENCE: &str = "python3 -c";
 
 /// Wraps a workload's source: call `f` on stdin's JSON, print the outcome.
 const PYTHON_EPILOGUE: &str = "
@@ -206,7 +211,7 @@ _bench_sys.stdout.write(_bench_json.dumps(_bench_outcome))
 ";
 
 impl PythonReference {
-    pub fn new(python: PathBuf, concurrency: usize) -> PythonReference {
+    pub(super) fn new(python: PathBuf, concurrency: usize) -> PythonReference {
         PythonReference {
             python,
             concurrency,
@@ -325,7 +330,7 @@ impl Contender for PythonReference {
 
 /// The `/usr/bin/python3` of the bare-CPython reference, and its version;
 /// Err: why it can't run.
-pub fn probe_python(python: &std::path::Path) -> Result<String> {
+pub(super) fn probe_python(python: &std::path::Path) -> Result<String> {
     let output = Command::new(python)
         .args(["-c", "import sys; print(sys.version.split()[0])"])
         .stdin(Stdio::null())

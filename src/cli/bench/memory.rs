@@ -20,14 +20,14 @@ use std::time::Duration;
 const SAMPLE_EVERY: Duration = Duration::from_millis(4);
 
 /// Samples memory from `start` to `finish`.
-pub struct MemoryProbe {
+pub(super) struct MemoryProbe {
     baseline: u64,
     stop: Arc<AtomicBool>,
     sampler: Option<JoinHandle<u64>>,
 }
 
 impl MemoryProbe {
-    pub fn start() -> MemoryProbe {
+    pub(super) fn start() -> MemoryProbe {
         reset_high_water_mark();
         let own_exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
         let baseline = resident_total(&own_exe);
@@ -47,7 +47,7 @@ impl MemoryProbe {
     }
 
     /// The peak above the baseline, in bytes.
-    pub fn finish(mut self) -> u64 {
+    pub(super) fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         let sampled = self
             .sampler
@@ -125,7 +125,7 @@ fn reset_high_water_mark() {
 }
 
 /// This process's resident bytes now.
-pub fn own_resident() -> u64 {
+pub(super) fn own_resident() -> u64 {
     own_status_bytes("VmRSS:").unwrap_or(0)
 }
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::contender::{wrong_result, Contender};
 use super::workload::{abbreviate, Workload};
 
-pub const MONTY_REFERENCE: &str = "pydantic-monty";
+pub(super) const MONTY_REFERENCE: &str = "pydantic-monty";
 
 const DRIVER: &str = include_str!("monty_driver.py");
 
@@ -23,7 +23,7 @@ const NOT_INSTALLED: &str = "not installed (pip install pydantic-monty)";
 
 /// The Python that has pydantic-monty and the package's version; Err: why
 /// there is none. `python` is the user's `--monty-python`, else `python3`.
-pub fn probe(python: Option<&Path>) -> Result<(PathBuf, String), String> {
+pub(super) fn probe(python: Option<&Path>) -> Result<(PathBuf, String), String> {
     let chosen = python.unwrap_or(Path::new("python3"));
     let output = Command::new(chosen)
         .args([
@@ -47,7 +47,7 @@ pub fn probe(python: Option<&Path>) -> Result<(PathBuf, String), String> {
 }
 
 /// The driver process and its pipes.
-pub struct MontyReference {
+pub(super) struct MontyReference {
     child: Child,
     requests: ChildStdin,
     replies: BufReader<ChildStdout>,
@@ -55,7 +55,7 @@ pub struct MontyReference {
 
 impl MontyReference {
     /// Starts the driver with its worker pools (one worker, and `concurrency`).
-    pub fn start(python: &Path, concurrency: usize) -> Result<MontyReference> {
+    pub(super) fn start(python: &Path, concurrency: usize) -> Result<MontyReference> {
         let mut child = Command::new(python)
             .args(["-c", DRIVER, &concurrency.to_string()])
             .stdin(Stdio::piped())

@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 use crate::cli::args::WorkloadKind;
 
 /// The name of the tier every ratio is taken against.
-pub const BASELINE: &str = "subprocess";
+pub(super) const BASELINE: &str = "subprocess";
 
 /// What was measured of one contender on one workload.
 #[derive(Default)]
-pub struct Samples {
+pub(super) struct Samples {
     /// One per task of the sequential runs.
     pub latencies: Vec<Duration>,
     pub concurrent_tasks: usize,
@@ -24,7 +24,7 @@ pub struct Samples {
 
 /// One row of results: a contender on a workload.
 #[derive(Serialize)]
-pub struct ResultRow {
+pub(super) struct ResultRow {
     pub workload: &'static str,
     pub tier: String,
     /// An outside reference, not a lattice tier.
@@ -52,7 +52,7 @@ pub struct ResultRow {
 
 impl ResultRow {
     /// A row from samples (ratios are filled in by [`fill_ratios`]).
-    pub fn measured(
+    pub(super) fn measured(
         workload: WorkloadKind,
         tier: &str,
         reference: bool,
@@ -80,7 +80,7 @@ impl ResultRow {
     }
 
     /// A reference's row when it could not run the workload.
-    pub fn failed(
+    pub(super) fn failed(
         workload: WorkloadKind,
         tier: &str,
         concurrency: usize,
@@ -141,7 +141,7 @@ impl ResultRow {
 }
 
 /// Sets each row's ratios against the baseline tier's row of its workload.
-pub fn fill_ratios(rows: &mut [ResultRow]) {
+pub(super) fn fill_ratios(rows: &mut [ResultRow]) {
     let baselines: Vec<(&'static str, Speed)> = rows
         .iter()
         .filter(|row| row.tier == BASELINE && !row.reference)
@@ -166,7 +166,7 @@ fn divide(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
 
 /// The machine the numbers come from.
 #[derive(Serialize)]
-pub struct Machine {
+pub(super) struct Machine {
     pub cores: usize,
     pub cpu_model: String,
     pub kernel: String,
@@ -174,7 +174,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn describe() -> Machine {
+    pub(super) fn describe() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
@@ -216,7 +216,7 @@ fn kernel() -> String {
 
 /// A tier or reference that was asked for: whether it could run, and why not.
 #[derive(Default, Serialize)]
-pub struct Availability {
+pub(super) struct Availability {
     pub name: String,
     pub available: bool,
     /// The version (references), when available.
@@ -232,7 +232,7 @@ pub struct Availability {
 }
 
 /// Everything the run found.
-pub struct Report {
+pub(super) struct Report {
     pub machine: Machine,
     pub concurrency: usize,
     /// This process's resident size at the end (the process tiers start
@@ -283,7 +283,7 @@ fn method(concurrency: usize, harness_resident_mb: f64) -> Vec<String> {
 }
 
 impl Report {
-    pub fn to_json(&self) -> Value {
+    pub(super) fn to_json(&self) -> Value {
         json!({
             "machine": self.machine,
             "concurrency": self.concurrency,
@@ -296,7 +296,7 @@ impl Report {
         })
     }
 
-    pub fn to_table(&self) -> String {
+    pub(super) fn to_table(&self) -> String {
         let mut out = String::new();
         out.push_str(&lineup("tiers", &self.tiers));
         out.push_str(&lineup("references", &self.references));

@@ -7,7 +7,7 @@ use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
 use serde_json::{json, Value};
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 6] = [
+    pub(crate) const ALL: [WorkloadKind; 6] = [
         WorkloadKind::Trivial,
         WorkloadKind::Cpu,
         WorkloadKind::Sort,
@@ -16,7 +16,7 @@ impl WorkloadKind {
         WorkloadKind::Raises,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             WorkloadKind::Trivial => "trivial",
             WorkloadKind::Cpu => "cpu",
@@ -28,7 +28,7 @@ impl WorkloadKind {
     }
 
     /// One line for the table's section heading.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             WorkloadKind::Trivial => "def f(x): return x + 1",
             WorkloadKind::Cpu => "recursive fib(25)",
@@ -42,7 +42,7 @@ impl WorkloadKind {
 
 /// What one task must produce.
 #[derive(Clone, Debug)]
-pub enum Expect {
+pub(super) enum Expect {
     Value(Value),
     /// The Python exception type the function must raise.
     Raises(&'static str),
@@ -50,7 +50,7 @@ pub enum Expect {
 
 /// What one task did produce, in a form every contender can give.
 #[derive(Clone, Debug)]
-pub enum Observed {
+pub(super) enum Observed {
     Value(Value),
     /// The function raised an exception of this type.
     Raised(String),
@@ -60,7 +60,7 @@ pub enum Observed {
 
 impl Observed {
     /// What a lattice tier's outcome amounts to.
-    pub fn from_outcome(outcome: &TaskOutcome) -> Observed {
+    pub(super) fn from_outcome(outcome: &TaskOutcome) -> Observed {
         match &outcome.result {
             Ok(value) => Observed::Value(value.clone()),
             Err(TaskError::Failed { type_name, .. }) => Observed::Raised(type_name.clone()),
@@ -74,14 +74,14 @@ impl Observed {
 
 /// One task's input and its answer.
 #[derive(Clone, Debug)]
-pub struct Case {
+pub(super) struct Case {
     pub input: Value,
     pub expect: Expect,
 }
 
 impl Expect {
     /// Ok if `observed` is this answer; else what was wrong.
-    pub fn verify(&self, observed: &Observed) -> Result<(), String> {
+    pub(super) fn verify(&self, observed: &Observed) -> Result<(), String> {
         match (self, observed) {
             (Expect::Value(want), Observed::Value(got)) if want == got => Ok(()),
             (Expect::Raises(want), Observed::Raised(got)) if want == got => Ok(()),
@@ -101,7 +101,7 @@ impl Expect {
     }
 
     /// The JSON the monty driver checks against.
-    pub fn to_json(&self) -> Value {
+    pub(super) fn to_json(&self) -> Value {
         match self {
             Expect::Value(value) => json!({ "value": value }),
             Expect::Raises(type_name) => json!({ "raises": type_name }),
@@ -119,7 +119,7 @@ fn describe_observed(observed: &Observed) -> String {
 
 /// The first 160 characters of `text`, marked when cut (a 1 MB result
 /// would drown the message that it was wrong).
-pub fn abbreviate(text: &str) -> String {
+pub(super) fn abbreviate(text: &str) -> String {
     const KEEP: usize = 160;
     match text.char_indices().nth(KEEP) {
         Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
@@ -128,14 +128,14 @@ pub fn abbreviate(text: &str) -> String {
 }
 
 /// A workload: its source and the cases its tasks cycle through.
-pub struct Workload {
+pub(super) struct Workload {
     pub kind: WorkloadKind,
     pub code: &'static str,
     cases: Vec<Case>,
 }
 
 impl Workload {
-    pub fn new(kind: WorkloadKind) -> Workload {
+    pub(super) fn new(kind: WorkloadKind) -> Workload {
         let (code, cases) = match kind {
             WorkloadKind::Trivial => (TRIVIAL, trivial_cases()),
             WorkloadKind::Cpu => (CPU, vec![cpu_case()]),
@@ -147,22 +147,22 @@ impl Workload {
         Workload { kind, code, cases }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub(super) fn name(&self) -> &'static str {
         self.kind.name()
     }
 
     /// Task `task`'s case (tasks cycle through a few distinct cases, so
     /// answers need not be computed per task and big inputs exist once).
-    pub fn case(&self, task: usize) -> &Case {
+    pub(super) fn case(&self, task: usize) -> &Case {
         &self.cases[task % self.cases.len()]
     }
 
-    pub fn cases(&self) -> &[Case] {
+    pub(super) fn cases(&self) -> &[Case] {
         &self.cases
     }
 
     /// Task `task` as a lattice submission.
-    pub fn submission(&self, task: usize) -> TaskSubmission {
+    pub(super) fn submission(&self, task: usize) -> TaskSubmission {
         TaskSubmission::python(self.code).with_input(self.case(task).input.clone())
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::text;
+use super::executor::text;
 use crate::task::TaskError;
 
 /// The User-Agent of every dashboard request. The dashboard answers 403 to

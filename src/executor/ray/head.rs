@@ -1,5 +1,5 @@
-//! A Ray head started by the executor when it is given no address (the
-//! seed's `start_ray`), and the means to stop exactly that head.
+//! A Ray head started by the executor when it is given no address, and the
+//! means to stop exactly that head.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::dashboard::fetch_nodes;
-use super::{tail, RayOptions};
+use super::executor::tail;
+use super::RayOptions;
 use crate::task::TaskError;
 
 /// The environment variable that marks every process of a head this

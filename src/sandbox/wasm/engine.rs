@@ -186,7 +186,7 @@ fn sidecar(path: &Path) -> PathBuf {
 pub(super) struct FileLock(#[allow(dead_code)] std::fs::File);
 
 impl FileLock {
-    pub fn acquire(path: &Path) -> std::io::Result<FileLock> {
+    pub(super) fn acquire(path: &Path) -> std::io::Result<FileLock> {
         use std::os::fd::AsRawFd;
         if let Some(dir) = path.parent() {
             std::fs::DirBuilder::new()

@@ -34,10 +34,6 @@ pub use guest::cache_path;
 pub(crate) struct WasmSandbox;
 
 impl Sandbox for WasmSandbox {
-    fn level(&self) -> SandboxLevel {
-        SandboxLevel::Wasm
-    }
-
     fn check_available(&self) -> Result<(), TaskError> {
         engine::engine().map(|_| ())
     }

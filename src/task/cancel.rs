@@ -5,8 +5,17 @@ use std::sync::{Arc, Mutex};
 
 type Hook = Box<dyn FnOnce() + Send>;
 
-/// Set once to cancel a task; the tier running it registers how to stop it
-/// (kill a process group, interrupt a Wasm store) with [`CancelToken::on_cancel`].
+/// Set once to cancel a task; the tier running it has registered how to stop
+/// it (kill a process group, interrupt a Wasm store), which runs at once.
+///
+/// ```
+/// use lattice::task::CancelToken;
+///
+/// let token = CancelToken::new();
+/// let seen_by_the_tier = token.clone();
+/// token.cancel();
+/// assert!(seen_by_the_tier.is_cancelled());
+/// ```
 #[derive(Clone, Default)]
 pub struct CancelToken {
     inner: Arc<Inner>,
@@ -19,6 +28,7 @@ struct Inner {
 }
 
 impl CancelToken {
+    /// A token nobody has cancelled yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -32,13 +42,14 @@ impl CancelToken {
         }
     }
 
+    /// True once [`CancelToken::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancelled.load(Ordering::SeqCst)
     }
 
     /// Registers how to stop the running work; runs it at once if the token
     /// is already cancelled. Replaces any earlier hook.
-    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
+    pub(crate) fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
         let mut slot = self.lock();
         if self.is_cancelled() {
             drop(slot);

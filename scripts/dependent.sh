@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# A crate that depends on lattice-wasm (tests/fixtures/dependent), built with
+# the library alone, offline: it must resolve, get the vendored (patched)
+# wasmtime rather than crates.io's, and run a task. Shares target/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+manifest=tests/fixtures/dependent/Cargo.toml
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+sources=$(cargo tree --locked --offline --manifest-path "$manifest" -e normal -i wasmtime --depth 0)
+case "$sources" in
+  *"/vendor/wasmtime)"*) ;;
+  *) echo "dependent.sh: the dependent does not get the vendored wasmtime: $sources" >&2; exit 1 ;;
+esac
+if cargo tree --locked --offline --manifest-path "$manifest" -e normal | grep -Eq '^.*(bollard|reqwest|clap) v'; then
+  echo "dependent.sh: the library without features still pulls in bollard, reqwest or clap" >&2
+  exit 1
+fi
+out=$(cargo run --locked --offline --quiet --manifest-path "$manifest")
+[ "$out" = 42 ] || { echo "dependent.sh: expected 42, got: $out" >&2; exit 1; }
+echo "dependent.sh: a dependent crate builds offline on the vendored wasmtime and runs a task"
