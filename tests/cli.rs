@@ -225,3 +225,29 @@ fn every_command_has_help_and_bad_usage_exits_2() {
     );
     assert_eq!(lattice(&["frobnicate"], "").status.code(), Some(2));
 }
+
+#[test]
+fn exec_runs_a_task_under_a_whole_configuration_sent_as_json() {
+    // What the Ray executor sends its nodes: the task's resolved settings.
+    let config = r#"{"tier": "subprocess", "max_output_bytes": 100, "timeout_s": 20}"#;
+    let task = r#"{"id": "t", "code": "def f():\n    print('x' * 5000)\n    return 1\n"}"#;
+    let out = lattice(&["exec", "--sandbox-config", config], task);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let result = &lines(&out)[0];
+    assert_eq!(result["result"], json!(1));
+    assert_eq!(result["tier"], json!("subprocess"));
+    let stdout = result["stdout"].as_str().unwrap();
+    assert!(
+        stdout.len() < 300 && stdout.contains("truncated"),
+        "{stdout}"
+    );
+    // A configuration that is not one is a usage error, naming the field.
+    for bad in [
+        r#"{"tier": "jail"}"#,
+        r#"{"timeout_s": 0}"#,
+        r#"{"level": "wasm"}"#,
+    ] {
+        let out = lattice(&["exec", "--sandbox-config", bad], task);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+    }
+}

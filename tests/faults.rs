@@ -47,22 +47,11 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 /// The local `dockerd`: its pid and command line.
 fn dockerd() -> (i64, Vec<String>) {
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "dockerd" && alive(pid) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-            let argv = cmdline
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            return (pid, argv);
-        }
-    }
-    panic!("no dockerd runs here: this test stops and restarts a local engine (scripts/test.sh starts one)")
+    all_pids()
+        .into_iter()
+        .find(|&pid| comm(pid) == "dockerd" && alive(pid))
+        .map(|pid| (pid, proc_list(pid, "cmdline")))
+        .unwrap_or_else(|| panic!("no dockerd runs here: this test stops and restarts a local engine (scripts/test.sh starts one)"))
 }
 
 /// Stops the engine; starts it again with the same command line when

@@ -116,16 +116,7 @@ fn nobodys_dir() -> tempfile::TempDir {
 
 /// The high-water mark of `pid`'s resident memory, in MiB.
 fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
+    status_kb(i64::from(pid), "VmHWM").map(|kb| kb as f64 / 1024.0)
 }
 
 #[test]

@@ -7,11 +7,14 @@
 //! (target/ray-cluster/cluster.env). Without a cluster every test fails and
 //! says how to start one.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::{alive, all_pids, has_env, parent_of, proc_list};
 use lattice::executor::{ExecutorBackend, RayExecutor, RayOptions};
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
 use lattice::task::{ErrorKind, Resources, TaskError, TaskOutcome, TaskSubmission};
@@ -186,37 +189,18 @@ fn sleeper(seconds: u32) -> TaskSubmission {
 
 /// Processes of the test cluster (its marker in their environment) that
 /// run `lattice-wasm exec`.
-fn exec_processes(cluster: &Cluster) -> Vec<i32> {
+fn exec_processes(cluster: &Cluster) -> Vec<i64> {
     let marker = format!("LATTICE_RAY_CLUSTER={}", cluster.marker);
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_exec = args.len() >= 2 && args[0].ends_with(b"lattice-wasm") && args[1] == b"exec";
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if is_exec && environ.split(|&b| b == 0).any(|v| v == marker.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
+    all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            let args = proc_list(pid, "cmdline");
+            args.len() >= 2
+                && args[0].ends_with("lattice-wasm")
+                && args[1] == "exec"
+                && has_env(pid, &marker)
+        })
+        .collect()
 }
 
 /// Tasks of `run_exec` (the sidecar's remote function) the cluster says
@@ -405,7 +389,7 @@ fn cancel_ends_a_sleeping_task_as_cancelled_and_the_next_task_runs() {
     assert!(executor.cancel(&handle));
     assert_eq!(err(&executor.get_result(&handle)), TaskError::Cancelled);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(child as u32) {
+    while alive(child) {
         assert!(
             Instant::now() < deadline,
             "the task's child {child} outlived the cancel"
@@ -413,37 +397,19 @@ fn cancel_ends_a_sleeping_task_as_cancelled_and_the_next_task_runs() {
         std::thread::sleep(Duration::from_millis(100));
     }
     executor.shutdown().unwrap();
-    assert_eq!(exec_processes(&cluster), Vec::<i32>::new());
-}
-
-fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    assert_eq!(exec_processes(&cluster), Vec::<i64>::new());
 }
 
 /// The per-worker guardians of the test cluster's Ray workers.
-fn guardians(cluster: &Cluster) -> Vec<i32> {
+fn guardians(cluster: &Cluster) -> Vec<i64> {
     let marker = format!("LATTICE_RAY_CLUSTER={}", cluster.marker);
     all_pids()
         .into_iter()
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains("PR_SET_CHILD_SUBREAPER")
-                && environ.split(|&b| b == 0).any(|v| v == marker.as_bytes())
+        .filter(|&pid| {
+            proc_list(pid, "cmdline")
+                .join(" ")
+                .contains("PR_SET_CHILD_SUBREAPER")
+                && has_env(pid, &marker)
         })
         .collect()
 }
@@ -658,6 +624,42 @@ fn settings_without_a_task_field_reach_the_nodes() {
 }
 
 #[test]
+fn the_process_wide_configuration_is_read_at_each_submit() {
+    let cluster = cluster();
+    let _serial = serial();
+    /// Puts the default back, also if the test fails midway.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            lattice::sandbox::set_sandbox_config(SandboxConfig::default());
+        }
+    }
+    let _restore = Restore;
+    // No configuration of its own: each task gets the process-wide one as
+    // it is when the task is submitted, whole, on its node.
+    let executor = executor(&cluster);
+    let chatty = || TaskSubmission::python("def f():\n    print('x' * 5000)\n    return 1\n");
+    lattice::sandbox::set_sandbox_config(SandboxConfig {
+        max_output_bytes: 1000,
+        ..SandboxConfig::default()
+    });
+    let capped = executor.submit(chatty()).unwrap();
+    lattice::sandbox::set_sandbox_config(SandboxConfig::default());
+    let whole = executor.submit(chatty()).unwrap();
+    let capped = executor.get_result(&capped);
+    let whole = executor.get_result(&whole);
+    assert_eq!(ok(&capped), json!(1));
+    assert!(
+        capped.stdout.len() < 1200 && capped.stdout.contains("truncated"),
+        "{}",
+        capped.stdout
+    );
+    assert_eq!(ok(&whole), json!(1));
+    assert!(whole.stdout.contains(&"x".repeat(5000)), "{}", whole.stdout);
+    executor.shutdown().unwrap();
+}
+
+#[test]
 fn a_python_without_ray_says_how_to_fix_it() {
     let cluster = cluster();
     let _serial = serial();
@@ -714,11 +716,11 @@ fn shutdown_cancels_what_runs_and_leaves_nothing_running() {
     for handle in &handles {
         assert_eq!(err(&executor.get_result(handle)), TaskError::Cancelled);
     }
-    assert!(!process_alive(sidecar), "the sidecar is gone");
+    assert!(!alive(i64::from(sidecar)), "the sidecar is gone");
     assert_eq!(executor.sidecar_pid(), None);
     assert_eq!(
         exec_processes(&cluster),
-        Vec::<i32>::new(),
+        Vec::<i64>::new(),
         "no exec survives"
     );
     // Ray agrees (its task table lags a little).
@@ -864,20 +866,13 @@ fn node_death_is_node_failed_and_the_executor_keeps_serving() {
 /// LATTICE_RAY_NODE=worker whose program is the raylet.
 fn second_raylet_pid(cluster: &Cluster) -> Option<i32> {
     let marker = format!("LATTICE_RAY_CLUSTER={}", cluster.marker);
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let program = cmdline.split(|&b| b == 0).next()?;
-            (vars.contains(&marker.as_bytes())
-                && vars.contains(&b"LATTICE_RAY_NODE=worker".as_slice())
-                && program.ends_with(b"/raylet"))
-            .then_some(pid)
-        })
+    all_pids().into_iter().find_map(|pid| {
+        let program = proc_list(pid, "cmdline").into_iter().next()?;
+        (has_env(pid, &marker)
+            && has_env(pid, "LATTICE_RAY_NODE=worker")
+            && program.ends_with("/raylet"))
+        .then_some(pid as i32)
+    })
 }
 
 /// Per-task overhead and throughput of the executor next to the seed's
@@ -1030,18 +1025,17 @@ fn without_an_address_it_starts_a_head_and_stops_only_that() {
     );
     let (head, second) = node_ids(&cluster);
     assert_eq!((head.len(), second.len()), (56, 56));
-    let leftovers: Vec<i32> = all_pids()
+    let leftovers: Vec<i64> = all_pids()
         .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .unwrap_or_default()
-                .split(|&b| b == 0)
-                .any(|v| v.starts_with(b"LATTICE_RAY_CLUSTER=/tmp/lattice-ray-"))
+        .filter(|&pid| {
+            proc_list(pid, "environ")
+                .iter()
+                .any(|v| v.starts_with("LATTICE_RAY_CLUSTER=/tmp/lattice-ray-"))
         })
         .collect();
     assert_eq!(
         leftovers,
-        Vec::<i32>::new(),
+        Vec::<i64>::new(),
         "processes of the started head"
     );
 }

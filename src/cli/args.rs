@@ -198,6 +198,11 @@ pub(super) struct ExecArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// The task's whole sandbox configuration, resolved elsewhere, as JSON
+    /// (what the Ray executor sends its nodes): it replaces the limit and
+    /// policy flags, and the task line runs under it as it is.
+    #[arg(long, value_name = "JSON", value_parser = parse_sandbox_config)]
+    pub sandbox_config: Option<SandboxConfig>,
 }
 
 /// What task lines may ask for (`batch`, `exec`): the limit flags above are
@@ -382,6 +387,10 @@ fn parse_json(what: &str, text: &str) -> Result<Value, UsageError> {
 /// clap shows it.
 fn parse_value<T: std::str::FromStr<Err = TaskError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: TaskError| e.to_string())
+}
+
+fn parse_sandbox_config(s: &str) -> Result<SandboxConfig, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a sandbox configuration: {e}"))
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use lattice::executor::{ExecutorBackend, LocalExecutor};
-use lattice::sandbox::SandboxConfig;
+use lattice::sandbox::{Policy, SandboxConfig};
 use std::sync::Arc;
 
 use lattice::task::json::{outcome_to_json, parse_task, task_id};
@@ -32,8 +32,14 @@ pub(super) fn run(args: RunArgs) -> Result<i32> {
 
 pub(super) fn exec(args: ExecArgs) -> Result<i32> {
     let input = read_source(&PathBuf::from("-"))?;
-    let config = args.limits.config();
-    let policy = args.policy.policy(&config);
+    let (config, policy) = match args.sandbox_config {
+        Some(config) => (config, Policy::unbounded()),
+        None => {
+            let config = args.limits.config();
+            let policy = args.policy.policy(&config);
+            (config, policy)
+        }
+    };
     let outcome = match std::str::from_utf8(&input) {
         Ok(text) => {
             match parse_task(text).and_then(|task| policy.check(&task, &config).map(|()| task)) {

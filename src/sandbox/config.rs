@@ -3,6 +3,8 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::task::{Mount, SandboxLevel, SandboxOverrides};
 
 /// How tasks are isolated and limited: every
@@ -21,23 +23,45 @@ use crate::task::{Mount, SandboxLevel, SandboxOverrides};
 /// };
 /// assert_eq!(config.max_cpu_time, Duration::from_secs(300));
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+///
+/// As JSON (how a resolved configuration travels whole, to a Ray node's
+/// `lattice-wasm exec --sandbox-config`), fields carry the task line's
+/// names — `tier`, `timeout_s`, `max_cpu_time_s`, `network`, `mounts` —
+/// and the rest their own; a missing field is its default:
+///
+/// ```
+/// use lattice::sandbox::{SandboxConfig, SandboxLevel};
+///
+/// let config: SandboxConfig =
+///     serde_json::from_str(r#"{"tier": "subprocess", "timeout_s": 2.5}"#).unwrap();
+/// assert_eq!(config.level, SandboxLevel::Subprocess);
+/// assert_eq!(config.timeout.as_millis(), 2500);
+/// let again: SandboxConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+/// assert_eq!(again, config);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// The tier tasks run in (default: wasm).
+    #[serde(rename = "tier")]
     pub level: SandboxLevel,
     /// Wall-clock limit per task.
+    #[serde(rename = "timeout_s", with = "seconds")]
     pub timeout: Duration,
     /// Memory limit per task (address space, linear memory or cgroup, by tier).
     pub max_memory_mb: u64,
     /// CPU-time limit per task.
+    #[serde(rename = "max_cpu_time_s", with = "seconds")]
     pub max_cpu_time: Duration,
     /// If set, the only modules the task's code may import.
     pub allowed_imports: Option<Vec<String>>,
     /// The image of the docker tier.
     pub docker_image: String,
     /// Whether the task may use the network (tiers that can block it do).
+    #[serde(rename = "network")]
     pub network_enabled: bool,
     /// Host paths visible to the task.
+    #[serde(rename = "mounts")]
     pub mount_paths: Vec<Mount>,
     /// Syscall numbers that replace the seccomp tier's allowlist.
     pub allowed_syscalls: Option<Vec<i64>>,
@@ -100,6 +124,26 @@ impl SandboxConfig {
             config.mount_paths = mounts.clone();
         }
         config
+    }
+}
+
+/// A limit as seconds in JSON, checked as every limit given in seconds is.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(limit: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(limit.as_secs_f64())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let seconds = f64::deserialize(d)?;
+        crate::task::limit_seconds(seconds).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{seconds} s is not a usable limit (finite, above zero, at most 1e9)"
+            ))
+        })
     }
 }
 

@@ -30,8 +30,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::cgroup;
 use super::driver::DRIVER;
-use super::process::{ChildRun, Ending};
-use super::subprocess::{command_outcome, envelope_cap, python_outcome};
+use super::outcome::{command_outcome, envelope_cap, python_outcome, Ended, Ending};
 use super::{
     reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
     SandboxLevel, SandboxOutput, Work,
@@ -550,7 +549,7 @@ async fn run_container(
     // the host's own observations above decide the limits.
     let ending = stopped.unwrap_or(Ending::Exited(exit as i32));
     let (stdout, channel, channel_overflow) = stdout.finish();
-    let run = ChildRun {
+    let run = Ended {
         ending,
         stdout,
         stderr,

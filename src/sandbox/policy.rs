@@ -92,6 +92,24 @@ impl Policy {
         }
     }
 
+    /// No bounds at all: every tier, no caps, the network and any mount —
+    /// for a configuration resolved and bounded elsewhere (the Ray
+    /// executor's, sent whole to `exec --sandbox-config`). The rules every
+    /// tier keeps (no system trees, the result limit, ...) still hold.
+    pub fn unbounded() -> Policy {
+        Policy {
+            allowed_tiers: SandboxLevel::ALL.to_vec(),
+            max_timeout: Duration::MAX,
+            max_cpu_time: Duration::MAX,
+            max_memory_mb: u64::MAX,
+            allow_network: true,
+            allowed_mounts: vec![AllowedMount {
+                path: PathBuf::from("/"),
+                writable: true,
+            }],
+        }
+    }
+
     /// Ok if `task`, run with the operator's `config`, stays within the
     /// bounds; else `invalid_task` naming the one it crosses.
     pub fn check(&self, task: &TaskSubmission, config: &SandboxConfig) -> Result<(), TaskError> {

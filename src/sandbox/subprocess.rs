@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use serde_json::Value;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -27,10 +25,11 @@ use seccompiler::{
 
 use super::cgroup::TaskCgroup;
 use super::driver::DRIVER;
+use super::outcome::{command_outcome, envelope_cap, python_outcome};
 use super::private_fs::PrivateFs;
-use super::process::{self, ChildHook, ChildRun, ChildSpec, Ending, UidLease};
+use super::process::{self, ChildHook, ChildSpec, UidLease};
 use super::{
-    outcome, reject_unsupported, CancelToken, Job, OnceOk, Sandbox, SandboxConfig, SandboxLevel,
+    reject_unsupported, CancelToken, Job, OnceOk, Sandbox, SandboxConfig, SandboxLevel,
     SandboxOutput, Work,
 };
 use crate::task::TaskError;
@@ -232,16 +231,6 @@ impl ProcessTier {
     }
 }
 
-/// The most a task's envelope may take: its result (`max_result_bytes`)
-/// and room for an error's message and traceback.
-pub(crate) fn envelope_cap(config: &SandboxConfig) -> usize {
-    config.max_result_bytes.saturating_add(ENVELOPE_ROOM)
-}
-
-/// What an envelope holds besides the result (an error's message and
-/// traceback are cut to fit by the driver).
-const ENVELOPE_ROOM: usize = 256 << 10;
-
 /// The seccomp filter of the subprocess tier without network: `socket`
 /// only for the IP families (which reach nothing in the task's empty
 /// network namespace) and netlink, no io_uring (which could open sockets
@@ -375,120 +364,6 @@ fn remove_orphaned_dirs() {
 fn machine_memory() -> u64 {
     static TOTAL: OnceLock<u64> = OnceLock::new();
     *TOTAL.get_or_init(|| super::meminfo("MemTotal:") + super::meminfo("SwapTotal:"))
-}
-
-/// What a Python child's ending means (shared by every process tier): the
-/// limits the host saw fire, else what the driver's envelope says.
-pub(crate) fn python_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
-    let result = match limit_error(&run, config) {
-        Some(error) => Err(error),
-        None if run.channel_overflow => Err(outcome::result_too_big(config)),
-        None if !run.channel.is_empty() => outcome::from_envelope(&run.channel, config),
-        None => Err(died_without_result(&run)),
-    };
-    SandboxOutput {
-        result: out_of_memory(result, &run, config),
-        stdout: run.stdout.finish(),
-        stderr: run.stderr.finish(),
-    }
-}
-
-/// What a command child's ending means: its stdout is its result. When it
-/// is not one, the stdout is kept as the task's output.
-pub(crate) fn command_outcome(run: ChildRun, config: &SandboxConfig) -> SandboxOutput {
-    let result = match limit_error(&run, config) {
-        Some(error) => Err(error),
-        None => match run.ending {
-            Ending::Exited(0) if run.stdout.is_truncated() => Err(outcome::result_too_big(config)),
-            Ending::Exited(0) => outcome::from_json_text(run.stdout.kept(), "command", config),
-            _ => Err(died_without_result(&run)),
-        },
-    };
-    let stdout = outcome::stdout_unless_result(&result, &run.stdout, config);
-    SandboxOutput {
-        result: out_of_memory(result, &run, config),
-        stdout,
-        stderr: run.stderr.finish(),
-    }
-}
-
-/// A task that failed after the kernel killed one of its processes for
-/// going over the memory limit failed of that.
-fn out_of_memory(
-    result: Result<Value, TaskError>,
-    run: &ChildRun,
-    config: &SandboxConfig,
-) -> Result<Value, TaskError> {
-    match result {
-        Err(error) if run.oom_killed && !outcome::host_decided(&error) => {
-            Err(TaskError::memory_limit(
-                config.max_memory_mb,
-                "the kernel killed a process of the task at its memory limit",
-            ))
-        }
-        result => result,
-    }
-}
-
-/// The limit that ended the child, as the host saw it: its clock, its
-/// cancel, and the CPU time it measured (the task's cgroup, else the
-/// child's own usage) when a CPU signal or kill ended it.
-fn limit_error(run: &ChildRun, config: &SandboxConfig) -> Option<TaskError> {
-    match run.ending {
-        Ending::Cancelled => Some(TaskError::Cancelled),
-        Ending::TimedOut => Some(TaskError::wall_timeout(config.timeout)),
-        Ending::CpuLimit => Some(TaskError::cpu_timeout(config.max_cpu_time)),
-        // Killed (SIGXCPU, SIGKILL, or a container's exit code for them)
-        // after the host measured its CPU time at the limit.
-        Ending::Signaled(libc::SIGXCPU | libc::SIGKILL) | Ending::Exited(1..)
-            if run.cpu_time >= config.max_cpu_time =>
-        {
-            Some(TaskError::cpu_timeout(config.max_cpu_time))
-        }
-        _ => None,
-    }
-}
-
-fn died_without_result(run: &ChildRun) -> TaskError {
-    if let Ending::Signaled(libc::SIGSYS) = run.ending {
-        return TaskError::Failed {
-            type_name: "SandboxViolation".into(),
-            message:
-                "the task made a system call its seccomp filter forbids, and was killed by SIGSYS"
-                    .into(),
-            traceback: String::new(),
-        };
-    }
-    let how = match run.ending {
-        Ending::Exited(code) => format!("exited with code {code}"),
-        Ending::Signaled(signal) => format!("was killed by signal {}", signal_name(signal)),
-        Ending::TimedOut | Ending::Cancelled | Ending::CpuLimit => "was stopped".into(),
-    };
-    TaskError::Failed {
-        type_name: match run.ending {
-            Ending::Signaled(_) => "Crash".into(),
-            _ => "SystemExit".into(),
-        },
-        message: format!(
-            "the task's process {how} before returning a result{}",
-            run.stderr.tail_note()
-        ),
-        traceback: String::new(),
-    }
-}
-
-fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGSYS => "SIGSYS",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGTERM => "SIGTERM",
-        _ => return format!("{signal}"),
-    };
-    format!("{name} ({signal})")
 }
 
 /// Finds a command's program: a path as given, else on the host's PATH.

@@ -72,6 +72,17 @@ pub(crate) fn failed_type(outcome: &TaskOutcome) -> String {
     }
 }
 
+// ---- /proc: the one place the tests read other processes from ----------
+
+/// Every pid of our PID namespace, live or zombie.
+pub(crate) fn all_pids() -> Vec<i64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// True while a process with this pid exists (and is not a zombie).
 pub(crate) fn alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -81,6 +92,54 @@ pub(crate) fn alive(pid: i64) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// The entries of a NUL-separated file of `pid` (`cmdline`, `environ`);
+/// empty when it is gone or unreadable.
+pub(crate) fn proc_list(pid: i64, file: &str) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .collect()
+}
+
+/// True if `pid`'s environment has exactly this `KEY=VALUE` entry.
+pub(crate) fn has_env(pid: i64, entry: &str) -> bool {
+    proc_list(pid, "environ").iter().any(|e| e == entry)
+}
+
+/// The name of `pid`'s program (`/proc/PID/comm`).
+pub(crate) fn comm(pid: i64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The parent of `pid`.
+pub(crate) fn parent_of(pid: i64) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A `Key:` line of `/proc/PID/status` in kB (`VmHWM`, say).
+pub(crate) fn status_kb(pid: i64, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A process a task reported with a `pid: PID NS` line, NS being its
@@ -124,10 +183,8 @@ pub(crate) fn gone(process: &TaskProcess) -> bool {
 
 /// The live host pids in the pid namespace `ns` (a `pid:[N]` link).
 pub(crate) fn in_namespace(ns: &str) -> Vec<i64> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+    all_pids()
+        .into_iter()
         .filter(|&pid| {
             std::fs::read_link(format!("/proc/{pid}/ns/pid"))
                 .is_ok_and(|link| link == Path::new(ns))

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::executor::text;
 use crate::task::TaskError;
 
 /// The User-Agent of every dashboard request. The dashboard answers 403 to
@@ -83,4 +82,9 @@ fn http_get_json(url: &str) -> Result<Value, String> {
             .join()
             .unwrap_or_else(|_| Err("the HTTP request panicked".into()))
     })
+}
+
+/// A string field of a JSON object, or "".
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or_default()
 }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::dashboard::{fetch_nodes, NodeInfo};
 use super::head::StartedHead;
+use super::protocol::{Event, FailureKind, Op};
 use super::RayOptions;
 use crate::executor::completion::{self, Completion, Signal};
 use crate::executor::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
@@ -24,6 +25,18 @@ use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome, TaskSubmissi
 
 /// The sidecar's source, written to a private file and run by the Python that has ray.
 const SIDECAR_SOURCE: &str = include_str!("sidecar.py");
+
+/// A task ready for the sidecar: its line and its resolved configuration
+/// (both JSON), and its tier.
+struct Prepared {
+    task: String,
+    config: String,
+    level: SandboxLevel,
+}
+
+/// The sidecar's answer to an available-resources request: free amounts by
+/// node id and resource, or why Ray could not tell.
+type Reply = Result<HashMap<String, HashMap<String, Value>>, String>;
 
 /// How long membership read from the dashboard is trusted at submit (a
 /// task that does not fit always looks again). A node that died within it
@@ -95,9 +108,9 @@ struct Shared {
     /// Set once the cluster is known (after initialize).
     cluster: Mutex<Option<ClusterInfo>>,
     membership: Mutex<Option<(Instant, Vec<NodeInfo>)>>,
-    replies: Mutex<HashMap<u64, mpsc::Sender<Value>>>,
+    replies: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
     next_request: AtomicU64,
-    ready: Mutex<Option<mpsc::Sender<Result<Value, String>>>>,
+    ready: Mutex<Option<mpsc::Sender<Result<(), String>>>>,
     stderr_tail: Mutex<VecDeque<u8>>,
     stopping: AtomicBool,
 }
@@ -323,7 +336,6 @@ impl RayExecutor {
         let config = json!({
             "address": cluster.address,
             "binary": cluster.binary,
-            "exec_args": exec_args(&self.sandbox_config()),
         });
         // From a private file rather than `-c`, so that `ps` shows a name
         // instead of the whole source.
@@ -414,23 +426,31 @@ impl RayExecutor {
     }
 
     /// The task's JSON for `lattice-wasm exec` and its Ray request.
-    fn prepare(&self, task: &TaskSubmission) -> Result<(String, Request, SandboxLevel), TaskError> {
+    fn prepare(&self, task: &TaskSubmission) -> Result<(Prepared, Request), TaskError> {
         let node_id = task.node_id.as_deref().map(check_node_id).transpose()?;
-        let config = self.sandbox_config();
-        let effective = config.with_overrides(&task.sandbox);
+        // Resolved here, at submit, and sent whole: the node runs the task
+        // under exactly this configuration.
+        let config = self.sandbox_config().with_overrides(&task.sandbox);
         let mut spec = TaskSpec::from_submission(task)?;
-        // Placement is Ray's; on the node the task runs as a plain local task.
+        // Placement is Ray's; on the node the task runs as a plain local
+        // task, its settings all in the configuration.
         spec.resources = None;
         spec.node_id = None;
-        spec.tier = Some(effective.level);
-        spec.timeout_s = Some(effective.timeout.as_secs_f64());
-        spec.max_memory_mb = Some(effective.max_memory_mb);
-        spec.max_cpu_time_s = Some(effective.max_cpu_time.as_secs_f64());
-        spec.allowed_imports = effective.allowed_imports.clone();
-        spec.network = Some(effective.network_enabled);
-        spec.mounts = Some(effective.mount_paths.clone()).filter(|m| !m.is_empty());
-        let task_json = serde_json::to_string(&spec)
-            .map_err(|e| TaskError::internal(format!("can't encode the task: {e}")))?;
+        spec.tier = None;
+        spec.timeout_s = None;
+        spec.max_memory_mb = None;
+        spec.max_cpu_time_s = None;
+        spec.allowed_imports = None;
+        spec.network = None;
+        spec.mounts = None;
+        let encode = |what: &str, e: serde_json::Error| {
+            TaskError::internal(format!("can't encode the {what}: {e}"))
+        };
+        let prepared = Prepared {
+            task: serde_json::to_string(&spec).map_err(|e| encode("task", e))?,
+            config: serde_json::to_string(&config).map_err(|e| encode("configuration", e))?,
+            level: config.level,
+        };
 
         let default_cpus = self.shared.options.default_cpus;
         let request = Request {
@@ -443,7 +463,7 @@ impl RayExecutor {
             node_id,
             gpu_id: task.gpu_id,
         };
-        Ok((task_json, request, effective.level))
+        Ok((prepared, request))
     }
 
     /// Checks the request against the cluster: InvalidTask if no alive
@@ -490,18 +510,19 @@ impl RayExecutor {
         )))
     }
 
-    fn send(&self, message: &Value) -> Result<(), TaskError> {
+    fn send(&self, message: &Op<'_>) -> Result<(), TaskError> {
         self.shared.send(message)
     }
 }
 
 impl Shared {
-    fn send(&self, message: &Value) -> Result<(), TaskError> {
+    fn send(&self, message: &Op<'_>) -> Result<(), TaskError> {
         let mut writer = lock(&self.writer);
         let Some(stdin) = writer.as_mut() else {
             return Err(TaskError::unavailable("the Ray sidecar is not running"));
         };
-        let mut line = message.to_string();
+        let mut line = serde_json::to_string(message)
+            .map_err(|e| TaskError::internal(format!("a sidecar request can't be encoded: {e}")))?;
         line.push('\n');
         stdin
             .write_all(line.as_bytes())
@@ -526,7 +547,8 @@ impl Shared {
     fn read_events(self: Arc<Self>, stdout: impl Read) {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            // Lines of another shape are not the protocol's: skipped.
+            let Ok(event) = serde_json::from_str::<Event>(&line) else {
                 continue;
             };
             self.handle_event(event);
@@ -557,54 +579,65 @@ impl Shared {
         lock(&self.replies).clear();
     }
 
-    fn handle_event(&self, event: Value) {
-        let kind = event.get("ev").and_then(Value::as_str).unwrap_or_default();
-        match kind {
-            "ready" => {
+    fn handle_event(&self, event: Event) {
+        match event {
+            Event::Ready {} => {
                 if let Some(ready) = lock(&self.ready).take() {
-                    let _ = ready.send(Ok(event));
+                    let _ = ready.send(Ok(()));
                 }
             }
-            "fatal" => {
+            Event::Fatal { kind, message } => {
                 if let Some(ready) = lock(&self.ready).take() {
-                    let _ = ready.send(Err(format!(
-                        "{}: {}",
-                        text(&event, "kind"),
-                        text(&event, "message")
-                    )));
+                    let _ = ready.send(Err(format!("{kind}: {message}")));
                 }
             }
-            "reply" => {
-                let request = event.get("req").and_then(Value::as_u64).unwrap_or(u64::MAX);
-                if let Some(reply) = lock(&self.replies).remove(&request) {
-                    let _ = reply.send(event);
+            Event::Reply {
+                req,
+                available,
+                error,
+            } => {
+                if let Some(reply) = lock(&self.replies).remove(&req) {
+                    let _ = reply.send(match error {
+                        Some(error) => Err(error),
+                        None => Ok(available),
+                    });
                 }
             }
-            "done" | "failed" => {
-                let Some(id) = event.get("id").and_then(Value::as_u64) else {
-                    return;
-                };
-                let Some(slot) = lock(&self.table).slots.get(&id).cloned() else {
-                    return;
-                };
-                if kind == "done" {
-                    self.finish_done(&slot, &event);
-                } else {
-                    slot.fail(failure(&event, self), None);
+            Event::Done {
+                id,
+                rc,
+                out,
+                err,
+                node,
+            } => {
+                if let Some(slot) = self.slot(id) {
+                    self.finish_done(&slot, node, rc, &out, &err);
                 }
             }
-            _ => {}
+            Event::Failed {
+                id,
+                kind,
+                type_name,
+                message,
+            } => {
+                if let Some(slot) = self.slot(id) {
+                    slot.fail(failure(kind, &type_name, &message, self), None);
+                }
+            }
         }
     }
 
+    fn slot(&self, id: u64) -> Option<Arc<Slot>> {
+        lock(&self.table).slots.get(&id).cloned()
+    }
+
     /// A Ray task returned: the exec's result line is the outcome.
-    fn finish_done(&self, slot: &Slot, event: &Value) {
-        let node = Some(text(event, "node").to_string()).filter(|n| !n.is_empty());
+    fn finish_done(&self, slot: &Slot, node: Option<String>, rc: i64, out: &str, err: &str) {
+        let node = node.filter(|n| !n.is_empty());
         if slot.cancel_requested() {
             slot.fail(TaskError::Cancelled, node);
             return;
         }
-        let out = text(event, "out");
         let last_line = out.lines().rev().find(|l| !l.trim().is_empty());
         match last_line.map(parse_outcome) {
             Some(Ok(mut outcome)) => {
@@ -613,8 +646,6 @@ impl Shared {
                 slot.completion.complete(outcome);
             }
             _ => {
-                let rc = event.get("rc").and_then(Value::as_i64).unwrap_or(i64::MIN);
-                let err = text(event, "err");
                 let how = if rc < 0 {
                     format!("was killed by signal {}", -rc)
                 } else {
@@ -712,7 +743,7 @@ impl Shared {
                     },
                     None,
                 );
-                let _ = self.send(&json!({"op": "cancel", "id": id}));
+                let _ = self.send(&Op::Cancel { id });
             }
         }
     }
@@ -730,13 +761,13 @@ impl ExecutorBackend for RayExecutor {
     fn submit(&self, task: TaskSubmission) -> Result<TaskHandle, TaskError> {
         // Everything that can be checked without the cluster is, first: a
         // malformed task never starts anything.
-        let (task_json, request, tier) = self.prepare(&task)?;
+        let (prepared, request) = self.prepare(&task)?;
         let cluster = self.ensure_running()?;
         let dead_node = self.check_feasible(&cluster, &request)?;
         let handle_id = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
         let slot = Arc::new(Slot {
             id: task.id.clone(),
-            tier,
+            tier: prepared.level,
             request: request.clone(),
             completion: Arc::new(Completion::new(self.shared.signal.clone())),
             submitted: Instant::now(),
@@ -759,23 +790,23 @@ impl ExecutorBackend for RayExecutor {
             return Ok(handle);
         }
         let cuda = match (task.gpu_id, request.num_gpus > 0.0) {
-            (Some(gpu), _) => Value::from(gpu.to_string()),
+            (Some(gpu), _) => Some(gpu.to_string()),
             // Ray's own assignment stands.
-            (None, true) => Value::Null,
+            (None, true) => None,
             // Ray leaves CUDA_VISIBLE_DEVICES unset without GPUs: every GPU
             // would be visible.
-            (None, false) => Value::from(""),
+            (None, false) => Some(String::new()),
         };
-        let message = json!({
-            "op": "submit",
-            "id": handle_id,
-            "task": task_json,
-            "num_cpus": request.num_cpus,
-            "memory": request.memory,
-            "num_gpus": request.num_gpus,
-            "node_id": request.node_id,
-            "cuda": cuda,
-        });
+        let message = Op::Submit {
+            id: handle_id,
+            task: &prepared.task,
+            config: &prepared.config,
+            num_cpus: request.num_cpus,
+            memory: request.memory,
+            num_gpus: request.num_gpus,
+            node_id: request.node_id.as_deref(),
+            cuda,
+        };
         if let Err(error) = self.send(&message) {
             // The reader ends every task once it sees the sidecar gone; this
             // one was never sent.
@@ -810,7 +841,9 @@ impl ExecutorBackend for RayExecutor {
         }
         lock(&slot.cancel_requested).get_or_insert_with(Instant::now);
         if self
-            .send(&json!({"op": "cancel", "id": handle.handle_id}))
+            .send(&Op::Cancel {
+                id: handle.handle_id,
+            })
             .is_err()
         {
             slot.fail(TaskError::Cancelled, None);
@@ -833,7 +866,7 @@ impl ExecutorBackend for RayExecutor {
         // The sidecar force-cancels what is in flight, waits for the
         // endings (reported as Cancelled) and disconnects; closing its
         // stdin is the signal.
-        let _ = self.send(&json!({"op": "shutdown"}));
+        let _ = self.send(&Op::Shutdown);
         *lock(&self.shared.writer) = None;
         if let Some(child) = lifecycle.child.as_mut() {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -866,26 +899,29 @@ impl ExecutorBackend for RayExecutor {
         let request = self.shared.next_request.fetch_add(1, Ordering::SeqCst);
         let (reply_tx, reply_rx) = mpsc::channel();
         lock(&self.shared.replies).insert(request, reply_tx);
-        self.send(&json!({"op": "available", "req": request}))?;
+        self.send(&Op::Available { req: request })?;
         let reply = reply_rx
             .recv_timeout(Duration::from_secs(30))
             .map_err(|_| {
                 lock(&self.shared.replies).remove(&request);
                 TaskError::internal("the Ray sidecar did not report the available resources")
             })?;
-        if let Some(error) = reply.get("error").and_then(Value::as_str) {
-            return Err(TaskError::internal(format!(
+        let available = reply.map_err(|error| {
+            TaskError::internal(format!(
                 "Ray could not report the available resources: {error}"
-            )));
-        }
-        let available = reply.get("available").cloned().unwrap_or_default();
+            ))
+        })?;
         Ok(ClusterResources {
             nodes: nodes
                 .into_iter()
                 .filter(|node| node.alive)
                 .map(|node| {
-                    let free = &available[&node.node_id];
-                    let amount = |key: &str| free.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+                    let free = available.get(&node.node_id);
+                    let amount = |key: &str| {
+                        free.and_then(|free| free.get(key))
+                            .and_then(Value::as_f64)
+                            .unwrap_or(0.0)
+                    };
                     NodeResources {
                         cpu_available: amount("CPU"),
                         memory_available: amount("memory") as u64,
@@ -952,36 +988,6 @@ fn write_sidecar() -> Result<tempfile::NamedTempFile, TaskError> {
     Ok(file)
 }
 
-/// The flags `lattice-wasm exec` needs for the settings that have no
-/// field in the task JSON, and an open policy: the task JSON carries every
-/// limit it runs under (see `prepare`), and whoever submitted it to this
-/// executor (the library, or `batch` after its own policy check) is trusted.
-fn exec_args(config: &SandboxConfig) -> Vec<String> {
-    let mut args = vec![
-        "--max-output-bytes".to_string(),
-        config.max_output_bytes.to_string(),
-        "--max-result-bytes".to_string(),
-        config.max_result_bytes.to_string(),
-        "--docker-image".to_string(),
-        config.docker_image.clone(),
-        "--allow-tiers=none,wasm,subprocess,seccomp,docker".to_string(),
-        "--allow-network".to_string(),
-        "--allow-mount=/:rw".to_string(),
-        // Caps, not limits: each task's own are in its JSON.
-        "--timeout=31536000".to_string(),
-        "--max-cpu-time=31536000".to_string(),
-        format!("--max-memory-mb={}", 1u64 << 30),
-    ];
-    if config.seccomp_kill {
-        args.push("--seccomp-kill".into());
-    }
-    if let Some(calls) = &config.allowed_syscalls {
-        let list: Vec<String> = calls.iter().map(i64::to_string).collect();
-        args.push(format!("--allowed-syscalls={}", list.join(",")));
-    }
-    args
-}
-
 /// A Ray node id: 56 hex digits (lowercased).
 fn check_node_id(id: &str) -> Result<String, TaskError> {
     if id.len() == 56 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -994,17 +1000,16 @@ fn check_node_id(id: &str) -> Result<String, TaskError> {
 }
 
 /// The error of a task that Ray ended with an exception.
-fn failure(event: &Value, shared: &Shared) -> TaskError {
-    let message = text(event, "message");
-    match text(event, "kind") {
-        "cancelled" => TaskError::Cancelled,
-        "node_failed" => TaskError::NodeFailed {
-            message: format!("{}: {message}", text(event, "type")),
+fn failure(kind: FailureKind, type_name: &str, message: &str, shared: &Shared) -> TaskError {
+    match kind {
+        FailureKind::Cancelled => TaskError::Cancelled,
+        FailureKind::NodeFailed => TaskError::NodeFailed {
+            message: format!("{type_name}: {message}"),
         },
-        "memory_limit" => TaskError::MemoryLimit {
+        FailureKind::MemoryLimit => TaskError::MemoryLimit {
             message: format!("Ray's memory monitor killed the task's worker: {message}"),
         },
-        "unavailable" => {
+        FailureKind::Unavailable => {
             let binary = lock(&shared.cluster)
                 .as_ref()
                 .map(|c| c.binary.display().to_string())
@@ -1014,11 +1019,12 @@ fn failure(event: &Value, shared: &Shared) -> TaskError {
                  and set its path there (RayOptions::binary)"
             ))
         }
-        "unschedulable" => TaskError::invalid(format!("Ray can't schedule the task: {message}")),
-        _ => TaskError::internal(format!(
-            "Ray failed the task ({}): {message}",
-            text(event, "type")
-        )),
+        FailureKind::Unschedulable => {
+            TaskError::invalid(format!("Ray can't schedule the task: {message}"))
+        }
+        FailureKind::Internal => {
+            TaskError::internal(format!("Ray failed the task ({type_name}): {message}"))
+        }
     }
 }
 
@@ -1059,10 +1065,6 @@ fn describe_nodes(nodes: &[NodeInfo], only: Option<&str>) -> String {
     } else {
         listed.join("; ")
     }
-}
-
-pub(super) fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
 pub(super) fn tail(text: &str, max: usize) -> &str {

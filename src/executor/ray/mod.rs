@@ -29,4 +29,6 @@ mod executor;
 #[cfg(feature = "ray")]
 mod head;
 #[cfg(feature = "ray")]
+mod protocol;
+#[cfg(feature = "ray")]
 pub use executor::RayExecutor;

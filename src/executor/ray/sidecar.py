@@ -1,4 +1,5 @@
-# The Ray sidecar of lattice-wasm's RayExecutor (src/executor/ray.rs).
+# The Ray sidecar of lattice-wasm's RayExecutor (src/executor/ray/executor.rs;
+# the protocol's types are in protocol.rs).
 #
 # Ray has no Rust API, so the executor starts this script under a Python that
 # has `ray` and talks to it in JSON lines: requests on stdin, events on
@@ -7,8 +8,9 @@
 # reported from a `ref.future()` callback (no polling).
 #
 # Requests (one JSON object per line):
-#   {"op": "submit", "id": N, "task": "<task json>", "num_cpus": 1.0,
-#    "memory": bytes|null, "num_gpus": 0.0, "node_id": hex|null, "cuda": str|null}
+#   {"op": "submit", "id": N, "task": "<task json>", "config": "<sandbox config json>",
+#    "num_cpus": 1.0, "memory": bytes|null, "num_gpus": 0.0, "node_id": hex|null,
+#    "cuda": str|null}
 #   {"op": "cancel", "id": N}
 #   {"op": "available", "req": K}
 #   {"op": "shutdown"}
@@ -248,7 +250,8 @@ def submit(msg, attempt):
     task_id = msg["id"]
     try:
         ref = REMOTE.options(**options).remote(
-            CONFIG["binary"], CONFIG["exec_args"], msg["task"], msg.get("cuda"), GUARDIAN_SOURCE
+            CONFIG["binary"], ["--sandbox-config", msg["config"]], msg["task"], msg.get("cuda"),
+            GUARDIAN_SOURCE
         )
     except BaseException as e:  # noqa: BLE001 - reported as the task's ending
         finish(task_id, {"ev": "failed", "id": task_id, "kind": "internal",

@@ -404,7 +404,7 @@ pub(super) fn task_state(
         wasi: wasi_context(stdin, config, stdout, stderr)?.build_p1(),
         guard: Guard::new(config),
         result: None,
-        result_cap: crate::sandbox::subprocess::envelope_cap(config),
+        result_cap: crate::sandbox::outcome::envelope_cap(config),
         result_too_big: false,
         files: FileBudget::default(),
     })
