@@ -1,5 +1,7 @@
-//! A task's outcome slot: set once, awaited from blocking or async code.
+//! A task's outcome slot, set once and awaited from blocking or async code,
+//! and the handle table every executor keeps its tasks in.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -7,11 +9,143 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::BoxFuture;
-use crate::task::{TaskError, TaskHandle, TaskOutcome};
+use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome};
+
+/// What an executor keeps per task; it has the task's completion.
+pub(crate) trait TaskSlot {
+    fn completion(&self) -> &Arc<Completion>;
+}
+
+/// One executor's tasks by handle: the handle checks, `get_result`,
+/// `get_result_async`, `wait` and `release`, the same for every executor.
+pub(crate) struct HandleTable<S> {
+    executor_type: ExecutorType,
+    signal: Arc<Signal>,
+    inner: Mutex<Slots<S>>,
+}
+
+struct Slots<S> {
+    by_id: HashMap<u64, Arc<S>>,
+    next_id: u64,
+    /// Why no task is accepted any more.
+    closed: Option<TaskError>,
+}
+
+impl<S: TaskSlot> HandleTable<S> {
+    pub(crate) fn new(executor_type: ExecutorType) -> Self {
+        HandleTable {
+            executor_type,
+            signal: Arc::new(Signal::default()),
+            inner: Mutex::new(Slots {
+                by_id: HashMap::new(),
+                next_id: 0,
+                closed: None,
+            }),
+        }
+    }
+
+    /// A completion for a new task, waking this table's waiters.
+    pub(crate) fn new_completion(&self) -> Arc<Completion> {
+        Arc::new(Completion::new(self.signal.clone()))
+    }
+
+    /// Adds a task and gives it its handle; once closed, the reason.
+    pub(crate) fn insert(&self, slot: Arc<S>) -> Result<TaskHandle, TaskError> {
+        let mut slots = lock(&self.inner);
+        if let Some(error) = &slots.closed {
+            return Err(error.clone());
+        }
+        let handle_id = slots.next_id;
+        slots.next_id += 1;
+        slots.by_id.insert(handle_id, slot);
+        Ok(TaskHandle {
+            handle_id,
+            executor_type: self.executor_type,
+        })
+    }
+
+    /// Refuses tasks from now on with `error`; returns every task it has.
+    pub(crate) fn close(&self, error: TaskError) -> Vec<Arc<S>> {
+        let mut slots = lock(&self.inner);
+        slots.closed.get_or_insert(error);
+        slots.by_id.values().cloned().collect()
+    }
+
+    /// Open again and empty (a fresh start after a failed one); handle ids
+    /// keep counting, so an old handle never names a new task.
+    #[cfg_attr(not(feature = "ray"), allow(dead_code))] // the Ray executor's
+    pub(crate) fn reset(&self) {
+        let mut slots = lock(&self.inner);
+        slots.by_id.clear();
+        slots.closed = None;
+    }
+
+    /// The task of `handle`, if this executor made it.
+    pub(crate) fn get(&self, handle: &TaskHandle) -> Option<Arc<S>> {
+        if handle.executor_type != self.executor_type {
+            return None;
+        }
+        self.by_id(handle.handle_id)
+    }
+
+    /// The task with this handle id.
+    pub(crate) fn by_id(&self, id: u64) -> Option<Arc<S>> {
+        lock(&self.inner).by_id.get(&id).cloned()
+    }
+
+    /// Every task, with its handle id.
+    #[cfg_attr(not(feature = "ray"), allow(dead_code))] // the Ray executor's
+    pub(crate) fn entries(&self) -> Vec<(u64, Arc<S>)> {
+        lock(&self.inner)
+            .by_id
+            .iter()
+            .map(|(&id, slot)| (id, slot.clone()))
+            .collect()
+    }
+
+    fn completion(&self, handle: &TaskHandle) -> Option<Arc<Completion>> {
+        self.get(handle).map(|slot| slot.completion().clone())
+    }
+
+    /// `get_result`: the outcome, once there is one.
+    pub(crate) fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {
+        result_of(self.completion(handle), handle)
+    }
+
+    /// `get_result_async`.
+    pub(crate) fn get_result_async(&self, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
+        future_of(self.completion(handle), handle)
+    }
+
+    /// `wait`: (finished, pending) once all finished or `timeout` passed.
+    pub(crate) fn wait(
+        &self,
+        handles: &[TaskHandle],
+        timeout: std::time::Duration,
+    ) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
+        let completions: Vec<_> = handles.iter().map(|h| self.completion(h)).collect();
+        wait_for(handles, &completions, &self.signal, timeout)
+    }
+
+    /// `release`: forgets a finished task.
+    pub(crate) fn release(&self, handle: &TaskHandle) {
+        if handle.executor_type != self.executor_type {
+            return;
+        }
+        let mut slots = lock(&self.inner);
+        if slots
+            .by_id
+            .get(&handle.handle_id)
+            .is_some_and(|slot| slot.completion().is_done())
+        {
+            slots.by_id.remove(&handle.handle_id);
+        }
+    }
+}
 
 /// `get_result` of an executor whose task `handle` has `completion` (none:
 /// the handle is not one of its own).
-pub(crate) fn result_of(completion: Option<Arc<Completion>>, handle: &TaskHandle) -> TaskOutcome {
+fn result_of(completion: Option<Arc<Completion>>, handle: &TaskHandle) -> TaskOutcome {
     match completion {
         Some(completion) => completion.wait(),
         None => unknown_handle(handle),
@@ -19,10 +153,7 @@ pub(crate) fn result_of(completion: Option<Arc<Completion>>, handle: &TaskHandle
 }
 
 /// `get_result_async`, as [`result_of`].
-pub(crate) fn future_of(
-    completion: Option<Arc<Completion>>,
-    handle: &TaskHandle,
-) -> BoxFuture<TaskOutcome> {
+fn future_of(completion: Option<Arc<Completion>>, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
     match completion {
         Some(completion) => Box::pin(completion.future()),
         None => {
@@ -35,7 +166,7 @@ pub(crate) fn future_of(
 /// `wait`: splits `handles` (with their completions, none for a foreign
 /// handle, which counts as done) into finished and pending, waiting on
 /// `signal` until all are finished or `timeout` passes.
-pub(crate) fn wait_for(
+fn wait_for(
     handles: &[TaskHandle],
     completions: &[Option<Arc<Completion>>],
     signal: &Signal,

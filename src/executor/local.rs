@@ -1,12 +1,12 @@
 //! The local executor: a bounded pool of worker threads on this machine.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::completion::{self, Completion, Signal};
+use super::completion::{Completion, HandleTable, TaskSlot};
 use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
 use crate::sandbox::{
     get_sandbox_config, meminfo, CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel,
@@ -34,7 +34,7 @@ struct Shared {
     sandbox: Option<SandboxConfig>,
     state: Mutex<State>,
     work_ready: Condvar,
-    signal: Arc<Signal>,
+    tasks: HandleTable<Slot>,
     /// Native closures running now (they can't be interrupted).
     native_running: AtomicUsize,
 }
@@ -42,8 +42,6 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Arc<Slot>>,
-    slots: HashMap<u64, Arc<Slot>>,
-    next_id: u64,
     running: usize,
     workers: Vec<JoinHandle<()>>,
     shut_down: bool,
@@ -59,6 +57,12 @@ struct Slot {
     config: SandboxConfig,
     cancel: CancelToken,
     completion: Arc<Completion>,
+}
+
+impl TaskSlot for Slot {
+    fn completion(&self) -> &Arc<Completion> {
+        &self.completion
+    }
 }
 
 impl Slot {
@@ -102,7 +106,7 @@ impl LocalExecutor {
                 sandbox,
                 state: Mutex::new(State::default()),
                 work_ready: Condvar::new(),
-                signal: Arc::new(Signal::default()),
+                tasks: HandleTable::new(ExecutorType::Local),
                 native_running: AtomicUsize::new(0),
             }),
         }
@@ -111,18 +115,6 @@ impl LocalExecutor {
     /// The number of workers.
     pub fn max_workers(&self) -> usize {
         self.shared.max_workers
-    }
-
-    /// The completion of task `handle`, if it is one of ours.
-    fn completion(&self, handle: &TaskHandle) -> Option<Arc<Completion>> {
-        self.slot(handle).map(|slot| slot.completion.clone())
-    }
-
-    fn slot(&self, handle: &TaskHandle) -> Option<Arc<Slot>> {
-        if handle.executor_type != ExecutorType::Local {
-            return None;
-        }
-        self.shared.lock().slots.get(&handle.handle_id).cloned()
     }
 
     /// Starts the missing workers. Failing to start even one is an error
@@ -233,31 +225,27 @@ impl ExecutorBackend for LocalExecutor {
             task: Mutex::new(Some(task)),
             config,
             cancel: CancelToken::new(),
-            completion: Arc::new(Completion::new(self.shared.signal.clone())),
+            completion: self.shared.tasks.new_completion(),
         });
         let mut state = self.shared.lock();
         if state.shut_down {
             return Err(shut_down());
         }
         self.start_workers(&mut state)?;
-        let handle_id = state.next_id;
-        state.next_id += 1;
-        state.slots.insert(handle_id, slot.clone());
+        // Under the state's lock: a shutdown sees this task or refuses it.
+        let handle = self.shared.tasks.insert(slot.clone())?;
         state.queue.push_back(slot);
         drop(state);
         self.shared.work_ready.notify_one();
-        Ok(TaskHandle {
-            handle_id,
-            executor_type: ExecutorType::Local,
-        })
+        Ok(handle)
     }
 
     fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {
-        completion::result_of(self.completion(handle), handle)
+        self.shared.tasks.get_result(handle)
     }
 
     fn get_result_async(&self, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
-        completion::future_of(self.completion(handle), handle)
+        self.shared.tasks.get_result_async(handle)
     }
 
     fn wait(
@@ -265,12 +253,14 @@ impl ExecutorBackend for LocalExecutor {
         handles: &[TaskHandle],
         timeout: Duration,
     ) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
-        let completions: Vec<_> = handles.iter().map(|h| self.completion(h)).collect();
-        completion::wait_for(handles, &completions, &self.shared.signal, timeout)
+        self.shared.tasks.wait(handles, timeout)
     }
 
     fn cancel(&self, handle: &TaskHandle) -> bool {
-        self.slot(handle).is_some_and(|slot| slot.cancel())
+        self.shared
+            .tasks
+            .get(handle)
+            .is_some_and(|slot| slot.cancel())
     }
 
     fn shutdown(&self) -> Result<(), TaskError> {
@@ -278,7 +268,7 @@ impl ExecutorBackend for LocalExecutor {
             let mut state = self.shared.lock();
             state.shut_down = true;
             state.queue.clear();
-            let slots: Vec<Arc<Slot>> = state.slots.values().cloned().collect();
+            let slots = self.shared.tasks.close(shut_down());
             (std::mem::take(&mut state.workers), slots)
         };
         for slot in &slots {
@@ -316,17 +306,7 @@ impl ExecutorBackend for LocalExecutor {
     }
 
     fn release(&self, handle: &TaskHandle) {
-        if handle.executor_type != ExecutorType::Local {
-            return;
-        }
-        let mut state = self.shared.lock();
-        if state
-            .slots
-            .get(&handle.handle_id)
-            .is_some_and(|slot| slot.completion.is_done())
-        {
-            state.slots.remove(&handle.handle_id);
-        }
+        self.shared.tasks.release(handle);
     }
 }
 

@@ -17,7 +17,7 @@ use super::dashboard::{fetch_nodes, NodeInfo};
 use super::head::StartedHead;
 use super::protocol::{Event, FailureKind, Op};
 use super::RayOptions;
-use crate::executor::completion::{self, Completion, Signal};
+use crate::executor::completion::{Completion, HandleTable, TaskSlot};
 use crate::executor::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
 use crate::sandbox::{get_sandbox_config, SandboxConfig, SandboxLevel};
 use crate::task::json::{parse_outcome, TaskSpec};
@@ -98,9 +98,7 @@ pub struct RayExecutor {
 
 struct Shared {
     options: RayOptions,
-    signal: Arc<Signal>,
-    table: Mutex<SlotTable>,
-    next_id: AtomicU64,
+    tasks: HandleTable<Slot>,
     /// Held while starting or stopping, so those never interleave.
     lifecycle: Mutex<Lifecycle>,
     /// The sidecar's stdin; None when it is not running.
@@ -140,13 +138,6 @@ struct ClusterInfo {
     binary: PathBuf,
 }
 
-#[derive(Default)]
-struct SlotTable {
-    slots: HashMap<u64, Arc<Slot>>,
-    /// Why no task can be accepted any more (the sidecar is gone).
-    closed: Option<TaskError>,
-}
-
 struct Slot {
     id: Option<Value>,
     tier: SandboxLevel,
@@ -154,6 +145,12 @@ struct Slot {
     completion: Arc<Completion>,
     submitted: Instant,
     cancel_requested: Mutex<Option<Instant>>,
+}
+
+impl TaskSlot for Slot {
+    fn completion(&self) -> &Arc<Completion> {
+        &self.completion
+    }
 }
 
 impl Slot {
@@ -207,9 +204,7 @@ impl RayExecutor {
         RayExecutor {
             shared: Arc::new(Shared {
                 options,
-                signal: Arc::new(Signal::default()),
-                table: Mutex::new(SlotTable::default()),
-                next_id: AtomicU64::new(0),
+                tasks: HandleTable::new(ExecutorType::Ray),
                 lifecycle: Mutex::new(Lifecycle::default()),
                 writer: Mutex::new(None),
                 cluster: Mutex::new(None),
@@ -234,21 +229,6 @@ impl RayExecutor {
             .child
             .as_ref()
             .map(|child| child.id())
-    }
-
-    /// The completion of task `handle`, if it is one of ours.
-    fn completion(&self, handle: &TaskHandle) -> Option<Arc<Completion>> {
-        self.slot(handle).map(|slot| slot.completion.clone())
-    }
-
-    fn slot(&self, handle: &TaskHandle) -> Option<Arc<Slot>> {
-        if handle.executor_type != ExecutorType::Ray {
-            return None;
-        }
-        lock(&self.shared.table)
-            .slots
-            .get(&handle.handle_id)
-            .cloned()
     }
 
     /// Starts the sidecar (and a head, if no address was given) unless it runs.
@@ -367,7 +347,7 @@ impl RayExecutor {
 
         let (ready_tx, ready_rx) = mpsc::channel();
         *lock(&self.shared.ready) = Some(ready_tx);
-        *lock(&self.shared.table) = SlotTable::default();
+        self.shared.tasks.reset();
         self.shared.stopping.store(false, Ordering::SeqCst);
         let reader = {
             let shared = self.shared.clone();
@@ -566,13 +546,9 @@ impl Shared {
             let _ = ready.send(Err("the sidecar exited before it was ready".into()));
         }
         *lock(&self.writer) = None;
-        let slots: Vec<Arc<Slot>> = {
-            let mut table = lock(&self.table);
-            table.closed = Some(TaskError::unavailable(
-                "the Ray sidecar has exited; make a new executor",
-            ));
-            table.slots.values().cloned().collect()
-        };
+        let slots = self.tasks.close(TaskError::unavailable(
+            "the Ray sidecar has exited; make a new executor",
+        ));
         for slot in slots {
             slot.fail(error.clone(), None);
         }
@@ -610,7 +586,7 @@ impl Shared {
                 err,
                 node,
             } => {
-                if let Some(slot) = self.slot(id) {
+                if let Some(slot) = self.tasks.by_id(id) {
                     self.finish_done(&slot, node, rc, &out, &err);
                 }
             }
@@ -620,15 +596,11 @@ impl Shared {
                 type_name,
                 message,
             } => {
-                if let Some(slot) = self.slot(id) {
+                if let Some(slot) = self.tasks.by_id(id) {
                     slot.fail(failure(kind, &type_name, &message, self), None);
                 }
             }
         }
-    }
-
-    fn slot(&self, id: u64) -> Option<Arc<Slot>> {
-        lock(&self.table).slots.get(&id).cloned()
     }
 
     /// A Ray task returned: the exec's result line is the outcome.
@@ -705,15 +677,15 @@ impl Shared {
                 continue;
             }
             last_check = Instant::now();
-            let pending: Vec<(u64, Arc<Slot>)> = lock(&self.table)
-                .slots
-                .iter()
+            let pending: Vec<(u64, Arc<Slot>)> = self
+                .tasks
+                .entries()
+                .into_iter()
                 // Only tasks that have waited a while: the check costs an
                 // HTTP request, and short tasks must not pay for it.
                 .filter(|(_, slot)| {
                     !slot.completion.is_done() && slot.submitted.elapsed() > WATCH_PERIOD
                 })
-                .map(|(id, slot)| (*id, slot.clone()))
                 .collect();
             if pending.is_empty() {
                 continue;
@@ -764,26 +736,16 @@ impl ExecutorBackend for RayExecutor {
         let (prepared, request) = self.prepare(&task)?;
         let cluster = self.ensure_running()?;
         let dead_node = self.check_feasible(&cluster, &request)?;
-        let handle_id = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
         let slot = Arc::new(Slot {
             id: task.id.clone(),
             tier: prepared.level,
             request: request.clone(),
-            completion: Arc::new(Completion::new(self.shared.signal.clone())),
+            completion: self.shared.tasks.new_completion(),
             submitted: Instant::now(),
             cancel_requested: Mutex::new(None),
         });
-        {
-            let mut table = lock(&self.shared.table);
-            if let Some(error) = &table.closed {
-                return Err(error.clone());
-            }
-            table.slots.insert(handle_id, slot.clone());
-        }
-        let handle = TaskHandle {
-            handle_id,
-            executor_type: ExecutorType::Ray,
-        };
+        let handle = self.shared.tasks.insert(slot.clone())?;
+        let handle_id = handle.handle_id;
         if let Some(error) = dead_node {
             // Affinity to a dead node fails at once, without a round trip.
             slot.fail(error, request.node_id.clone());
@@ -816,11 +778,11 @@ impl ExecutorBackend for RayExecutor {
     }
 
     fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {
-        completion::result_of(self.completion(handle), handle)
+        self.shared.tasks.get_result(handle)
     }
 
     fn get_result_async(&self, handle: &TaskHandle) -> BoxFuture<TaskOutcome> {
-        completion::future_of(self.completion(handle), handle)
+        self.shared.tasks.get_result_async(handle)
     }
 
     fn wait(
@@ -828,12 +790,11 @@ impl ExecutorBackend for RayExecutor {
         handles: &[TaskHandle],
         timeout: Duration,
     ) -> (Vec<TaskHandle>, Vec<TaskHandle>) {
-        let completions: Vec<_> = handles.iter().map(|h| self.completion(h)).collect();
-        completion::wait_for(handles, &completions, &self.shared.signal, timeout)
+        self.shared.tasks.wait(handles, timeout)
     }
 
     fn cancel(&self, handle: &TaskHandle) -> bool {
-        let Some(slot) = self.slot(handle) else {
+        let Some(slot) = self.shared.tasks.get(handle) else {
             return false;
         };
         if slot.completion.is_done() {
@@ -858,7 +819,7 @@ impl ExecutorBackend for RayExecutor {
         }
         lifecycle.phase = Phase::ShutDown;
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for slot in lock(&self.shared.table).slots.values() {
+        for (_, slot) in self.shared.tasks.entries() {
             if !slot.completion.is_done() {
                 lock(&slot.cancel_requested).get_or_insert_with(Instant::now);
             }
@@ -879,12 +840,7 @@ impl ExecutorBackend for RayExecutor {
             let _ = thread.join();
         }
         // Whatever got no ending (the sidecar never started) is cancelled.
-        let slots: Vec<Arc<Slot>> = {
-            let mut table = lock(&self.shared.table);
-            table.closed = Some(shut_down());
-            table.slots.values().cloned().collect()
-        };
-        for slot in slots {
+        for slot in self.shared.tasks.close(shut_down()) {
             slot.fail(TaskError::Cancelled, None);
         }
         if let Some(head) = lifecycle.head.take() {
@@ -939,17 +895,7 @@ impl ExecutorBackend for RayExecutor {
     }
 
     fn release(&self, handle: &TaskHandle) {
-        if handle.executor_type != ExecutorType::Ray {
-            return;
-        }
-        let mut table = lock(&self.shared.table);
-        if table
-            .slots
-            .get(&handle.handle_id)
-            .is_some_and(|slot| slot.completion.is_done())
-        {
-            table.slots.remove(&handle.handle_id);
-        }
+        self.shared.tasks.release(handle);
     }
 }
 
