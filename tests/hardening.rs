@@ -530,17 +530,31 @@ fn special_files_never_block_a_wasm_task_past_its_limits() {
 
     // A Wasm payload must be a regular file of bounded size: no device, no
     // FIFO (either would be read until the host ran out of memory, or wait
-    // for ever).
+    // for ever), and nothing of /proc, /sys or /dev (as written or through a
+    // symlink), whose "regular" files show the host's processes.
+    let to_environ = dir.path().join("environ.wasm");
+    std::os::unix::fs::symlink("/proc/self/environ", &to_environ).unwrap();
     for payload in [
         "/dev/zero".to_string(),
         fifo.display().to_string(),
         dir.path().display().to_string(),
+        "/proc/self/environ".to_string(),
+        "/proc/self/../self/cmdline".to_string(),
+        to_environ.display().to_string(),
     ] {
         let started = Instant::now();
         let task = TaskSubmission::wasm(WasmSource::Path(payload.clone().into()));
         let outcome = sandbox(SandboxLevel::Wasm).run(&task, &CancelToken::new());
         assert!(started.elapsed() < Duration::from_secs(5), "{payload}");
         assert_eq!(err(&outcome).kind(), ErrorKind::InvalidTask, "{payload}");
+        if payload.contains("environ") || payload.contains("cmdline") {
+            let message = err(&outcome).to_string();
+            assert!(
+                message.contains("/proc, /sys or /dev"),
+                "{payload}: {message}"
+            );
+            assert!(!message.contains("PATH="), "{payload}: {message}");
+        }
         let line = json!({"wasm": payload});
         let (outcome, _) = exec(&["--allow-mount", "/"], &line);
         assert_eq!(kind(&outcome), "invalid_task", "{outcome}");

@@ -1,7 +1,9 @@
-//! How a task is isolated: one [`Sandbox`] trait, one module per tier.
+//! How a task is isolated: one (crate-private) `Sandbox` trait, one module
+//! per tier, run through [`SandboxExecutor`].
 //!
-//! A tier never knows where it runs: it gets a [`Job`] and a
-//! [`CancelToken`] and gives back a [`SandboxOutput`].
+//! A tier never knows where it runs: it gets a job (the payload and its
+//! resolved [`SandboxConfig`]) and a [`CancelToken`], and gives back the
+//! result and the captured output.
 
 mod cgroup;
 mod config;
@@ -383,6 +385,18 @@ fn resolve_mounts(config: &SandboxConfig) -> Result<Vec<Mount>, TaskError> {
             })
         })
         .collect()
+}
+
+/// True if `path`, as written or as it resolves, is in /proc, /sys or
+/// /dev: no task may be given a file of those (a Wasm payload included).
+pub(crate) fn in_system_tree(path: &std::path::Path) -> bool {
+    let absolute = match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => cwd.join(path),
+        _ => path.to_path_buf(),
+    };
+    let inside = |p: &std::path::Path| FORBIDDEN_MOUNTS.iter().any(|dir| p.starts_with(dir));
+    inside(&lexically_normal(&absolute))
+        || std::fs::canonicalize(&absolute).is_ok_and(|real| inside(&real))
 }
 
 /// `path` with `.` and `..` taken out as written (no symlink followed).

@@ -37,6 +37,9 @@ fn read_payload(path: &std::path::Path) -> Result<Vec<u8>, TaskError> {
             path.display()
         ))
     };
+    if crate::sandbox::in_system_tree(path) {
+        return Err(cant(&"no task may be given a file of /proc, /sys or /dev"));
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
