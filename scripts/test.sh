@@ -40,10 +40,12 @@ cargo fmt --all -- --check
 # Builds the RustPython guest for wasm32-wasip1 too (build.rs installs the
 # rustup target if it is missing).
 cargo clippy --all-targets --locked -- -D warnings
-# The library alone (no cli, docker or ray feature) builds clean too, and a
+# The library alone (no cli, docker or ray feature) builds clean and passes
+# its unit and doc tests (the integration tests need the cli), and a
 # crate that depends on it gets the vendored wasmtime, offline, and runs a
 # task (scripts/dependent.sh; it shares target/).
 cargo clippy --lib --locked --no-default-features -- -D warnings
+cargo test --locked --no-default-features --quiet
 ./scripts/dependent.sh
 # The wasm tier snapshots and compiles its guest once per machine (~30 s);
 # do it before the tests so none of them waits on it.
