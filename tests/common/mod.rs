@@ -12,6 +12,38 @@ use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel
 use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
 use serde_json::Value;
 
+/// Holds a test's place in its suite: see [`suite`].
+pub(crate) struct Suite;
+
+/// Which suite runs now, and how many of its tests.
+static RUNNING: std::sync::Mutex<(Option<&'static str>, usize)> = std::sync::Mutex::new((None, 0));
+static TURN: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Waits until no other suite has a test running, then counts this test in
+/// `name`'s (a module path): the tests of one suite run together, never
+/// beside another suite's. The suites share a process, and some change
+/// what another would see (stop dockerd, set the process-wide sandbox
+/// configuration, count processes, containers, temp dirs or memory).
+pub(crate) fn suite(name: &'static str) -> Suite {
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    while running.0.is_some_and(|current| current != name) {
+        running = TURN.wait(running).unwrap_or_else(|e| e.into_inner());
+    }
+    *running = (Some(name), running.1 + 1);
+    Suite
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        running.1 -= 1;
+        if running.1 == 0 {
+            running.0 = None;
+            TURN.notify_all();
+        }
+    }
+}
+
 /// A sandbox executor on `level` with a short timeout.
 pub(crate) fn sandbox(level: SandboxLevel) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {

@@ -3,13 +3,11 @@
 //! holds under attack, limits fire as what they are, and no container of
 //! ours outlives its task. These tests fail, not skip, without an engine.
 
-mod common;
-
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lattice::sandbox::{CancelToken, Mount, SandboxConfig, SandboxExecutor, SandboxLevel};
 use lattice::task::{TaskError, TaskSubmission};
 use serde_json::{json, Value};
@@ -55,6 +53,7 @@ fn attempt(body: &str) -> Value {
 
 #[test]
 fn a_task_runs_hardened_and_its_container_is_removed() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let code = "import os, json\ndef f(x):\n    print('hello from the container')\n    status = open('/proc/self/status').read()\n    caps = [l for l in status.splitlines() if l.startswith(('CapEff', 'NoNewPrivs'))]\n    return {'x': x, 'uid': os.getuid(), 'caps': caps, 'env': sorted(os.environ)}\n";
     let outcome = docker(base()).run(
@@ -75,6 +74,7 @@ fn a_task_runs_hardened_and_its_container_is_removed() {
 
 #[test]
 fn the_filesystem_network_and_processes_are_locked_down() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     assert_eq!(attempt("open('/etc/passwd-new', 'w')"), json!("OSError"));
     assert_eq!(attempt("open('/usr/evil', 'w')"), json!("OSError"));
@@ -110,6 +110,7 @@ fn the_filesystem_network_and_processes_are_locked_down() {
 
 #[test]
 fn mounts_are_read_only_unless_marked() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("data.txt"), "shared").unwrap();
@@ -123,6 +124,7 @@ fn mounts_are_read_only_unless_marked() {
 
 #[test]
 fn limits_fire_as_what_they_are() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let memory = run_with(
         SandboxConfig {
@@ -164,6 +166,7 @@ fn limits_fire_as_what_they_are() {
 
 #[test]
 fn cancel_kills_and_removes_the_container() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let (cancel, canceller) = cancel_after(Duration::from_millis(1500));
     let started = Instant::now();
@@ -185,6 +188,7 @@ fn cancel_kills_and_removes_the_container() {
 
 #[test]
 fn a_missing_image_is_unavailable_with_the_fix() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let outcome = run_with(
         SandboxConfig {
@@ -229,6 +233,7 @@ fn container_exists(id: &str) -> bool {
 
 #[test]
 fn containers_of_a_crashed_process_are_swept_on_start() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .unwrap()
@@ -299,6 +304,7 @@ fn containers_of_a_crashed_process_are_swept_on_start() {
 
 #[test]
 fn an_engine_that_is_down_is_unavailable_not_a_hang() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let started = Instant::now();
     let run = lattice_cli(

@@ -3,12 +3,10 @@
 //! new processes, no exec, no writes outside the task's temp dir, no reads
 //! of the host's files; the subprocess tier's limits still fire.
 
-mod common;
-
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lattice::sandbox::{CancelToken, Mount, SandboxConfig, SandboxExecutor, SandboxLevel};
 use lattice::task::{TaskError, TaskSubmission};
 use serde_json::{json, Value};
@@ -38,6 +36,7 @@ fn attempt(body: &str) -> Value {
 
 #[test]
 fn python_runs_and_computes_under_the_filter() {
+    let _suite = crate::common::suite(module_path!());
     let code = "import json, math, re, collections, datetime, decimal, hashlib, threading\ndef f(x):\n    t = threading.Thread(target=lambda: None)\n    t.start(); t.join()\n    open('scratch.txt', 'w').write('mine')\n    return [math.factorial(20), re.sub('a', 'b', 'aa'), open('scratch.txt').read(), x]\n";
     let outcome = seccomp(SandboxConfig::default()).run(
         &TaskSubmission::python(code).with_input(json!(7)),
@@ -51,6 +50,7 @@ fn python_runs_and_computes_under_the_filter() {
 
 #[test]
 fn sockets_fork_and_exec_are_refused() {
+    let _suite = crate::common::suite(module_path!());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -82,6 +82,7 @@ fn sockets_fork_and_exec_are_refused() {
 
 #[test]
 fn os_system_cannot_start_a_shell() {
+    let _suite = crate::common::suite(module_path!());
     let outcome = run_with(
         SandboxConfig::default(),
         "import os\ndef f(x):\n    return os.system('echo escaped > /tmp/lattice-escape')\n",
@@ -92,6 +93,7 @@ fn os_system_cannot_start_a_shell() {
 
 #[test]
 fn writes_outside_the_temp_dir_and_host_reads_are_refused() {
+    let _suite = crate::common::suite(module_path!());
     // /tmp is world-writable: only Landlock stops this one.
     let probe = format!("/tmp/lattice-seccomp-probe-{}", std::process::id());
     assert_eq!(
@@ -139,6 +141,7 @@ fn writes_outside_the_temp_dir_and_host_reads_are_refused() {
 
 #[test]
 fn a_writable_mount_under_tmp_reaches_the_host() {
+    let _suite = crate::common::suite(module_path!());
     // SAFETY: geteuid never fails.
     if unsafe { libc::geteuid() } != 0 {
         return; // the task's own /tmp needs root
@@ -171,6 +174,7 @@ fn a_writable_mount_under_tmp_reaches_the_host() {
 
 #[test]
 fn the_kill_option_reports_a_sandbox_violation() {
+    let _suite = crate::common::suite(module_path!());
     let kill = || SandboxConfig {
         seccomp_kill: true,
         ..SandboxConfig::default()
@@ -203,6 +207,7 @@ fn the_kill_option_reports_a_sandbox_violation() {
 
 #[test]
 fn allowed_syscalls_replace_the_allowlist() {
+    let _suite = crate::common::suite(module_path!());
     // An allowlist without `getcwd`: CPython still starts (it does not
     // need it), but os.getcwd() is refused.
     let mut calls: Vec<i64> = default_allowlist_for_test();
@@ -230,6 +235,7 @@ fn default_allowlist_for_test() -> Vec<i64> {
 
 #[test]
 fn limits_still_fire() {
+    let _suite = crate::common::suite(module_path!());
     let memory = run_with(
         SandboxConfig {
             max_memory_mb: 200,

@@ -1,13 +1,11 @@
 //! The `lattice-wasm` binary, run as a user would.
 
-mod common;
-
 use std::process::Output;
 
 use serde_json::{json, Value};
 
 fn lattice(args: &[&str], stdin: &str) -> Output {
-    common::lattice_cli(args, stdin, &[])
+    crate::common::lattice_cli(args, stdin, &[])
 }
 
 fn lines(output: &Output) -> Vec<Value> {
@@ -25,6 +23,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 
 #[test]
 fn run_prints_one_result_and_exits_by_outcome() {
+    let _suite = crate::common::suite(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let ok = write(
         &dir,
@@ -66,6 +65,7 @@ fn run_prints_one_result_and_exits_by_outcome() {
 
 #[test]
 fn run_takes_code_on_stdin_and_args_kwargs_entry_and_limits() {
+    let _suite = crate::common::suite(module_path!());
     let out = lattice(
         &[
             "run",
@@ -105,6 +105,7 @@ fn run_takes_code_on_stdin_and_args_kwargs_entry_and_limits() {
 
 #[test]
 fn batch_gives_one_line_per_task_in_order_and_goes_on_after_bad_lines() {
+    let _suite = crate::common::suite(module_path!());
     let tasks = [
         r#"{"id": "a", "code": "def f(x):\n    return x * 2", "input": 21}"#,
         r#"{"code": "def f(x):\n    return x", "input": 1267650600228229401496703205376}"#,
@@ -147,6 +148,7 @@ fn batch_gives_one_line_per_task_in_order_and_goes_on_after_bad_lines() {
 
 #[test]
 fn batch_writes_to_an_output_file() {
+    let _suite = crate::common::suite(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let input = write(
         &dir,
@@ -176,6 +178,7 @@ fn batch_writes_to_an_output_file() {
 
 #[test]
 fn exec_reads_one_task_and_prints_one_result() {
+    let _suite = crate::common::suite(module_path!());
     let out = lattice(
         &["exec"],
         r#"{"id": 9, "tier": "subprocess", "code": "def f(x):\n    return sorted(x)", "input": [3, 1, 2]}"#,
@@ -193,6 +196,7 @@ fn exec_reads_one_task_and_prints_one_result() {
 
 #[test]
 fn resources_and_doctor_report() {
+    let _suite = crate::common::suite(module_path!());
     let out = lattice(&["resources"], "");
     assert_eq!(out.status.code(), Some(0));
     let resources: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -209,6 +213,7 @@ fn resources_and_doctor_report() {
 
 #[test]
 fn every_command_has_help_and_bad_usage_exits_2() {
+    let _suite = crate::common::suite(module_path!());
     for command in ["run", "batch", "exec", "resources", "doctor"] {
         let out = lattice(&[command, "--help"], "");
         assert_eq!(out.status.code(), Some(0), "{command}");
@@ -228,6 +233,7 @@ fn every_command_has_help_and_bad_usage_exits_2() {
 
 #[test]
 fn exec_runs_a_task_under_a_whole_configuration_sent_as_json() {
+    let _suite = crate::common::suite(module_path!());
     // What the Ray executor sends its nodes: the task's resolved settings.
     let config = r#"{"tier": "subprocess", "max_output_bytes": 100, "timeout_s": 20}"#;
     let task = r#"{"id": "t", "code": "def f():\n    print('x' * 5000)\n    return 1\n"}"#;

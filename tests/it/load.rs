@@ -5,12 +5,10 @@
 //! outcome, the right one; memory stays flat; no process or temp dir of a
 //! task is left behind. And a cancel storm.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lattice::executor::{ExecutorBackend, LocalExecutor};
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
 use lattice::task::json::TaskSpec;
@@ -152,6 +150,7 @@ fn run_mix(workers: usize) {
 
 #[test]
 fn ten_thousand_mixed_tasks_through_the_executor_at_1_2_and_32_workers() {
+    let _suite = crate::common::suite(module_path!());
     let temp_dirs_before = task_temp_dirs();
     for workers in [1, 2, 32] {
         run_mix(workers);
@@ -165,6 +164,7 @@ fn ten_thousand_mixed_tasks_through_the_executor_at_1_2_and_32_workers() {
 
 #[test]
 fn ten_thousand_mixed_tasks_through_batch_at_1_2_and_32() {
+    let _suite = crate::common::suite(module_path!());
     let mut lines = String::new();
     let mut expected = HashMap::new();
     for i in 0..TASKS {
@@ -210,6 +210,7 @@ fn ten_thousand_mixed_tasks_through_batch_at_1_2_and_32() {
 
 #[test]
 fn a_cancel_storm_gives_every_task_one_outcome() {
+    let _suite = crate::common::suite(module_path!());
     let executor = LocalExecutor::new(
         Some(4),
         Some(SandboxConfig {

@@ -1,13 +1,11 @@
 //! The local executor with real CPython tasks: bounded workers, wait with a
 //! real timeout, cancel of queued and running tasks, shutdown, resources.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions, LocalExecutor};
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
 use lattice::task::{ExecutorType, TaskError, TaskHandle, TaskSubmission};
@@ -33,6 +31,7 @@ fn sleeper(seconds: f64) -> TaskSubmission {
 
 #[test]
 fn results_come_back_through_the_trait_object() {
+    let _suite = crate::common::suite(module_path!());
     let executor = create_executor(
         ExecutorType::Local,
         ExecutorOptions {
@@ -69,6 +68,7 @@ fn results_come_back_through_the_trait_object() {
 
 #[test]
 fn concurrency_is_bounded_by_max_workers() {
+    let _suite = crate::common::suite(module_path!());
     let executor = executor(2);
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -94,6 +94,7 @@ fn concurrency_is_bounded_by_max_workers() {
 
 #[test]
 fn wait_honours_its_timeout_and_zero_polls() {
+    let _suite = crate::common::suite(module_path!());
     let executor = executor(1);
     let handle = executor.submit(sleeper(3.0)).unwrap();
     let (done, pending) = executor.wait(std::slice::from_ref(&handle), Duration::ZERO);
@@ -113,6 +114,7 @@ fn wait_honours_its_timeout_and_zero_polls() {
 
 #[test]
 fn cancel_stops_queued_and_running_tasks() {
+    let _suite = crate::common::suite(module_path!());
     let executor = executor(1);
     let running = executor.submit(sleeper(60.0)).unwrap();
     let queued = executor.submit(sleeper(60.0)).unwrap();
@@ -137,6 +139,7 @@ fn cancel_stops_queued_and_running_tasks() {
 
 #[test]
 fn shutdown_cancels_everything_and_leaves_nothing_running() {
+    let _suite = crate::common::suite(module_path!());
     let executor = executor(2);
     let handles: Vec<TaskHandle> = (0..4)
         .map(|_| executor.submit(sleeper(60.0)).unwrap())
@@ -160,6 +163,7 @@ fn shutdown_cancels_everything_and_leaves_nothing_running() {
 
 #[test]
 fn native_closures_run_in_process() {
+    let _suite = crate::common::suite(module_path!());
     let executor = executor(1);
     let task = TaskSubmission::native(|call| {
         let x = call.input.and_then(|v| v.as_i64()).ok_or("no input")?;
@@ -196,6 +200,7 @@ fn native_closures_run_in_process() {
 
 #[test]
 fn bad_placement_is_refused_at_submit() {
+    let _suite = crate::common::suite(module_path!());
     let executor = executor(1);
     assert!(matches!(
         executor.submit(sleeper(0.0).with_node("node-elsewhere")),
@@ -220,6 +225,7 @@ fn bad_placement_is_refused_at_submit() {
 
 #[test]
 fn resources_describe_this_machine() {
+    let _suite = crate::common::suite(module_path!());
     let resources = executor(1).get_available_resources().unwrap();
     assert_eq!(resources.nodes.len(), 1);
     let node = &resources.nodes[0];
@@ -230,7 +236,8 @@ fn resources_describe_this_machine() {
 
 #[test]
 fn the_ray_executor_says_how_to_get_ray_when_its_python_has_none() {
-    // The factory builds it; starting it needs a Python with ray (tests/ray_executor.rs
+    let _suite = crate::common::suite(module_path!());
+    // The factory builds it; starting it needs a Python with ray (tests/it/ray_executor.rs
     // runs it on a real cluster).
     let executor = create_executor(
         ExecutorType::Ray,
@@ -276,8 +283,17 @@ async fn results_can_be_awaited() {
 
 #[test]
 fn the_process_wide_config_is_used_when_none_is_given() {
+    let _suite = crate::common::suite(module_path!());
     // Other tests give their executors a config of their own, so changing the
-    // process-wide one here does not race with them.
+    // process-wide one here does not race with them; the suites after this
+    // one (same process) get the default back.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            lattice::sandbox::set_sandbox_config(SandboxConfig::default());
+        }
+    }
+    let _restore = Restore;
     let config = SandboxConfig {
         level: SandboxLevel::Subprocess,
         timeout: Duration::from_millis(700),
@@ -296,6 +312,7 @@ fn the_process_wide_config_is_used_when_none_is_given() {
 
 #[test]
 fn a_running_native_closure_is_reported_cancelled_and_never_blocks_shutdown() {
+    let _suite = crate::common::suite(module_path!());
     let executor = executor(1);
     let handle = executor
         .submit(TaskSubmission::native(|call| {

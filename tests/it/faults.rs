@@ -9,13 +9,11 @@
 //! so they need root and an engine started by hand (scripts/test.sh does
 //! both); they fail, not skip, without them.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lattice::executor::{ExecutorBackend, LocalExecutor};
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
 use lattice::task::{ErrorKind, TaskError, TaskSubmission};
@@ -146,6 +144,7 @@ fn unavailable_reason(error: &TaskError) -> String {
 
 #[test]
 fn the_docker_engine_stopped_mid_batch_fails_its_tasks_typed_and_the_executor_recovers() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let executor = LocalExecutor::new(Some(2), Some(docker_config()));
     // Warm: the engine is reachable and the image present.
@@ -285,6 +284,7 @@ fn batch_with_tmpdir(tasks: &[Value], tmp: &Path) -> Vec<Value> {
 
 #[test]
 fn a_full_temp_dir_fails_the_tasks_that_need_one_typed_and_the_rest_run() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     let full = FullFilesystem::mount();
     let tiers = ["wasm", "subprocess", "seccomp", "none"];
@@ -354,6 +354,7 @@ def f():
 
 #[test]
 fn a_task_that_ignores_sigterm_is_still_stopped_on_every_process_tier() {
+    let _suite = crate::common::suite(module_path!());
     let _serial = serial();
     for level in [
         SandboxLevel::Subprocess,

@@ -2,13 +2,11 @@
 //! construction, limits that fire as what they are, the snapshot hazards,
 //! user Wasm modules, and the compatibility corpus.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lattice::sandbox::{CancelToken, Mount, SandboxConfig, SandboxExecutor, SandboxLevel};
 use lattice::task::{TaskError, TaskSubmission, TimeLimit, WasmSource};
 use serde_json::{json, Value};
@@ -31,6 +29,7 @@ fn run_with(executor: &SandboxExecutor, code: &str, input: Value) -> lattice::ta
 
 #[test]
 fn a_trivial_task_runs() {
+    let _suite = crate::common::suite(module_path!());
     let outcome = run_code(
         TIER,
         "def f(x):\n    print('hi')\n    return x + 1\n",
@@ -43,6 +42,7 @@ fn a_trivial_task_runs() {
 
 #[test]
 fn the_host_filesystem_environment_network_and_processes_are_out_of_reach() {
+    let _suite = crate::common::suite(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret.txt");
     std::fs::write(&secret, "top secret").unwrap();
@@ -90,6 +90,7 @@ fn the_host_filesystem_environment_network_and_processes_are_out_of_reach() {
 
 #[test]
 fn mounts_are_read_only_unless_marked_and_do_not_leak_their_parent() {
+    let _suite = crate::common::suite(module_path!());
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret.txt"), "secret").unwrap();
     let mounted = outside.path().join("data");
@@ -159,6 +160,7 @@ fn mounts_are_read_only_unless_marked_and_do_not_leak_their_parent() {
 
 #[test]
 fn wall_and_cpu_limits_fire_as_timeouts() {
+    let _suite = crate::common::suite(module_path!());
     let spin = "def f(x):\n    while True:\n        pass\n";
     let started = Instant::now();
     let outcome = run_with(
@@ -197,6 +199,7 @@ fn wall_and_cpu_limits_fire_as_timeouts() {
 
 #[test]
 fn a_sleeping_task_still_honours_its_limits() {
+    let _suite = crate::common::suite(module_path!());
     let started = Instant::now();
     let outcome = run_with(
         &wasm(SandboxConfig {
@@ -240,6 +243,7 @@ fn a_sleeping_task_still_honours_its_limits() {
 
 #[test]
 fn memory_bombs_are_memory_limits() {
+    let _suite = crate::common::suite(module_path!());
     let executor = wasm(SandboxConfig {
         max_memory_mb: 64,
         timeout: Duration::from_secs(30),
@@ -280,6 +284,7 @@ fn memory_bombs_are_memory_limits() {
 
 #[test]
 fn deep_recursion_is_a_recursion_error_not_a_crash() {
+    let _suite = crate::common::suite(module_path!());
     for code in [
         "def f(x):\n    return f(x)\n",
         "import sys\nsys.setrecursionlimit(10**6)\ndef g(n):\n    return 0 if n == 0 else 1 + g(n - 1)\ndef f(x):\n    return g(10**5)\n",
@@ -290,6 +295,7 @@ fn deep_recursion_is_a_recursion_error_not_a_crash() {
 
 #[test]
 fn output_floods_are_capped_and_cancel_interrupts() {
+    let _suite = crate::common::suite(module_path!());
     let executor = wasm(SandboxConfig {
         max_output_bytes: 10_000,
         ..SandboxConfig::default()
@@ -313,6 +319,7 @@ fn output_floods_are_capped_and_cancel_interrupts() {
 
 #[test]
 fn tasks_never_share_random_streams_or_state() {
+    let _suite = crate::common::suite(module_path!());
     let code = "import random\nSEEN = []\ndef f(x):\n    SEEN.append(x)\n    return [random.random(), random.getrandbits(64), len(SEEN)]\n";
     let a = ok(&run_code(TIER, code, json!(1)));
     let b = ok(&run_code(TIER, code, json!(2)));
@@ -341,6 +348,7 @@ fn tasks_never_share_random_streams_or_state() {
 
 #[test]
 fn settings_the_tier_cannot_honour_are_errors() {
+    let _suite = crate::common::suite(module_path!());
     let networked = wasm(SandboxConfig {
         network_enabled: true,
         ..SandboxConfig::default()
@@ -384,6 +392,7 @@ fn echo_component() -> PathBuf {
 
 #[test]
 fn user_wasm_modules_run_under_the_same_limits() {
+    let _suite = crate::common::suite(module_path!());
     let path = echo_module();
     let run_module = |input: Value, config: SandboxConfig| {
         wasm(config).run(
@@ -432,6 +441,7 @@ fn user_wasm_modules_run_under_the_same_limits() {
 
 #[test]
 fn user_wasm_components_run_under_the_same_limits() {
+    let _suite = crate::common::suite(module_path!());
     let path = echo_component();
     let run_component = |input: Value, config: SandboxConfig| {
         wasm(config).run(
@@ -507,6 +517,7 @@ fn user_wasm_components_run_under_the_same_limits() {
 
 #[test]
 fn the_compatibility_corpus_gives_cpythons_results() {
+    let _suite = crate::common::suite(module_path!());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

@@ -29,15 +29,13 @@
 //! OUTCOME `task` is any outcome the task's own side may report (a result,
 //! a task error, an invalid task): none that only the host decides.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel};
 use lattice::task::{ErrorKind, TaskError, TaskOutcome, TaskSubmission};
 use serde_json::{json, Value};
@@ -287,6 +285,7 @@ fn ipc_key_present(key: u64) -> bool {
 
 #[test]
 fn every_attack_fails_as_its_file_says_and_the_host_is_unharmed() {
+    let _suite = crate::common::suite(module_path!());
     // What the attacks go after: a private file, and a variable of ours.
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = secret_dir.path().join("secret.txt");

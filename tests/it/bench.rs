@@ -1,7 +1,5 @@
 //! `lattice-wasm bench`, run as a user would: the real binary, real tiers.
 
-mod common;
-
 use std::process::Output;
 
 use serde_json::Value;
@@ -9,7 +7,7 @@ use serde_json::Value;
 fn bench(args: &[&str]) -> Output {
     let mut all = vec!["bench"];
     all.extend_from_slice(args);
-    common::lattice_cli(&all, "", &[])
+    crate::common::lattice_cli(&all, "", &[])
 }
 
 fn stderr(output: &Output) -> String {
@@ -36,6 +34,7 @@ fn positive(value: &Value, what: &str) -> f64 {
 
 #[test]
 fn compares_wasm_and_subprocess_with_checked_answers() {
+    let _suite = crate::common::suite(module_path!());
     let output = bench(&[
         "--tiers",
         "wasm,subprocess",
@@ -125,6 +124,7 @@ fn compares_wasm_and_subprocess_with_checked_answers() {
 
 #[test]
 fn an_unknown_tier_or_workload_is_a_usage_error() {
+    let _suite = crate::common::suite(module_path!());
     let output = bench(&["--tiers", "nope", "--tasks", "1"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
@@ -141,6 +141,7 @@ fn an_unknown_tier_or_workload_is_a_usage_error() {
 
 #[test]
 fn a_missing_monty_python_is_reported_not_fatal() {
+    let _suite = crate::common::suite(module_path!());
     let output = bench(&[
         "--tiers",
         "wasm",

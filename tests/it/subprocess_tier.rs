@@ -1,13 +1,11 @@
 //! The subprocess tier's promises, attacked with real CPython processes:
 //! limits fire as what they are, nothing a task starts outlives it.
 
-mod common;
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel};
 use lattice::task::{TaskError, TaskSubmission, TimeLimit};
 use serde_json::json;
@@ -33,6 +31,7 @@ fn run_limited(executor: &SandboxExecutor, code: &str) -> lattice::task::TaskOut
 
 #[test]
 fn wall_timeout_kills_the_whole_group_and_reports_timeout() {
+    let _suite = crate::common::suite(module_path!());
     let code = "import subprocess, sys, time\ndef f(x):\n    p = subprocess.Popen(['sleep', '1000'])\n    print('pid:', p.pid, __import__('os').readlink('/proc/%d/ns/pid' % p.pid), flush=True)\n    print('dir:' + __import__('os').getcwd(), flush=True)\n    time.sleep(1000)\n";
     let started = Instant::now();
     let outcome = run_limited(&limited(1.0, 512, 100.0), code);
@@ -54,6 +53,7 @@ fn wall_timeout_kills_the_whole_group_and_reports_timeout() {
 
 #[test]
 fn a_daemon_that_left_the_group_is_swept_too() {
+    let _suite = crate::common::suite(module_path!());
     // Double fork + setsid: the grandchild is in neither the group nor the session.
     let code = "import os, time\ndef f(x):\n    r, w = os.pipe()\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n            os.write(w, ('%d %s' % (os.getpid(), os.readlink('/proc/self/ns/pid'))).encode())\n            time.sleep(1000)\n        os._exit(0)\n    print('pid:', os.read(r, 100).decode(), flush=True)\n    return 'forked'\n";
     let outcome = run_limited(&limited(10.0, 512, 10.0), code);
@@ -66,6 +66,7 @@ fn a_daemon_that_left_the_group_is_swept_too() {
 
 #[test]
 fn cpu_limit_is_a_cpu_timeout() {
+    let _suite = crate::common::suite(module_path!());
     let outcome = run_limited(
         &limited(30.0, 512, 1.0),
         "def f(x):\n    while True:\n        pass\n",
@@ -78,6 +79,7 @@ fn cpu_limit_is_a_cpu_timeout() {
 
 #[test]
 fn memory_bombs_are_memory_limits() {
+    let _suite = crate::common::suite(module_path!());
     let executor = limited(5.0, 256, 5.0);
     for code in [
         "def f(x):\n    return len('a' * 10**9)\n",
@@ -105,6 +107,7 @@ fn memory_bombs_are_memory_limits() {
 
 #[test]
 fn stdout_floods_are_capped_and_marked() {
+    let _suite = crate::common::suite(module_path!());
     let executor = SandboxExecutor::new(SandboxConfig {
         level: TIER,
         max_output_bytes: 10_000,
@@ -122,6 +125,7 @@ fn stdout_floods_are_capped_and_marked() {
 
 #[test]
 fn environment_is_clean_and_identity_unprivileged() {
+    let _suite = crate::common::suite(module_path!());
     std::env::set_var("LATTICE_TEST_SECRET", "hunter2");
     let code = "import os\ndef f(x):\n    return {'env': dict(os.environ), 'uid': os.getuid(), 'cwd': os.getcwd()}\n";
     let outcome = run(
@@ -145,6 +149,7 @@ fn environment_is_clean_and_identity_unprivileged() {
 
 #[test]
 fn host_secrets_outside_world_readable_files_stay_private() {
+    let _suite = crate::common::suite(module_path!());
     if !lattice_is_root() {
         return;
     }
@@ -174,6 +179,7 @@ fn host_secrets_outside_world_readable_files_stay_private() {
 
 #[test]
 fn the_network_is_off_unless_enabled() {
+    let _suite = crate::common::suite(module_path!());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -195,6 +201,7 @@ fn the_network_is_off_unless_enabled() {
 
 #[test]
 fn fork_bombs_are_contained() {
+    let _suite = crate::common::suite(module_path!());
     let code = "import os\ndef f(x):\n    n = 0\n    try:\n        for _ in range(10000):\n            if os.fork() == 0:\n                import time\n                time.sleep(1000)\n            n += 1\n    except OSError as e:\n        return ['stopped', n]\n    return ['unbounded', n]\n";
     let outcome = run_limited(&limited(20.0, 512, 20.0), code);
     let result = ok(&outcome);
@@ -206,6 +213,7 @@ fn fork_bombs_are_contained() {
 
 #[test]
 fn cancel_kills_a_running_task() {
+    let _suite = crate::common::suite(module_path!());
     let executor = limited(60.0, 512, 60.0);
     let (cancel, canceller) = cancel_after(Duration::from_millis(500));
     let started = Instant::now();
@@ -225,6 +233,7 @@ fn cancel_kills_a_running_task() {
 
 #[test]
 fn commands_take_input_on_stdin_and_give_json_on_stdout() {
+    let _suite = crate::common::suite(module_path!());
     let task =
         TaskSubmission::command(["sh", "-c", "read x; echo $((x * 2))"]).with_input(json!(21));
     assert_eq!(ok(&run(TIER, task)), json!(42));
@@ -240,6 +249,7 @@ fn commands_take_input_on_stdin_and_give_json_on_stdout() {
 
 #[test]
 fn a_child_starts_with_no_signal_blocked_or_ignored_and_a_missing_program_is_named() {
+    let _suite = crate::common::suite(module_path!());
     // The child is set up in memory shared with this process (vfork-style):
     // nothing of this process's signal state may reach the program.
     let task = TaskSubmission::command([
@@ -263,6 +273,7 @@ fn a_child_starts_with_no_signal_blocked_or_ignored_and_a_missing_program_is_nam
 
 #[test]
 fn a_task_has_its_own_tmp_var_tmp_and_dev_shm() {
+    let _suite = crate::common::suite(module_path!());
     if !lattice_is_root() {
         return; // without a uid of its own a task shares the host's
     }
@@ -307,6 +318,7 @@ fn a_task_has_its_own_tmp_var_tmp_and_dev_shm() {
 
 #[test]
 fn a_task_cannot_fill_the_host_disk_through_tmp_or_its_temp_dir() {
+    let _suite = crate::common::suite(module_path!());
     if !lattice_is_root() {
         return;
     }
@@ -327,6 +339,7 @@ fn a_task_cannot_fill_the_host_disk_through_tmp_or_its_temp_dir() {
 
 #[test]
 fn the_rest_of_the_host_tree_is_read_only_but_the_temp_dir_is_not() {
+    let _suite = crate::common::suite(module_path!());
     if !lattice_is_root() {
         return;
     }
@@ -366,6 +379,7 @@ fn the_rest_of_the_host_tree_is_read_only_but_the_temp_dir_is_not() {
 
 #[test]
 fn a_temp_dir_left_by_a_killed_process_is_removed_by_the_next() {
+    let _suite = crate::common::suite(module_path!());
     let tmpdir = tempfile::tempdir().unwrap();
     let entries = || -> Vec<String> {
         std::fs::read_dir(tmpdir.path())
@@ -413,6 +427,7 @@ fn a_temp_dir_left_by_a_killed_process_is_removed_by_the_next() {
 
 #[test]
 fn a_program_under_tmp_still_runs() {
+    let _suite = crate::common::suite(module_path!());
     if !lattice_is_root() {
         return;
     }
@@ -431,6 +446,7 @@ fn a_program_under_tmp_still_runs() {
 
 #[test]
 fn settings_the_tier_cannot_honour_are_errors() {
+    let _suite = crate::common::suite(module_path!());
     let mut task = TaskSubmission::python("def f(x):\n    return 1\n");
     task.sandbox.mounts = Some(vec!["/tmp:/data".parse().unwrap()]);
     assert!(matches!(

@@ -2,11 +2,9 @@
 //! It isolates nothing, but its limits, cancel and output caps still hold,
 //! and every task gets its outcome, even one that swallows the interrupt.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lattice::sandbox::{CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel};
 use lattice::task::{TaskError, TaskSubmission, TimeLimit};
 use serde_json::{json, Value};
@@ -36,6 +34,7 @@ fn short(timeout_ms: u64) -> SandboxConfig {
 
 #[test]
 fn python_runs_in_this_process_in_a_fresh_namespace() {
+    let _suite = crate::common::suite(module_path!());
     let pid = ok(&run_code(
         TIER,
         "import os\nleak = 1\ndef f(x):\n    return os.getpid()\n",
@@ -61,6 +60,7 @@ fn python_runs_in_this_process_in_a_fresh_namespace() {
 
 #[test]
 fn output_is_captured_and_capped() {
+    let _suite = crate::common::suite(module_path!());
     let outcome = run_with(
         SandboxConfig {
             max_output_bytes: 1000,
@@ -81,6 +81,7 @@ fn output_is_captured_and_capped() {
 
 #[test]
 fn spinning_and_sleeping_tasks_stop_at_their_limits() {
+    let _suite = crate::common::suite(module_path!());
     let started = Instant::now();
     let spin = run_with(
         short(300),
@@ -129,6 +130,7 @@ fn spinning_and_sleeping_tasks_stop_at_their_limits() {
 
 #[test]
 fn a_sleeping_task_is_cancelled() {
+    let _suite = crate::common::suite(module_path!());
     let (cancel, canceller) = cancel_after(Duration::from_millis(200));
     let started = Instant::now();
     let outcome = none(SandboxConfig::default()).run(
@@ -146,6 +148,7 @@ fn a_sleeping_task_is_cancelled() {
 
 #[test]
 fn a_task_that_swallows_the_interrupt_still_gets_its_outcome() {
+    let _suite = crate::common::suite(module_path!());
     // It catches KeyboardInterrupt for ~3 s (then gives up, so the thread
     // comes back); its caller must hear of the timeout after the grace.
     let code = "def f(x):\n    caught = 0\n    while caught < 300:\n        try:\n            while True:\n                pass\n        except BaseException:\n            caught += 1\n    return caught\n";
@@ -158,6 +161,7 @@ fn a_task_that_swallows_the_interrupt_still_gets_its_outcome() {
 
 #[test]
 fn calls_that_would_end_replace_or_fork_the_host_are_refused() {
+    let _suite = crate::common::suite(module_path!());
     // Each would end this test process (or copy it) if it went through:
     // that the test goes on is half of what it checks.
     let executor = none(SandboxConfig::default());

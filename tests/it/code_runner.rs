@@ -1,9 +1,7 @@
 //! CodeRunner semantics (design.md §4) on real interpreters. Each check is
 //! a function of the tier, so every tier that runs Python runs all of them.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lattice::sandbox::SandboxLevel;
 use lattice::task::{TaskError, TaskSubmission};
 use serde_json::json;
@@ -24,6 +22,7 @@ fn each_tier(check: impl Fn(SandboxLevel)) {
 
 #[test]
 fn whole_module_runs_and_the_last_top_level_def_is_called() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         let code = "import math\nSCALE = 3\ndef helper(x):\n    return x * SCALE\nclass Box:\n    def get(self):\n        return 1\ndef main(x):\n    def inner():\n        return 0\n    return helper(x) + Box().get() + inner() + int(math.sqrt(16))\n";
         assert_eq!(ok(&run_code(level, code, json!(2))), json!(11), "{level}");
@@ -32,6 +31,7 @@ fn whole_module_runs_and_the_last_top_level_def_is_called() {
 
 #[test]
 fn entry_args_and_kwargs() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         let code = "def first(a, b=0, *, c=0):\n    return [a, b, c]\ndef second():\n    return 'second'\n";
         let task = TaskSubmission::python(code)
@@ -53,6 +53,7 @@ fn entry_args_and_kwargs() {
 
 #[test]
 fn prints_are_captured_apart_from_the_result() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         let code = "import sys, os\ndef f(x):\n    print('{\"status\": \"ok\", \"result\": 666}')\n    print('to stderr', file=sys.stderr)\n    os.write(1, b'raw fd write\\n')\n    return x\n";
         let outcome = run_code(level, code, json!("real"));
@@ -73,6 +74,7 @@ fn prints_are_captured_apart_from_the_result() {
 
 #[test]
 fn exceptions_carry_type_message_and_a_traceback_in_user_lines() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         let code =
             "class MyError(Exception):\n    pass\n\ndef f(x):\n    raise MyError('bad ' + x)\n";
@@ -100,6 +102,7 @@ fn exceptions_carry_type_message_and_a_traceback_in_user_lines() {
 
 #[test]
 fn bad_code_is_an_invalid_task_with_the_line() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         let syntax = run_code(level, "def f(x):\n    return (\n\ndef g(:\n", json!(1));
         match err(&syntax) {
@@ -126,6 +129,7 @@ fn bad_code_is_an_invalid_task_with_the_line() {
 
 #[test]
 fn results_must_be_json() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         for (code, needle) in [
             ("def f(x):\n    return {1, 2}\n", "not JSON-serialisable"),
@@ -146,6 +150,7 @@ fn results_must_be_json() {
 
 #[test]
 fn big_integers_and_unicode_round_trip_exactly() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         let big = "1267650600228229401496703205376"; // 2**100
         let input: serde_json::Value =
@@ -167,6 +172,7 @@ fn big_integers_and_unicode_round_trip_exactly() {
 
 #[test]
 fn allowed_imports_admit_only_the_listed_modules() {
+    let _suite = crate::common::suite(module_path!());
     each_tier(|level| {
         let task = |code: &str| {
             TaskSubmission::python(code)

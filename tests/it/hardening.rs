@@ -4,15 +4,13 @@
 //! wait bounded, signals that leave nothing behind, and the small defects
 //! found with them. One tier's own attacks are in tests/attacks.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lattice::sandbox::{CancelToken, Mount, SandboxConfig, SandboxExecutor, SandboxLevel};
 use lattice::task::{ErrorKind, TaskError, TaskSubmission, WasmSource};
 use serde_json::{json, Value};
@@ -121,6 +119,7 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 
 #[test]
 fn a_huge_result_is_refused_alike_on_every_tier_and_the_host_stays_small() {
+    let _suite = crate::common::suite(module_path!());
     // 16 M list items: ~48 MB of JSON. It once took the whole CLI down.
     let mut tasks = String::new();
     for tier in ISOLATING_TIERS {
@@ -172,6 +171,7 @@ fn a_huge_result_is_refused_alike_on_every_tier_and_the_host_stays_small() {
 
 #[test]
 fn one_result_limit_holds_on_every_tier() {
+    let _suite = crate::common::suite(module_path!());
     let mut tasks = String::new();
     for tier in ISOLATING_TIERS.iter().chain([&SandboxLevel::None]) {
         for size in [900, 2000] {
@@ -216,6 +216,7 @@ fn one_result_limit_holds_on_every_tier() {
 
 #[test]
 fn a_task_line_cannot_pick_a_tier_the_operator_did_not_allow() {
+    let _suite = crate::common::suite(module_path!());
     let none = json!({"id": "n", "tier": "none", "code": "def f():\n    return 1\n"});
     let (outcome, code) = exec(&["--tier", "seccomp"], &none);
     assert_eq!(kind(&outcome), "invalid_task", "{outcome}");
@@ -251,6 +252,7 @@ fn a_task_line_cannot_pick_a_tier_the_operator_did_not_allow() {
 
 #[test]
 fn task_limits_are_bounded_by_the_operators_flags_both_ways() {
+    let _suite = crate::common::suite(module_path!());
     let sleeper = |timeout_s: f64| {
         json!({"id": "t", "tier": "subprocess", "timeout_s": timeout_s,
                "code": "import time\ndef f():\n    time.sleep(3)\n    return 'slept'\n"})
@@ -299,6 +301,7 @@ fn task_limits_are_bounded_by_the_operators_flags_both_ways() {
 
 #[test]
 fn network_and_mounts_need_the_operators_leave() {
+    let _suite = crate::common::suite(module_path!());
     let networked = json!({"tier": "seccomp", "network": true, "code": "def f():\n    return 1\n"});
     let (outcome, _) = exec(&[], &networked);
     assert_eq!(kind(&outcome), "invalid_task", "{outcome}");
@@ -347,6 +350,7 @@ fn network_and_mounts_need_the_operators_leave() {
 
 #[test]
 fn mounts_of_the_hosts_system_trees_are_refused_on_every_tier() {
+    let _suite = crate::common::suite(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let to_proc = dir.path().join("innocent");
     std::os::unix::fs::symlink("/proc", &to_proc).unwrap();
@@ -396,6 +400,7 @@ fn mounts_of_the_hosts_system_trees_are_refused_on_every_tier() {
 
 #[test]
 fn wasm_tasks_reach_their_mounts_as_nobody() {
+    let _suite = crate::common::suite(module_path!());
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let secret = dir.path().join("root-only");
@@ -442,6 +447,7 @@ fn wasm_tasks_reach_their_mounts_as_nobody() {
 
 #[test]
 fn what_a_wasm_task_writes_to_its_mounts_is_capped() {
+    let _suite = crate::common::suite(module_path!());
     let dir = nobodys_dir();
     let executor = wasm_with(SandboxConfig {
         mount_paths: vec![Mount::new(dir.path(), "/data", true).unwrap()],
@@ -501,6 +507,7 @@ fn what_a_wasm_task_writes_to_its_mounts_is_capped() {
 
 #[test]
 fn special_files_never_block_a_wasm_task_past_its_limits() {
+    let _suite = crate::common::suite(module_path!());
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let fifo = dir.path().join("fifo");
@@ -566,6 +573,7 @@ const OPEN_FDS: &str = "import os\ndef f(x):\n    n = 0\n    for fd in range(409
 
 #[test]
 fn a_wasm_task_has_an_fd_budget_and_its_files_do_not_reach_other_tasks() {
+    let _suite = crate::common::suite(module_path!());
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(dir.path().join("f"), "x").unwrap();
@@ -596,6 +604,7 @@ fn a_wasm_task_has_an_fd_budget_and_its_files_do_not_reach_other_tasks() {
 
 #[test]
 fn the_wasm_memory_cap_is_reported_as_the_limit_that_holds() {
+    let _suite = crate::common::suite(module_path!());
     let executor = wasm_with(SandboxConfig {
         max_memory_mb: 2048,
         timeout: Duration::from_secs(60),
@@ -618,6 +627,7 @@ fn the_wasm_memory_cap_is_reported_as_the_limit_that_holds() {
 
 #[test]
 fn more_concurrent_wasm_tasks_than_pool_slots_wait_for_one() {
+    let _suite = crate::common::suite(module_path!());
     let tasks: String = (0..300)
         .map(|i| {
             format!(
@@ -643,6 +653,7 @@ fn more_concurrent_wasm_tasks_than_pool_slots_wait_for_one() {
 
 #[test]
 fn a_signal_to_batch_cancels_its_tasks_writes_their_outcomes_and_leaves_nothing() {
+    let _suite = crate::common::suite(module_path!());
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
         let mut tasks = String::new();
         for (i, tier) in ["subprocess", "seccomp", "docker", "wasm"]
@@ -694,6 +705,7 @@ fn a_signal_to_batch_cancels_its_tasks_writes_their_outcomes_and_leaves_nothing(
 
 #[test]
 fn malformed_lines_keep_their_id() {
+    let _suite = crate::common::suite(module_path!());
     let tasks = [
         r#"{"id": "x1", "code": 5}"#,
         r#"{"id": "x2", "colour": "red", "code": "def f(): pass"}"#,
@@ -723,6 +735,7 @@ fn malformed_lines_keep_their_id() {
 
 #[test]
 fn batch_exit_codes_say_what_happened() {
+    let _suite = crate::common::suite(module_path!());
     let ok_line = r#"{"code": "def f(): return 1"}"#;
     let failing = r#"{"code": "def f(): raise ValueError()"}"#;
     let invalid = r#"{"code": "def f(: pass"}"#;
@@ -740,6 +753,7 @@ fn batch_exit_codes_say_what_happened() {
 
 #[test]
 fn doctor_fails_and_names_the_tiers_without_a_usable_python() {
+    let _suite = crate::common::suite(module_path!());
     let out = lattice_cli(
         &["doctor"],
         "",
@@ -759,6 +773,7 @@ fn doctor_fails_and_names_the_tiers_without_a_usable_python() {
 
 #[test]
 fn the_readmes_task_line_example_runs_as_documented() {
+    let _suite = crate::common::suite(module_path!());
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let after = readme
@@ -784,6 +799,7 @@ fn the_readmes_task_line_example_runs_as_documented() {
 
 #[test]
 fn a_commands_stdout_that_is_not_json_is_kept() {
+    let _suite = crate::common::suite(module_path!());
     for level in PROCESS_TIERS {
         // The docker image has python3 and little else.
         let task =
@@ -796,6 +812,7 @@ fn a_commands_stdout_that_is_not_json_is_kept() {
 
 #[test]
 fn async_entries_are_awaited_on_every_tier() {
+    let _suite = crate::common::suite(module_path!());
     let code = "import asyncio\nasync def f(x):\n    await asyncio.sleep(0.01)\n    return x + 1\n";
     for level in ISOLATING_TIERS.into_iter().chain([SandboxLevel::None]) {
         let outcome = run_code(level, code, json!(1));
@@ -805,6 +822,7 @@ fn async_entries_are_awaited_on_every_tier() {
 
 #[test]
 fn an_empty_command_is_invalid_on_every_tier() {
+    let _suite = crate::common::suite(module_path!());
     let before = our_containers();
     for level in ISOLATING_TIERS.into_iter().chain([SandboxLevel::None]) {
         let outcome = run(level, TaskSubmission::command(Vec::<String>::new()));
@@ -815,6 +833,7 @@ fn an_empty_command_is_invalid_on_every_tier() {
 
 #[test]
 fn a_task_cannot_change_what_a_later_task_returns() {
+    let _suite = crate::common::suite(module_path!());
     let tamper = "import builtins, json, sys, os\ndef f():\n    json.dumps = lambda *a, **k: '\"forged\"'\n    builtins.len = lambda x: -1\n    sys.modules['math'] = None\n    os.environ['LATTICE_FORGED'] = '1'\n    try:\n        open('/tmp/forged', 'w').write('x')\n    except OSError:\n        pass\n    return 'tampered'\n";
     let check = "import json, math, os\ndef f():\n    return [json.dumps([1]), len('ab'), math.floor(1.5), os.environ.get('LATTICE_FORGED'), os.path.exists('/tmp/forged')]\n";
     for level in ISOLATING_TIERS {

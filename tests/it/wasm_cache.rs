@@ -2,15 +2,13 @@
 //! blindly (a truncated or corrupted file is rebuilt), and each snapshot has
 //! its own str hash secret.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
 
 fn exec_in(cache: &Path, task: &str) -> Output {
-    common::lattice_cli(&["exec"], task, &[("LATTICE_CACHE_DIR", cache)])
+    crate::common::lattice_cli(&["exec"], task, &[("LATTICE_CACHE_DIR", cache)])
 }
 
 fn hash_of_abc(cache: &Path) -> (Value, String) {
@@ -34,6 +32,7 @@ fn cached_module(cache: &Path) -> PathBuf {
 
 #[test]
 fn bad_cache_files_are_rebuilt_and_each_snapshot_has_its_own_hash_secret() {
+    let _suite = crate::common::suite(module_path!());
     let cache = tempfile::tempdir().unwrap();
     // A guest compiled by another build: replaced, not kept beside ours.
     let stale = cache

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 #[test]
 fn every_field_of_a_task_is_read() {
+    let _suite = crate::common::suite(module_path!());
     let task = parse_task(
         r#"{"id": "t-1", "code": "def f(x): return x", "entry": "f", "input": {"n": 1},
             "tier": "subprocess", "timeout_s": 2.5, "max_memory_mb": 128, "max_cpu_time_s": 1,
@@ -26,6 +27,7 @@ fn every_field_of_a_task_is_read() {
 
 #[test]
 fn unknown_fields_are_rejected_by_name() {
+    let _suite = crate::common::suite(module_path!());
     for (text, name) in [
         (r#"{"code": "def f(): pass", "timeout": 3}"#, "timeout"),
         (
@@ -47,6 +49,7 @@ fn unknown_fields_are_rejected_by_name() {
 
 #[test]
 fn bad_tasks_are_invalid_with_a_reason() {
+    let _suite = crate::common::suite(module_path!());
     for text in [
         "not json",
         "[1, 2]",
@@ -69,6 +72,7 @@ fn bad_tasks_are_invalid_with_a_reason() {
 
 #[test]
 fn huge_integers_keep_every_digit() {
+    let _suite = crate::common::suite(module_path!());
     let digits = "1".repeat(400);
     let task = parse_task(&format!(
         r#"{{"code": "def f(x): return x", "input": [{digits}, 2.50]}}"#
@@ -79,6 +83,7 @@ fn huge_integers_keep_every_digit() {
 
 #[test]
 fn wasm_payloads_by_path_and_by_value() {
+    let _suite = crate::common::suite(module_path!());
     let by_path = parse_task(r#"{"wasm": "/tmp/m.wasm"}"#).unwrap();
     assert!(matches!(
         by_path.payload,
@@ -93,6 +98,7 @@ fn wasm_payloads_by_path_and_by_value() {
 
 #[test]
 fn results_have_exactly_the_documented_fields_and_round_trip() {
+    let _suite = crate::common::suite(module_path!());
     let ok = TaskOutcome {
         id: Some(json!(7)),
         result: Ok(serde_json::from_str("1267650600228229401496703205376").unwrap()),

@@ -7,14 +7,12 @@
 //! (target/ray-cluster/cluster.env). Without a cluster every test fails and
 //! says how to start one.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{alive, all_pids, has_env, parent_of, proc_list};
+use crate::common::{alive, all_pids, has_env, parent_of, proc_list};
 use lattice::executor::{ExecutorBackend, RayExecutor, RayOptions};
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
 use lattice::task::{ErrorKind, Resources, TaskError, TaskOutcome, TaskSubmission};
@@ -230,6 +228,7 @@ fn ray_tasks_not_finished(cluster: &Cluster) -> Vec<Value> {
 
 #[test]
 fn resources_list_both_nodes_with_their_totals() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -256,6 +255,7 @@ fn resources_list_both_nodes_with_their_totals() {
 
 #[test]
 fn affinity_runs_each_task_on_the_node_it_names() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -283,6 +283,7 @@ fn affinity_runs_each_task_on_the_node_it_names() {
 
 #[test]
 fn gpu_id_pins_cuda_visible_devices_and_no_gpu_means_none_visible() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -327,6 +328,7 @@ fn gpu_id_pins_cuda_visible_devices_and_no_gpu_means_none_visible() {
 
 #[test]
 fn cancel_ends_a_sleeping_task_as_cancelled_and_the_next_task_runs() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -416,6 +418,7 @@ fn guardians(cluster: &Cluster) -> Vec<i64> {
 
 #[test]
 fn wait_honours_its_timeout() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -442,6 +445,7 @@ fn wait_honours_its_timeout() {
 
 #[test]
 fn infeasible_requests_fail_at_once_with_a_clear_error() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -496,6 +500,7 @@ fn infeasible_requests_fail_at_once_with_a_clear_error() {
 
 #[test]
 fn malformed_or_unknown_node_ids_are_invalid_tasks() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     // Before anything is started: a malformed id sends nothing.
@@ -522,6 +527,7 @@ fn malformed_or_unknown_node_ids_are_invalid_tasks() {
 
 #[test]
 fn task_errors_and_limits_come_back_typed() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -573,6 +579,7 @@ fn task_errors_and_limits_come_back_typed() {
 
 #[test]
 fn settings_without_a_task_field_reach_the_nodes() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let with = |sandbox: SandboxConfig| {
@@ -625,6 +632,7 @@ fn settings_without_a_task_field_reach_the_nodes() {
 
 #[test]
 fn the_process_wide_configuration_is_read_at_each_submit() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     /// Puts the default back, also if the test fails midway.
@@ -661,6 +669,7 @@ fn the_process_wide_configuration_is_read_at_each_submit() {
 
 #[test]
 fn a_python_without_ray_says_how_to_fix_it() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
@@ -695,6 +704,7 @@ fn a_python_without_ray_says_how_to_fix_it() {
 
 #[test]
 fn shutdown_cancels_what_runs_and_leaves_nothing_running() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -753,6 +763,7 @@ fn shutdown_cancels_what_runs_and_leaves_nothing_running() {
 
 #[test]
 fn a_dead_sidecar_ends_every_task_with_a_typed_error() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -786,6 +797,7 @@ fn a_dead_sidecar_ends_every_task_with_a_typed_error() {
 
 #[test]
 fn node_death_is_node_failed_and_the_executor_keeps_serving() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = executor(&cluster);
@@ -880,10 +892,11 @@ fn second_raylet_pid(cluster: &Cluster) -> Option<i32> {
 /// benches/ray_baseline.py), in one run on the test cluster, alternating
 /// the two paths and keeping the best of each (the machine is shared and
 /// noisy). A benchmark, not a timed test:
-/// `cargo test --release --test ray_executor -- --ignored --nocapture`.
+/// `cargo test --release --test it ray_executor -- --ignored --nocapture`.
 #[test]
 #[ignore = "a benchmark; run with --ignored --nocapture"]
 fn bench_against_plain_ray_remote() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let binary = env!("CARGO_BIN_EXE_lattice-wasm");
@@ -996,6 +1009,7 @@ fn bench_against_plain_ray_remote() {
 
 #[test]
 fn without_an_address_it_starts_a_head_and_stops_only_that() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = RayExecutor::new(RayOptions {
@@ -1042,6 +1056,7 @@ fn without_an_address_it_starts_a_head_and_stops_only_that() {
 
 #[test]
 fn the_cli_runs_a_batch_and_lists_resources_on_the_cluster() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let (head, second) = node_ids(&cluster);
@@ -1127,6 +1142,7 @@ fn the_cli_runs_a_batch_and_lists_resources_on_the_cluster() {
 
 #[test]
 fn a_binary_missing_on_the_nodes_is_sandbox_unavailable() {
+    let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
     let executor = RayExecutor::new(RayOptions {

@@ -38,6 +38,7 @@ fn ray_python() -> Option<PathBuf> {
 
 #[test]
 fn every_readme_command_runs_as_shown() {
+    let _suite = crate::common::suite(module_path!());
     let commands = readme_commands();
     assert!(commands.len() >= 10, "{commands:?}");
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_lattice-wasm"));
