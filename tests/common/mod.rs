@@ -246,6 +246,15 @@ pub(crate) fn removed(path: &str) -> bool {
 
 /// Runs the `lattice-wasm` binary with `args`, `stdin` and extra `env`.
 pub(crate) fn lattice_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output {
+    run_cli(args, stdin, env, None)
+}
+
+/// The CLI as [`lattice_cli`], failing the test (not hanging it) past `limit`.
+pub(crate) fn cli_within(args: &[&str], stdin: &str, limit: Duration) -> Output {
+    run_cli(args, stdin, &[], Some(limit))
+}
+
+fn run_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)], limit: Option<Duration>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
         .args(args)
         .envs(env.iter().copied())
@@ -260,7 +269,38 @@ pub(crate) fn lattice_cli(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> 
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    child.wait_with_output().unwrap()
+    let Some(limit) = limit else {
+        return child.wait_with_output().unwrap();
+    };
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if !alive(i64::from(pid)) {
+                return false;
+            }
+        }
+        // SAFETY: our own child, not yet reaped (we still wait for it).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        true
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !watchdog.join().unwrap(),
+        "lattice-wasm {args:?} hung past {limit:?}"
+    );
+    out
+}
+
+/// Puts the default process-wide sandbox configuration back when dropped
+/// (also when a test fails midway): the suites after it share the process.
+pub(crate) struct RestoreDefaultConfig;
+
+impl Drop for RestoreDefaultConfig {
+    fn drop(&mut self) {
+        lattice::sandbox::set_sandbox_config(SandboxConfig::default());
+    }
 }
 
 /// A cancel token that another thread cancels after `delay`.

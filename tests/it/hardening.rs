@@ -45,42 +45,6 @@ fn exec(args: &[&str], task: &Value) -> (Value, Option<i32>) {
     (outcome, out.status.code())
 }
 
-/// The CLI, failing the test (not hanging it) past `limit`.
-fn cli_within(args: &[&str], stdin: &str, limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            if !alive(i64::from(pid)) {
-                return false;
-            }
-        }
-        // SAFETY: our own child, not yet reaped (we still wait for it).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        true
-    });
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        !watchdog.join().unwrap(),
-        "lattice-wasm {args:?} hung past {limit:?}"
-    );
-    out
-}
-
 fn kind(outcome: &Value) -> &str {
     outcome["error"]["kind"].as_str().unwrap_or("ok")
 }

@@ -287,13 +287,7 @@ fn the_process_wide_config_is_used_when_none_is_given() {
     // Other tests give their executors a config of their own, so changing the
     // process-wide one here does not race with them; the suites after this
     // one (same process) get the default back.
-    struct Restore;
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            lattice::sandbox::set_sandbox_config(SandboxConfig::default());
-        }
-    }
-    let _restore = Restore;
+    let _restore = RestoreDefaultConfig;
     let config = SandboxConfig {
         level: SandboxLevel::Subprocess,
         timeout: Duration::from_millis(700),

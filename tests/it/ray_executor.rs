@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::common::{alive, all_pids, has_env, parent_of, proc_list};
+use crate::common::{alive, all_pids, has_env, parent_of, proc_list, RestoreDefaultConfig};
 use lattice::executor::{ExecutorBackend, RayExecutor, RayOptions};
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
 use lattice::task::{ErrorKind, Resources, TaskError, TaskOutcome, TaskSubmission};
@@ -635,14 +635,7 @@ fn the_process_wide_configuration_is_read_at_each_submit() {
     let _suite = crate::common::suite(module_path!());
     let cluster = cluster();
     let _serial = serial();
-    /// Puts the default back, also if the test fails midway.
-    struct Restore;
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            lattice::sandbox::set_sandbox_config(SandboxConfig::default());
-        }
-    }
-    let _restore = Restore;
+    let _restore = RestoreDefaultConfig;
     // No configuration of its own: each task gets the process-wide one as
     // it is when the task is submitted, whole, on its node.
     let executor = executor(&cluster);
