@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 manifest=tests/fixtures/dependent/Cargo.toml
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-sources=$(cargo tree --locked --offline --manifest-path "$manifest" -e normal -i wasmtime --depth 0)
+# Two wasmtime packages (the vendored one and crates.io's) make this fail.
+sources=$(cargo tree --locked --offline --manifest-path "$manifest" -e normal -i wasmtime --depth 0 2>&1) || {
+  echo "dependent.sh: can't tell which wasmtime the dependent gets (two of them, or a missing crate offline): $sources" >&2
+  exit 1
+}
 case "$sources" in
   *"/vendor/wasmtime)"*) ;;
   *) echo "dependent.sh: the dependent does not get the vendored wasmtime: $sources" >&2; exit 1 ;;

@@ -288,7 +288,7 @@ impl ExecutorBackend for LocalExecutor {
     fn get_available_resources(&self) -> Result<ClusterResources, TaskError> {
         let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let running = self.shared.lock().running as f64;
-        let (memory, memory_available) = (meminfo("MemTotal:"), meminfo("MemAvailable:"));
+        let [memory, memory_available] = meminfo(["MemTotal:", "MemAvailable:"]);
         let gpu = gpu_count() as f64;
         Ok(ClusterResources {
             nodes: vec![NodeResources {

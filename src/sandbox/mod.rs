@@ -166,19 +166,22 @@ pub(crate) fn reject_unsupported(
     Ok(())
 }
 
-/// A field of `/proc/meminfo` (`"MemTotal:"`, say) in bytes; 0 if unknown.
-pub(crate) fn meminfo(field: &str) -> u64 {
+/// Fields of `/proc/meminfo` (`"MemTotal:"`, say) in bytes, read at once;
+/// 0 for one that is unknown.
+pub(crate) fn meminfo<const N: usize>(fields: [&str; N]) -> [u64; N] {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+    fields.map(|field| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kb| kb * 1024)
+    })
 }
 
 /// A value made once it can be: unlike `OnceLock::get_or_init`, a failure
@@ -361,10 +364,8 @@ fn resolve_mounts(config: &SandboxConfig) -> Result<Vec<Mount>, TaskError> {
             mount.host.display()
         ))
     };
-    let forbidden = |path: &std::path::Path| {
-        path == std::path::Path::new("/")
-            || FORBIDDEN_MOUNTS.iter().any(|dir| path.starts_with(dir))
-    };
+    let forbidden =
+        |path: &std::path::Path| path == std::path::Path::new("/") || under_system_tree(path);
     config
         .mount_paths
         .iter()
@@ -394,9 +395,13 @@ pub(crate) fn in_system_tree(path: &std::path::Path) -> bool {
         Ok(cwd) if path.is_relative() => cwd.join(path),
         _ => path.to_path_buf(),
     };
-    let inside = |p: &std::path::Path| FORBIDDEN_MOUNTS.iter().any(|dir| p.starts_with(dir));
-    inside(&lexically_normal(&absolute))
-        || std::fs::canonicalize(&absolute).is_ok_and(|real| inside(&real))
+    under_system_tree(&lexically_normal(&absolute))
+        || std::fs::canonicalize(&absolute).is_ok_and(|real| under_system_tree(&real))
+}
+
+/// True if the (absolute, normal) `path` is /proc, /sys, /dev or beneath them.
+fn under_system_tree(path: &std::path::Path) -> bool {
+    FORBIDDEN_MOUNTS.iter().any(|dir| path.starts_with(dir))
 }
 
 /// `path` with `.` and `..` taken out as written (no symlink followed).

@@ -363,7 +363,7 @@ fn remove_orphaned_dirs() {
 /// RAM and swap of this machine, in bytes (read once).
 fn machine_memory() -> u64 {
     static TOTAL: OnceLock<u64> = OnceLock::new();
-    *TOTAL.get_or_init(|| super::meminfo("MemTotal:") + super::meminfo("SwapTotal:"))
+    *TOTAL.get_or_init(|| super::meminfo(["MemTotal:", "SwapTotal:"]).iter().sum())
 }
 
 /// Finds a command's program: a path as given, else on the host's PATH.
