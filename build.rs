@@ -19,6 +19,7 @@ fn main() {
         "guest/src",
         "guest/Cargo.toml",
         "guest/Cargo.lock",
+        "vendor/rustpython-vm",
         "src/sandbox/driver.py",
     ] {
         println!("cargo:rerun-if-changed={path}");

@@ -57,6 +57,10 @@ cargo run --locked --quiet -- doctor --warm
 # The Ray executor's tests run on a two-node Ray cluster on this machine: a
 # venv with ray[default] in target/ray-venv (~35 s, once), ~20 s to start;
 # only that cluster is stopped on exit.
+# The `mcp` command is tested with the official MCP Python SDK as its
+# client, from a venv in target/mcp-venv (~15 s, once).
+LATTICE_MCP_PYTHON=$(./scripts/mcp-venv.sh)
+export LATTICE_MCP_PYTHON
 ./scripts/ray-cluster.sh start
 trap './scripts/ray-cluster.sh stop' EXIT
 cargo test --locked --no-fail-fast

@@ -7,6 +7,7 @@
 //! - [`sandbox`]: *how* a task is isolated, one module per tier.
 //! - [`executor`]: *where* tasks run (local pool, Ray), behind one trait.
 //! - [`runner`]: the CodeRunner semantics every tier shares.
+//! - [`session`]: Python state kept across calls (REPL-style).
 //!
 //! ```no_run
 //! use lattice::executor::{create_executor, ExecutorOptions};
@@ -24,4 +25,10 @@
 pub mod executor;
 pub mod runner;
 pub mod sandbox;
+pub mod session;
 pub mod task;
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

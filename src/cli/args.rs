@@ -38,6 +38,45 @@ pub(super) enum Command {
     /// Compare the sandbox tiers (and a bare CPython, and pydantic-monty when
     /// installed) on the same workloads, side by side, with ratios.
     Bench(BenchArgs),
+    /// An interactive Python session in a sandbox tier (state kept between
+    /// statements). With stdin not a terminal, runs the whole input
+    /// statement by statement and prints one result JSON line per statement.
+    Repl(SessionArgs),
+    /// A Model Context Protocol server on stdio with one tool, `run_python`,
+    /// which runs code in the connection's session (state kept across calls).
+    Mcp(SessionArgs),
+}
+
+/// The sandbox of a session (`repl`, `mcp`).
+#[derive(Args, Clone, Debug, Default)]
+pub(super) struct SessionArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Allow importing this module (repeat for more); without any, all imports are allowed.
+    #[arg(long = "allow-import", value_name = "MOD")]
+    pub allow_imports: Vec<String>,
+    /// Make a host path visible to the session: HOST:GUEST, or HOST:GUEST:rw for writable.
+    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]", value_parser = parse_value::<Mount>)]
+    pub mounts: Vec<Mount>,
+    /// Let the session use the network (tiers that can block it do).
+    #[arg(long)]
+    pub network: bool,
+    /// Close the session after this many seconds without a statement.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl SessionArgs {
+    /// The sandbox configuration of the session.
+    pub(super) fn config(&self) -> SandboxConfig {
+        let mut config = self.limits.config();
+        if !self.allow_imports.is_empty() {
+            config.allowed_imports = Some(self.allow_imports.clone());
+        }
+        config.mount_paths = self.mounts.clone();
+        config.network_enabled = self.network;
+        config
+    }
 }
 
 /// Limits and settings shared by `run`, `batch` and `exec` (a task's own fields win).
@@ -365,6 +404,8 @@ pub(super) enum WorkloadKind {
     Io,
     /// The function raises ValueError: an expected failure.
     Raises,
+    /// `x + 1` in an open session: a call's latency, not a task's.
+    Session,
 }
 
 /// A usage error: bad flags or flag values (the CLI exits with code 2).

@@ -13,6 +13,7 @@ mod contender;
 mod memory;
 mod monty;
 mod report;
+mod session;
 mod workload;
 
 use std::ops::Range;
@@ -103,7 +104,19 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
     let plan = Plan::from_args(args);
     let mut lineup = Lineup::assemble(&plan)?;
     let mut rows = Vec::new();
+    let mut sessions = Vec::new();
     for &kind in &plan.workloads {
+        if kind == WorkloadKind::Session {
+            let tiers: Vec<SandboxLevel> = plan
+                .tiers
+                .iter()
+                .copied()
+                .filter(|&level| check_available(level).is_ok())
+                .collect();
+            eprintln!("bench: session: {} tiers", tiers.len());
+            sessions = session::measure(&tiers, plan.time_budget);
+            continue;
+        }
         rows.extend(measure_workload(&plan, &mut lineup.entries, kind)?);
     }
     fill_ratios(&mut rows);
@@ -116,6 +129,7 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
         references: lineup.references,
         workloads: plan.workloads,
         rows,
+        sessions,
         wall: started.elapsed(),
     };
     eprintln!("bench: done in {:.1} s", report.wall.as_secs_f64());

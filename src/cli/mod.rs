@@ -1,10 +1,13 @@
-//! The `lattice-wasm` command line: `run`, `batch`, `exec`, `resources`, `doctor`, `bench`.
+//! The `lattice-wasm` command line: `run`, `batch`, `exec`, `resources`, `doctor`, `bench`,
+//! `repl`, `mcp`.
 //!
 //! Exit codes: 0 ok, 1 a task failed, 2 usage error or invalid input.
 
 mod args;
 mod batch;
 mod bench;
+mod mcp;
+mod repl;
 mod signals;
 mod single;
 
@@ -40,6 +43,8 @@ pub(crate) fn main() -> i32 {
         Command::Resources(args) => resources(args),
         Command::Doctor(args) => doctor(args),
         Command::Bench(args) => bench::run(args),
+        Command::Repl(args) => repl::run(args),
+        Command::Mcp(args) => mcp::run(args),
     };
     match result {
         Ok(code) => code,

@@ -31,6 +31,9 @@ use tokio::io::AsyncWriteExt;
 use super::cgroup;
 use super::driver::DRIVER;
 use super::outcome::{command_outcome, envelope_cap, python_outcome, Ended, Ending};
+use super::session::{
+    answer_complete, nonce, parse_answer, CallStream, SessionRun, SessionState, TierSession,
+};
 use super::{
     reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
     SandboxLevel, SandboxOutput, Work,
@@ -62,6 +65,11 @@ impl Sandbox for DockerSandbox {
             return Err(TaskError::invalid("docker_image is empty"));
         }
         Ok(())
+    }
+
+    fn open_session(&self, config: &SandboxConfig) -> Result<Box<dyn TierSession>, TaskError> {
+        let session = runtime()?.block_on(open_session(config))?;
+        Ok(Box::new(session))
     }
 
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
@@ -341,12 +349,7 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
         host_config: Some(host_config(config)),
         ..Default::default()
     };
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = format!(
-        "lattice-{}-{}",
-        std::process::id(),
-        COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
+    let name = container_name();
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
     let created = match api(docker.create_container(Some(options), body)).await {
         Ok(created) => created,
@@ -370,6 +373,335 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
     remove(&docker, &created.id).await;
     removal.id.clear();
     ran
+}
+
+/// A session on the docker tier: one container, hardened as a task's,
+/// running the driver in session mode for the session's life (its CPU
+/// time limited per call by the host). Calls go as frames on its attached
+/// stdin; the answer follows the call's end mark on stdout (see
+/// `crate::sandbox::session`). A limit or a cancel sends SIGINT to the
+/// driver (`KeyboardInterrupt` in the code); a call that does not unwind,
+/// or a container that dies, ends the session. The container is removed
+/// when the session closes.
+struct DockerSession {
+    docker: Docker,
+    id: String,
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    output: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                > + Send,
+        >,
+    >,
+    cpu_counter: Option<cgroup::CpuCounter>,
+    /// Output after a call's end (a thread the code left running): the
+    /// start of the next call's.
+    carry: [Vec<u8>; 2],
+    ended: bool,
+}
+
+async fn open_session(config: &SandboxConfig) -> Result<DockerSession, TaskError> {
+    let docker = engine().await?;
+    remove_leftovers(&docker).await;
+    ensure_image(&docker, &config.docker_image).await?;
+    let cmd = vec![
+        "python3".to_string(),
+        "-I".into(),
+        "-c".into(),
+        DRIVER.into(),
+        "--session".into(),
+        "--answer-on-stdout".into(),
+    ];
+    let mut host_config = host_config(config);
+    // The CPU time is limited per call (by the host), not for the life of
+    // the session.
+    if let Some(ulimits) = &mut host_config.ulimits {
+        ulimits.retain(|u| u.name.as_deref() != Some("cpu"));
+    }
+    let body = ContainerCreateBody {
+        image: Some(config.docker_image.clone()),
+        cmd: Some(cmd),
+        env: Some(vec!["HOME=/tmp".to_string(), "LANG=C.UTF-8".to_string()]),
+        user: Some("65534:65534".into()),
+        working_dir: Some("/tmp".into()),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(false),
+        network_disabled: Some(!config.network_enabled),
+        labels: Some(owner_labels()),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    let name = container_name();
+    let options = CreateContainerOptionsBuilder::new().name(&name).build();
+    let created = match api(docker.create_container(Some(options), body)).await {
+        Ok(created) => created,
+        Err(ApiError::Refused { status: 404, .. }) => {
+            return Err(image_missing(&config.docker_image))
+        }
+        Err(e @ ApiError::Refused { .. }) => {
+            return Err(TaskError::unavailable(format!(
+                "can't create the container: {e}"
+            )))
+        }
+        Err(e @ ApiError::NoAnswer(_)) => return Err(unreachable(&e)),
+    };
+    let mut removal = Removal {
+        docker: docker.clone(),
+        id: created.id.clone(),
+    };
+    let attach = AttachContainerOptionsBuilder::new()
+        .stream(true)
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let streams = api(docker.attach_container(&created.id, Some(attach)))
+        .await
+        .map_err(|e| TaskError::unavailable(format!("can't attach to the container: {e}")))?;
+    api(docker.start_container(&created.id, None))
+        .await
+        .map_err(|e| TaskError::unavailable(format!("can't start the container: {e}")))?;
+    let cpu_counter = api(docker.inspect_container(&created.id, None::<InspectContainerOptions>))
+        .await
+        .ok()
+        .and_then(|inspected| inspected.state?.pid)
+        .and_then(|pid| u32::try_from(pid).ok())
+        .filter(|&pid| pid > 0)
+        .and_then(|pid| cgroup::CpuCounter::of_pid(pid, &created.id));
+    removal.id.clear();
+    Ok(DockerSession {
+        docker,
+        id: created.id,
+        input: streams.input,
+        output: streams.output,
+        cpu_counter,
+        carry: [Vec::new(), Vec::new()],
+        ended: false,
+    })
+}
+
+/// How long stopped code has to unwind before the session is ended.
+const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
+/// How long to wait for the end of a call's stderr once it answered.
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+impl DockerSession {
+    fn cpu_time(&self) -> Duration {
+        self.cpu_counter
+            .as_ref()
+            .and_then(cgroup::CpuCounter::read)
+            .unwrap_or_default()
+    }
+
+    async fn call(
+        &mut self,
+        request: &[u8],
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+    ) -> SessionRun {
+        let nonce = nonce();
+        let mut frame = format!("{nonce} {}\n", request.len()).into_bytes();
+        frame.extend_from_slice(request);
+        let mark = format!("\x1elattice-{nonce}\x1e").into_bytes();
+        let header = format!("{nonce} ");
+        let mut streams = [
+            CallStream::new(config.max_output_bytes),
+            CallStream::new(config.max_output_bytes),
+        ];
+        for (stream, carry) in streams.iter_mut().zip(self.carry.iter_mut()) {
+            let carried = std::mem::take(carry);
+            stream.push(&carried, &mark, carry);
+        }
+        let cap = envelope_cap(config).saturating_add(64);
+        let started = tokio::time::Instant::now();
+        let cpu_start = self.cpu_time();
+        let mut stopped: Option<(tokio::time::Instant, Ending)> = None;
+        let mut answered: Option<tokio::time::Instant> = None;
+        let mut died = false;
+        let wrote = tokio::time::timeout(config.timeout, async {
+            self.input.write_all(&frame).await?;
+            self.input.flush().await
+        })
+        .await;
+        if !matches!(wrote, Ok(Ok(()))) {
+            died = true;
+        }
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        while !died {
+            let now = tokio::time::Instant::now();
+            if let Some(at) = answered {
+                if streams[1].done || now >= at + OUTPUT_GRACE {
+                    break;
+                }
+            }
+            if answered.is_none() {
+                if let Some((at, _)) = stopped {
+                    if now >= at + INTERRUPT_GRACE {
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                item = self.output.next() => match item {
+                    Some(Ok(bollard::container::LogOutput::StdOut { message })) => {
+                        streams[0].push(&message, &mark, &mut self.carry[0]);
+                    }
+                    Some(Ok(bollard::container::LogOutput::StdErr { message })) => {
+                        streams[1].push(&message, &mark, &mut self.carry[1]);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => died = true,
+                },
+                _ = poll.tick() => {
+                    if answered.is_none() && stopped.is_none() {
+                        let limit = if cancel.is_cancelled() {
+                            Some(Ending::Cancelled)
+                        } else if now >= started + config.timeout {
+                            Some(Ending::TimedOut)
+                        } else if self.cpu_time().saturating_sub(cpu_start) >= config.max_cpu_time {
+                            Some(Ending::CpuLimit)
+                        } else {
+                            None
+                        };
+                        if let Some(limit) = limit {
+                            let signal = KillContainerOptionsBuilder::new().signal("SIGINT").build();
+                            let _ = api(self.docker.kill_container(&self.id, Some(signal))).await;
+                            stopped = Some((now, limit));
+                        }
+                    }
+                }
+            }
+            if answered.is_none()
+                && streams[0].done
+                && (self.carry[0].len() > cap || answer_complete(&self.carry[0], &header, false))
+            {
+                answered = Some(tokio::time::Instant::now());
+            }
+        }
+        let [stdout, stderr] = streams;
+        let (stdout, stderr) = (stdout.finish(), stderr.finish());
+        let cpu_time = self.cpu_time().saturating_sub(cpu_start);
+        if answered.is_some() {
+            let overflow = self.carry[0].len() > cap;
+            let parsed = parse_answer(&self.carry[0], &header)
+                .map(|(envelope, taken)| (envelope.to_vec(), taken));
+            if let Some((envelope, taken)) = parsed.filter(|_| !overflow) {
+                self.carry[0].drain(..taken);
+                let run = Ended {
+                    ending: stopped.map_or(Ending::Exited(0), |(_, limit)| limit),
+                    stdout,
+                    stderr,
+                    channel: envelope,
+                    channel_overflow: false,
+                    cpu_time,
+                    oom_killed: false,
+                };
+                let output = python_outcome(run, config);
+                return SessionRun {
+                    state: crate::sandbox::session::state_after(&output),
+                    output,
+                };
+            }
+            self.carry[0].clear();
+            self.end().await;
+            let error = if overflow {
+                super::outcome::result_too_big(config)
+            } else {
+                super::outcome::protocol_error(
+                    "the session's answer was malformed (did the code write the end mark itself?)",
+                )
+            };
+            return SessionRun {
+                output: SandboxOutput {
+                    result: Err(error),
+                    stdout: stdout.finish(),
+                    stderr: stderr.finish(),
+                },
+                state: SessionState::Closed,
+            };
+        }
+        // It died, or did not unwind from a stop: the session ends.
+        let (exit, oom_killed) = self.end().await;
+        let run = Ended {
+            ending: stopped.map_or(Ending::Exited(exit), |(_, limit)| limit),
+            stdout,
+            stderr,
+            channel: Vec::new(),
+            channel_overflow: false,
+            cpu_time,
+            oom_killed,
+        };
+        SessionRun {
+            output: python_outcome(run, config),
+            state: SessionState::Closed,
+        }
+    }
+
+    /// Kills and removes the container: its exit code and whether the
+    /// kernel killed it for memory.
+    async fn end(&mut self) -> (i32, bool) {
+        if self.ended {
+            return (0, false);
+        }
+        self.ended = true;
+        let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        let _ = api(self.docker.kill_container(&self.id, Some(kill))).await;
+        let state = api(self
+            .docker
+            .inspect_container(&self.id, None::<InspectContainerOptions>))
+        .await
+        .ok()
+        .and_then(|inspected| inspected.state);
+        let oom_killed = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let exit = state.and_then(|s| s.exit_code).unwrap_or(-1) as i32;
+        remove(&self.docker, &self.id).await;
+        (exit, oom_killed)
+    }
+}
+
+impl TierSession for DockerSession {
+    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+        if self.ended {
+            return SessionRun {
+                output: SandboxOutput::error(TaskError::internal(
+                    "the session's container is gone",
+                )),
+                state: SessionState::Closed,
+            };
+        }
+        match runtime() {
+            Ok(runtime) => runtime.block_on(self.call(request.as_bytes(), config, cancel)),
+            Err(error) => SessionRun {
+                output: SandboxOutput::error(error),
+                state: SessionState::Closed,
+            },
+        }
+    }
+}
+
+impl Drop for DockerSession {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Ok(runtime) = runtime() {
+            runtime.block_on(self.end());
+        }
+    }
+}
+
+/// A container name of this process, unique within it.
+fn container_name() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "lattice-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 fn owner_labels() -> HashMap<String, String> {

@@ -53,7 +53,7 @@ def _format_exception(exc):
     import traceback
 
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != TASK_FILENAME:
+    while tb is not None and not _is_user_file(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     try:
         return "".join(traceback.format_exception(_type(exc), exc, tb))
@@ -158,13 +158,17 @@ def _guarded_builtins(allowed):
     return guarded
 
 
-def _remember_source(code):
+def _is_user_file(filename):
+    return filename == TASK_FILENAME or filename.startswith("<cell ")
+
+
+def _remember_source(code, filename=TASK_FILENAME):
     """Lets tracebacks show the lines of the user's code."""
     try:
         import linecache
 
         lines = code.splitlines(True)
-        linecache.cache[TASK_FILENAME] = (len(code), None, lines, TASK_FILENAME)
+        linecache.cache[filename] = (len(code), None, lines, filename)
     except Exception:
         pass
 
@@ -249,6 +253,9 @@ def run_request(request_text):
     """Runs the task described by ``request_text``; returns the answer."""
     try:
         request = _loads(request_text)
+        op = request.get("op")
+        if op is not None:
+            return _session_op(op, request)
         code = request["code"]
     except RecursionError:
         return _error("invalid_task", "ValueError", "the task input is nested too deeply")
@@ -309,6 +316,11 @@ def run_request(request_text):
         _flush_user_output()
 
     namespace.clear()
+    return _result_answer(result)
+
+
+def _result_answer(result):
+    """The answer for a returned value: its JSON text, or why it has none."""
     try:
         text = _dumps(result, ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")
@@ -325,6 +337,147 @@ def run_request(request_text):
     except MemoryError:
         return _error("task_error", "MemoryError", "out of memory while serialising the result")
     return ("ok", text)
+
+
+# A session: one namespace that lives as long as the interpreter (wasm,
+# none) or the process (the CPython tiers) the host keeps for it. Requests
+# carry an "op": "exec" runs code REPL-style, "call" calls a function the
+# session defined, "split" cuts a script into its top-level statements (the
+# REPL's non-interactive input), "reset" forgets the namespace.
+_session = {"ns": None, "cells": 0, "allowed": None}
+
+
+def _session_namespace(request):
+    if _session["ns"] is None:
+        namespace = {"__name__": "__main__"}
+        allowed = request.get("allowed_imports")
+        if allowed is not None:
+            namespace["__builtins__"] = _guarded_builtins(allowed)
+        _session["ns"] = namespace
+    return _session["ns"]
+
+
+def _session_op(op, request):
+    if op == "exec":
+        return _session_exec(request["code"], _session_namespace(request))
+    if op == "call":
+        return _session_call(request, _session_namespace(request))
+    if op == "split":
+        return _session_split(request["code"])
+    if op == "reset":
+        _session["ns"] = None
+        return ("ok", "null")
+    return _error("invalid_task", "ValueError", "unknown session operation %r" % (op,))
+
+
+def _session_exec(code, namespace):
+    """Runs ``code`` in the session; the value of a final expression is the result."""
+    import ast
+
+    _session["cells"] += 1
+    filename = "<cell %d>" % _session["cells"]
+    try:
+        tree = ast.parse(code, filename)
+        last = None
+        if tree.body and _type(tree.body[-1]) is ast.Expr:
+            last = ast.Expression(tree.body.pop().value)
+        body = compile(tree, filename, "exec")
+        final = compile(last, filename, "eval") if last is not None else None
+    except SyntaxError as exc:
+        return _error("invalid_task", _type(exc).__name__, "line %s: %s" % (exc.lineno, exc.msg))
+    except (MemoryError, RecursionError) as exc:
+        return _error("invalid_task", _type(exc).__name__, "the code is too large or too deeply nested to compile")
+    _remember_source(code, filename)
+    value = None
+    try:
+        exec(body, namespace)
+        if final is not None:
+            value = _awaited(eval(final, namespace))
+    except MemoryError as exc:
+        exc = None
+        return _error("task_error", "MemoryError", "out of memory")
+    except BaseException as exc:
+        _flush_user_output()
+        return _task_failure(exc)
+    finally:
+        _flush_user_output()
+    if final is None:
+        return ("ok", '{"value":null,"repr":null}')
+    if value is not None:
+        namespace["_"] = value
+    try:
+        shown = _cut(repr(value))
+    except BaseException as exc:
+        return _task_failure(exc)
+    try:
+        text = _dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except BaseException:
+        text = "null"
+    return ("ok", '{"value":' + text + ',"repr":' + _dumps(shown, ensure_ascii=False) + "}")
+
+
+def _session_call(request, namespace):
+    entry = request.get("entry")
+    function = namespace.get(entry) if isinstance(entry, str) else None
+    if function is None or not _callable(function):
+        return _error("invalid_task", "NameError", "the session defines no function '%s'" % (entry,))
+    try:
+        if "args" in request or "kwargs" in request:
+            result = function(*(request.get("args") or ()), **(request.get("kwargs") or {}))
+        elif "input" in request:
+            result = function(request["input"])
+        else:
+            result = function()
+        result = _awaited(result)
+    except MemoryError:
+        return _error("task_error", "MemoryError", "out of memory")
+    except BaseException as exc:
+        _flush_user_output()
+        return _task_failure(exc)
+    finally:
+        _flush_user_output()
+    return _result_answer(result)
+
+
+def _session_split(code):
+    """The top-level statements of ``code`` as a JSON list of source texts.
+
+    When the code does not parse, the statements before the error, then
+    the rest as one piece (whose exec reports the syntax error).
+    """
+    import ast
+
+    lines = code.splitlines(True)
+    end = _len(lines)
+    while True:
+        try:
+            tree = ast.parse("".join(lines[:end]), "<input>")
+            break
+        except SyntaxError as exc:
+            stop = min((exc.lineno or 1) - 1, end - 1)
+            # Back to the start of the top-level statement holding the error.
+            while stop > 0 and (not lines[stop].strip() or lines[stop][:1] in " \t#"):
+                stop -= 1
+            end = stop
+            if end <= 0:
+                tree = None
+                break
+    pieces = []
+    if tree is not None:
+        starts = [node.lineno - 1 for node in tree.body]
+        # Decorators belong to their definition.
+        for index, node in enumerate(tree.body):
+            for decorator in _getattr(node, "decorator_list", ()) or ():
+                starts[index] = min(starts[index], decorator.lineno - 1)
+        for index, start in enumerate(starts):
+            stop = starts[index + 1] if index + 1 < _len(starts) else end
+            pieces.append("".join(lines[start:stop]))
+    if end < _len(lines):
+        rest = "".join(lines[end:])
+        if rest.strip():
+            pieces.append(rest)
+    return ("ok", _dumps(pieces, ensure_ascii=False))
 
 
 def envelope(answer):
@@ -373,5 +526,85 @@ def main_stdio():
         answer = answer[written:]
 
 
+def main_session():
+    """CPython entry of a session (``--session``): one request after another.
+
+    The host sends frames on stdin, ``<nonce> <length>\\n<request>``; for
+    each, the driver answers on fd 3 with ``<nonce> <length>\\n<envelope>``
+    after writing ``\\x1elattice-<nonce>\\x1e`` to stdout and stderr, which
+    tells the host where the call's output ends. The host stops a call with
+    SIGINT: ``KeyboardInterrupt`` in the code, never in the driver between
+    calls. The task gets an empty stdin; the frames come on a copy of fd 0.
+    With ``--answer-on-stdout`` (a container's attached streams, no fd 3)
+    the answer frame follows the mark on stdout.
+    """
+    import os
+    import signal
+
+    answer_on_stdout = "--answer-on-stdout" in sys.argv
+    pid = os.getpid()
+    frames = os.fdopen(os.dup(0), "rb", buffering=0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(os.devnull)
+    # Our own copies: the task may close or redirect fds 1 and 2.
+    out_fd, err_fd = os.dup(1), os.dup(2)
+    in_call = [False]
+
+    def stop(signum, frame):
+        if in_call[0]:
+            raise KeyboardInterrupt("lattice: the call was stopped")
+
+    signal.signal(signal.SIGINT, stop)
+
+    def read_exactly(size):
+        data = b""
+        while len(data) < size:
+            chunk = frames.read(size - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def write_all(fd, data):
+        while data:
+            data = data[os.write(fd, data):]
+
+    while True:
+        header = b""
+        while not header.endswith(b"\n"):
+            byte = frames.read(1)
+            if not byte:
+                return
+            header += byte
+        nonce, size = header.split()
+        request = read_exactly(int(size)).decode("utf-8", "surrogatepass")
+        in_call[0] = True
+        try:
+            answer = run_request(request)
+        except BaseException as exc:
+            answer = _task_failure(exc)
+        finally:
+            in_call[0] = False
+        if os.getpid() != pid:
+            # A process the task forked returned through the driver.
+            os._exit(0)
+        data = envelope(answer).encode("utf-8", "surrogatepass")
+        _flush_user_output()
+        mark = b"\x1elattice-" + nonce + b"\x1e"
+        frame = nonce + b" %d\n" % len(data) + data
+        for fd in (out_fd, err_fd):
+            try:
+                write_all(fd, mark + frame if fd == out_fd and answer_on_stdout else mark)
+            except OSError:
+                pass
+        if not answer_on_stdout:
+            write_all(3, frame)
+
+
 if __name__ == "__main__":
-    main_stdio()
+    if "--session" in sys.argv:
+        main_session()
+    else:
+        main_stdio()

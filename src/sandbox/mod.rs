@@ -18,6 +18,7 @@ mod policy;
 mod private_fs;
 pub(crate) mod process;
 mod seccomp;
+pub(crate) mod session;
 mod subprocess;
 pub mod wasm;
 
@@ -32,6 +33,7 @@ pub use crate::task::{CancelToken, Mount, SandboxLevel};
 pub(crate) use output::OutputCapture;
 pub use policy::{AllowedMount, Policy};
 pub use seccomp::allowlist as seccomp_allowlist;
+pub use session::SessionState;
 
 use crate::task::{NativeCall, Payload, TaskError, TaskOutcome, TaskSubmission, WasmSource};
 
@@ -86,6 +88,12 @@ pub(crate) trait Sandbox: Send + Sync {
     /// Runs one job to its end. Every failure is an error in the output,
     /// never a panic; nothing the job started outlives this call.
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput;
+
+    /// Opens a session under `config` (checked by `check_config`).
+    fn open_session(
+        &self,
+        config: &SandboxConfig,
+    ) -> Result<Box<dyn session::TierSession>, TaskError>;
 }
 
 /// Ok if `level`'s tier can run on this host; otherwise why not, and how
@@ -140,6 +148,13 @@ impl Sandbox for NotBuilt {
 
     fn run(&self, _job: &Job<'_>, _cancel: &CancelToken) -> SandboxOutput {
         SandboxOutput::error(self.error())
+    }
+
+    fn open_session(
+        &self,
+        _config: &SandboxConfig,
+    ) -> Result<Box<dyn session::TierSession>, TaskError> {
+        Err(self.error())
     }
 }
 

@@ -19,9 +19,11 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
 use super::limits::{self, Limits, Watch};
+use super::session::{SessionRun, SessionState, TierSession};
 use super::subprocess::ProcessTier;
 use super::{
     outcome, reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
@@ -44,6 +46,13 @@ impl Sandbox for NoneSandbox {
 
     fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError> {
         reject_unsupported(SandboxLevel::None, config, false, false)
+    }
+
+    fn open_session(&self, config: &SandboxConfig) -> Result<Box<dyn TierSession>, TaskError> {
+        Ok(Box::new(NoneSession {
+            thread: Some(python_thread(library()?)?),
+            config: config.clone(),
+        }))
     }
 
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
@@ -170,7 +179,23 @@ fn run_python(
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> Result<SandboxOutput, TaskError> {
-    let library = library()?;
+    let thread = python_thread(library()?)?;
+    Ok(on_python_thread(&thread, request, config, cancel, false)
+        .unwrap_or_else(SandboxOutput::error))
+}
+
+/// Runs `request` on `thread` and waits for it: Ok with what it gave
+/// back, or Err with the error of a task that did not come back from a
+/// stop (the thread is lost: it never returns to the pool). `keep`: the
+/// thread stays with its caller (a session) instead of going back to the
+/// pool.
+fn on_python_thread(
+    thread: &Sender<PythonJob>,
+    request: &str,
+    config: &SandboxConfig,
+    cancel: &CancelToken,
+    keep: bool,
+) -> Result<SandboxOutput, TaskError> {
     let token = limits::next_token();
     let (reply, output) = std::sync::mpsc::channel();
     let job = PythonJob {
@@ -179,13 +204,12 @@ fn run_python(
         config: config.clone(),
         cancel: cancel.clone(),
         reply,
+        keep,
     };
-    let idle = lock(&IDLE_THREADS).pop();
-    match idle {
-        Some(thread) => thread
-            .send(job)
-            .map_err(|_| TaskError::internal("a Python thread of the none tier is gone"))?,
-        None => spawn_python_thread(library, job)?,
+    if thread.send(job).is_err() {
+        return Err(TaskError::internal(
+            "a Python thread of the none tier is gone",
+        ));
     }
     loop {
         match output.recv_timeout(TICK * 10) {
@@ -198,7 +222,7 @@ fn run_python(
         // A task that swallows every KeyboardInterrupt keeps its thread (it
         // never returns to the pool), but its caller gets the outcome.
         if let Some(stop) = limits::overdue(token, UNWIND_GRACE) {
-            return Ok(SandboxOutput::error(stop.error(config)));
+            return Err(stop.error(config));
         }
     }
 }
@@ -209,15 +233,22 @@ struct PythonJob {
     request: String,
     config: SandboxConfig,
     cancel: CancelToken,
-    reply: std::sync::mpsc::Sender<SandboxOutput>,
+    reply: Sender<SandboxOutput>,
+    /// Stay with the caller after this job (a session's thread).
+    keep: bool,
 }
 
 /// Python threads waiting for work.
-static IDLE_THREADS: Mutex<Vec<std::sync::mpsc::Sender<PythonJob>>> = Mutex::new(Vec::new());
+static IDLE_THREADS: Mutex<Vec<Sender<PythonJob>>> = Mutex::new(Vec::new());
 
-fn spawn_python_thread(library: &'static Library, first: PythonJob) -> Result<(), TaskError> {
+/// An idle Python thread, or a new one.
+fn python_thread(library: &'static Library) -> Result<Sender<PythonJob>, TaskError> {
+    if let Some(thread) = lock(&IDLE_THREADS).pop() {
+        return Ok(thread);
+    }
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let (sender, jobs) = std::sync::mpsc::channel::<PythonJob>();
+    let to_pool = sender.clone();
     std::thread::Builder::new()
         .name(format!(
             "lattice-python-{}",
@@ -225,20 +256,69 @@ fn spawn_python_thread(library: &'static Library, first: PythonJob) -> Result<()
         ))
         .stack_size(super::TASK_THREAD_STACK)
         .spawn(move || {
-            let mut job = first;
-            loop {
+            while let Ok(job) = jobs.recv() {
                 let output = execute(library, &job);
-                // Idle before replying, so the caller's next task finds us.
-                lock(&IDLE_THREADS).push(sender.clone());
-                let _ = job.reply.send(output);
-                match jobs.recv() {
-                    Ok(next) => job = next,
-                    Err(_) => return,
+                if !job.keep {
+                    // Idle before replying, so the caller's next task finds us.
+                    lock(&IDLE_THREADS).push(to_pool.clone());
                 }
+                let _ = job.reply.send(output);
             }
         })
-        .map(|_| ())
-        .map_err(|e| TaskError::unavailable(format!("can't start a Python thread: {e}")))
+        .map_err(|e| TaskError::unavailable(format!("can't start a Python thread: {e}")))?;
+    Ok(sender)
+}
+
+/// A session on the none tier: one Python thread (its interpreter and the
+/// session's namespace in it) kept for the session; the namespace is
+/// forgotten and the thread goes back to the pool when it closes. A call
+/// stopped by a limit is interrupted (`KeyboardInterrupt`) and the session
+/// goes on; one that does not come back from the stop loses its thread,
+/// and the session is closed.
+struct NoneSession {
+    thread: Option<Sender<PythonJob>>,
+    config: SandboxConfig,
+}
+
+impl TierSession for NoneSession {
+    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+        let Some(thread) = &self.thread else {
+            return SessionRun {
+                output: SandboxOutput::error(TaskError::internal(
+                    "the session's Python thread is gone",
+                )),
+                state: SessionState::Closed,
+            };
+        };
+        match on_python_thread(thread, request, config, cancel, true) {
+            Ok(output) => SessionRun {
+                state: super::session::state_after(&output),
+                output,
+            },
+            Err(error) => {
+                self.thread = None;
+                SessionRun {
+                    output: SandboxOutput::error(error),
+                    state: SessionState::Closed,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for NoneSession {
+    fn drop(&mut self) {
+        // Forget the namespace; the thread then goes back to the pool.
+        if let Some(thread) = self.thread.take() {
+            let _ = on_python_thread(
+                &thread,
+                r#"{"op":"reset"}"#,
+                &self.config,
+                &CancelToken::new(),
+                false,
+            );
+        }
+    }
 }
 
 /// Runs `job` on this thread's interpreter, watched.

@@ -60,16 +60,25 @@ impl Sandbox for SeccompSandbox {
         Ok(())
     }
 
+    fn open_session(
+        &self,
+        config: &SandboxConfig,
+    ) -> Result<Box<dyn super::session::TierSession>, TaskError> {
+        TIER.open_session(config)
+    }
+
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
-        ProcessTier {
-            level: SandboxLevel::Seccomp,
-            isolate: true,
-            hook: Some(hook),
-            read_only_root: false,
-        }
-        .run(job, cancel)
+        TIER.run(job, cancel)
     }
 }
+
+/// The process tier with this tier's hook.
+const TIER: ProcessTier = ProcessTier {
+    level: SandboxLevel::Seccomp,
+    isolate: true,
+    hook: Some(hook),
+    read_only_root: false,
+};
 
 /// The child's last steps: Landlock, seccomp, exec; with the descriptors
 /// of the Landlock rules, which the child keeps for them.

@@ -28,6 +28,7 @@ use super::driver::DRIVER;
 use super::outcome::{command_outcome, envelope_cap, python_outcome};
 use super::private_fs::PrivateFs;
 use super::process::{self, ChildHook, ChildSpec, UidLease};
+use super::session::{SessionRun, SessionState, TierSession};
 use super::{
     reject_unsupported, CancelToken, Job, OnceOk, Sandbox, SandboxConfig, SandboxLevel,
     SandboxOutput, Work,
@@ -50,6 +51,10 @@ impl Sandbox for SubprocessSandbox {
 
     fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError> {
         reject_unsupported(SandboxLevel::Subprocess, config, false, false)
+    }
+
+    fn open_session(&self, config: &SandboxConfig) -> Result<Box<dyn TierSession>, TaskError> {
+        ProcessTier::isolated(SandboxLevel::Subprocess).open_session(config)
     }
 
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
@@ -121,7 +126,54 @@ impl ProcessTier {
                 )))
             }
         };
+        let mut child = self.prepare(config, program, args, job.gpu_id, false)?;
+        let mut spec = child.spec(config, stdin);
+        spec.result_channel = python;
+        if !python {
+            spec.output_cap = config.max_result_bytes;
+        }
+        let run = process::run_child(spec, cancel)?;
+        child.finish()?;
+        Ok(if python {
+            python_outcome(run, config)
+        } else {
+            command_outcome(run, config)
+        })
+    }
 
+    /// A session: the driver in session mode, in a child set up as a
+    /// task's, living until the session closes.
+    pub(super) fn open_session(
+        &self,
+        config: &SandboxConfig,
+    ) -> Result<Box<dyn TierSession>, TaskError> {
+        let python = python_interpreter()?.to_path_buf();
+        let args = vec!["-I".into(), "-c".into(), DRIVER.into(), "--session".into()];
+        let mut child = self.prepare(config, python, args, None, true)?;
+        let config = config.clone();
+        // Started from a thread that outlives the session: the child's
+        // parent-death signal fires when the thread that made it exits.
+        let (process, child) = process::on_parent_thread(move || {
+            process::SessionProcess::start(child.spec(&config, &[])).map(|process| (process, child))
+        })??;
+        Ok(Box::new(ProcessSession {
+            process: Some(process),
+            child: Some(child),
+        }))
+    }
+
+    /// Everything a child of this tier gets, ready to start: uid, temp
+    /// dir, environment, hook, private filesystem, cgroup, filter, rlimits.
+    /// `session`: the child lives for many calls (its CPU time is limited
+    /// per call by the host, not for its life by an rlimit).
+    fn prepare(
+        &self,
+        config: &SandboxConfig,
+        program: PathBuf,
+        args: Vec<OsString>,
+        gpu_id: Option<u32>,
+        session: bool,
+    ) -> Result<PreparedChild, TaskError> {
         let lease = if self.isolate && process::is_root() {
             Some(UidLease::acquire()?)
         } else {
@@ -139,8 +191,7 @@ impl ProcessTier {
         env.push(("TMPDIR".into(), workdir.path().into()));
         // The task's GPU, else the devices this process was given (a Ray
         // worker's, "" when it has none): never more than ours.
-        let gpus = job
-            .gpu_id
+        let gpus = gpu_id
             .map(|gpu| OsString::from(gpu.to_string()))
             .or_else(|| std::env::var_os("CUDA_VISIBLE_DEVICES"));
         if let Some(gpus) = gpus {
@@ -191,43 +242,119 @@ impl ProcessTier {
         let filter = (self.level == SandboxLevel::Subprocess && !config.network_enabled)
             .then(socket_filter)
             .transpose()?;
-        let spec = ChildSpec {
-            program: &program,
+        let mut rlimits = rlimits(config, self.isolate, uid.is_some(), cgroup.is_some());
+        if session {
+            rlimits.retain(|(resource, _, _)| *resource != libc::RLIMIT_CPU);
+        }
+        Ok(PreparedChild {
+            program,
             args,
             env,
-            cwd: workdir.path(),
-            stdin,
-            result_channel: python,
-            rlimits: rlimits(config, self.isolate, uid.is_some(), cgroup.is_some()),
+            workdir: Some(workdir),
+            lease,
             uid,
-            new_netns: self.isolate && !config.network_enabled,
-            own_namespaces: self.isolate,
-            private_fs,
-            cgroup,
-            max_cpu_time: config.max_cpu_time,
-            no_new_privs: self.isolate,
-            filter,
-            timeout: config.timeout,
-            output_cap: if python {
-                config.max_output_bytes
-            } else {
-                config.max_result_bytes
-            },
-            channel_cap: envelope_cap(config),
             hook,
             hook_fds,
-        };
-        let run = process::run_child(spec, cancel)?;
-        drop(lease);
-        // The task's files go with it; a failure here would leak a temp dir.
-        workdir
-            .close()
-            .map_err(|e| TaskError::internal(format!("can't remove the task's temp dir: {e}")))?;
-        Ok(if python {
-            python_outcome(run, config)
-        } else {
-            command_outcome(run, config)
+            private_fs,
+            cgroup,
+            filter,
+            rlimits,
+            isolate: self.isolate,
         })
+    }
+}
+
+/// A child of a process tier, prepared (see [`ProcessTier::prepare`]); it
+/// holds the task's uid and temp dir until [`PreparedChild::finish`].
+pub(crate) struct PreparedChild {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    workdir: Option<tempfile::TempDir>,
+    lease: Option<UidLease>,
+    uid: Option<u32>,
+    hook: Option<ChildHook>,
+    hook_fds: Vec<RawFd>,
+    private_fs: Option<PrivateFs>,
+    cgroup: Option<TaskCgroup>,
+    filter: Option<Arc<BpfProgram>>,
+    rlimits: Vec<process::Rlimit>,
+    isolate: bool,
+}
+
+impl PreparedChild {
+    /// The child's spec, fed `stdin`, with a result channel (Python).
+    fn spec<'a>(&'a mut self, config: &SandboxConfig, stdin: &'a [u8]) -> ChildSpec<'a> {
+        ChildSpec {
+            program: &self.program,
+            args: self.args.clone(),
+            env: self.env.clone(),
+            cwd: self
+                .workdir
+                .as_ref()
+                .map_or(Path::new("/"), tempfile::TempDir::path),
+            stdin,
+            result_channel: true,
+            rlimits: std::mem::take(&mut self.rlimits),
+            uid: self.uid,
+            new_netns: self.isolate && !config.network_enabled,
+            own_namespaces: self.isolate,
+            private_fs: self.private_fs.take(),
+            cgroup: self.cgroup.take(),
+            max_cpu_time: config.max_cpu_time,
+            no_new_privs: self.isolate,
+            filter: self.filter.take(),
+            timeout: config.timeout,
+            output_cap: config.max_output_bytes,
+            channel_cap: envelope_cap(config),
+            hook: self.hook.take(),
+            hook_fds: std::mem::take(&mut self.hook_fds),
+        }
+    }
+
+    /// Gives back the uid and removes the temp dir (the child is gone).
+    fn finish(&mut self) -> Result<(), TaskError> {
+        self.lease = None;
+        // The task's files go with it; a failure here would leak a temp dir.
+        match self.workdir.take() {
+            Some(workdir) => workdir
+                .close()
+                .map_err(|e| TaskError::internal(format!("can't remove the task's temp dir: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PreparedChild {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A session on a process tier: its driver process, then its uid and
+/// temp dir, freed in that order when it closes.
+struct ProcessSession {
+    process: Option<process::SessionProcess>,
+    child: Option<PreparedChild>,
+}
+
+impl TierSession for ProcessSession {
+    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+        match self.process.as_mut() {
+            Some(process) => process.call(request.as_bytes(), config, cancel),
+            None => SessionRun {
+                output: SandboxOutput::error(TaskError::internal("the session's process is gone")),
+                state: SessionState::Closed,
+            },
+        }
+    }
+}
+
+impl Drop for ProcessSession {
+    fn drop(&mut self) {
+        // The process first: its uid and files are freed after it is gone.
+        self.process = None;
+        self.child = None;
     }
 }
 

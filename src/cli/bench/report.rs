@@ -114,7 +114,7 @@ impl ResultRow {
 }
 
 /// The nearest-rank percentile, in milliseconds.
-fn percentile_ms(sorted: &[Duration], percent: usize) -> Option<f64> {
+pub(super) fn percentile_ms(sorted: &[Duration], percent: usize) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -242,6 +242,8 @@ pub(super) struct Report {
     pub references: Vec<Availability>,
     pub workloads: Vec<WorkloadKind>,
     pub rows: Vec<ResultRow>,
+    /// The session workload's rows.
+    pub sessions: Vec<super::session::SessionRow>,
     pub wall: Duration,
 }
 
@@ -291,6 +293,7 @@ impl Report {
             "tiers": self.tiers,
             "references": self.references,
             "results": self.rows,
+            "sessions": super::session::to_json(&self.sessions),
             "harness_resident_mb": round(self.harness_resident_mb, 1),
             "method": method(self.concurrency, self.harness_resident_mb).join(" "),
         })
@@ -301,6 +304,11 @@ impl Report {
         out.push_str(&lineup("tiers", &self.tiers));
         out.push_str(&lineup("references", &self.references));
         for workload in &self.workloads {
+            if *workload == WorkloadKind::Session {
+                let _ = writeln!(out, "\n== {}: {} ==", workload.name(), workload.describe());
+                out.push_str(&self.session_section());
+                continue;
+            }
             let rows: Vec<&ResultRow> = self
                 .rows
                 .iter()
@@ -325,6 +333,33 @@ impl Report {
             let _ = writeln!(out, "[{}] {note}", i + 1);
         }
         out
+    }
+
+    fn session_section(&self) -> String {
+        let mut lines = vec![vec![
+            "tier".to_string(),
+            "calls".into(),
+            "p50 ms".into(),
+            "p90 ms".into(),
+            "p99 ms".into(),
+            "p50 vs wasm".into(),
+        ]];
+        for row in &self.sessions {
+            let mut cells = vec![
+                row.tier.clone(),
+                row.calls.to_string(),
+                number(row.p50_ms),
+                number(row.p90_ms),
+                number(row.p99_ms),
+                ratio(row.p50_vs_wasm, row.tier == "wasm"),
+            ];
+            if let Some(error) = &row.error {
+                cells.truncate(1);
+                cells.push(format!("failed: {error}"));
+            }
+            lines.push(cells);
+        }
+        render(&lines)
     }
 
     fn section(&self, rows: &[&ResultRow]) -> String {

@@ -7,13 +7,14 @@ use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
 use serde_json::{json, Value};
 
 impl WorkloadKind {
-    pub(crate) const ALL: [WorkloadKind; 6] = [
+    pub(crate) const ALL: [WorkloadKind; 7] = [
         WorkloadKind::Trivial,
         WorkloadKind::Cpu,
         WorkloadKind::Sort,
         WorkloadKind::Imports,
         WorkloadKind::Io,
         WorkloadKind::Raises,
+        WorkloadKind::Session,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -24,6 +25,7 @@ impl WorkloadKind {
             WorkloadKind::Imports => "imports",
             WorkloadKind::Io => "io",
             WorkloadKind::Raises => "raises",
+            WorkloadKind::Session => "session",
         }
     }
 
@@ -36,6 +38,7 @@ impl WorkloadKind {
             WorkloadKind::Imports => "json, re, collections, datetime in the function",
             WorkloadKind::Io => "1,000 strings of 1,000 chars in (~1 MB), reversed out",
             WorkloadKind::Raises => "raises ValueError (expected failure, kind checked)",
+            WorkloadKind::Session => "exec `x + 1` in an open session, one call at a time",
         }
     }
 }
@@ -143,6 +146,7 @@ impl Workload {
             WorkloadKind::Imports => (IMPORTS, imports_cases()),
             WorkloadKind::Io => (IO, io_cases()),
             WorkloadKind::Raises => (RAISES, raises_cases()),
+            WorkloadKind::Session => unreachable!("sessions are measured apart (bench/session.rs)"),
         };
         Workload { kind, code, cases }
     }

@@ -21,11 +21,13 @@ use crate::task::TaskError;
 
 mod pump;
 mod reap;
+mod session;
 mod spawn;
 
 use pump::*;
 use reap::*;
 pub(crate) use reap::{sweep_uid, UidLease};
+pub(crate) use session::{on_parent_thread, SessionProcess};
 use spawn::*;
 pub(crate) use spawn::{above_stdio, Exec};
 
@@ -82,40 +84,8 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Runs the child described by `spec` to its end. Errors only when it
 /// could not be started.
 pub(crate) fn run_child(mut spec: ChildSpec<'_>, cancel: &CancelToken) -> Result<Ended, TaskError> {
-    let channel = if spec.result_channel {
-        Some(pipe()?)
-    } else {
-        None
-    };
-    let rlimits = std::mem::take(&mut spec.rlimits);
-    let mut hook = spec.hook.take();
+    let spawned = launch(&mut spec)?;
     let uid = spec.uid;
-    let root = is_root();
-    let mut unshare_flags = 0;
-    if spec.new_netns {
-        unshare_flags |= libc::CLONE_NEWNET;
-    }
-    if spec.own_namespaces {
-        unshare_flags |= libc::CLONE_NEWIPC;
-    }
-    if unshare_flags != 0 && !root {
-        unshare_flags |= libc::CLONE_NEWUSER;
-    }
-    let mut clone_flags = 0;
-    if let Some(private_fs) = &spec.private_fs {
-        unshare_flags |= libc::CLONE_NEWNS;
-        if spec.own_namespaces && private_fs.mounts_proc() {
-            clone_flags |= libc::CLONE_NEWPID;
-        }
-    }
-    let spawned = spawn(
-        &spec,
-        channel,
-        &rlimits,
-        unshare_flags,
-        clone_flags,
-        hook.as_mut(),
-    )?;
     let pid = spawned.pid;
     let channel_r = spawned.channel;
 
@@ -165,28 +135,79 @@ pub(crate) fn run_child(mut spec: ChildSpec<'_>, cancel: &CancelToken) -> Result
     );
 
     // Whatever happened, nothing of the task survives it.
-    kill_group(pid);
     *alive.lock().unwrap_or_else(|e| e.into_inner()) = false;
     cancel.clear();
-    let (status, cpu_time) = reap(pid);
-    // After the reap: the leader's zombie would make every kill(-1) of the
-    // sweep succeed, so it would never see that none is left.
-    if let Some(uid) = uid {
-        sweep_uid(uid);
-    }
+    let (status, cpu_time, oom_killed) = end_child(pid, uid, spec.cgroup.take());
     run.cpu_time = cpu_time;
-    if let Some(cgroup) = spec.cgroup.take() {
-        cgroup.kill();
-        run.cpu_time = run.cpu_time.max(cgroup.cpu_time().unwrap_or_default());
-        run.oom_killed = cgroup.oom_killed();
-        drop(cgroup); // removes it
-    }
+    run.oom_killed = oom_killed;
     run.ending = match ending {
         Some(ending) => ending,
         None if cancel.is_cancelled() => Ending::Cancelled,
         None => status,
     };
     Ok(run)
+}
+
+/// Kills what is left of a child's group, reaps the child, sweeps its uid
+/// and removes its cgroup: its wait status, CPU time and whether the
+/// cgroup saw an out-of-memory kill.
+fn end_child(
+    pid: libc::pid_t,
+    uid: Option<u32>,
+    cgroup: Option<TaskCgroup>,
+) -> (Ending, Duration, bool) {
+    kill_group(pid);
+    let (status, mut cpu_time) = reap(pid);
+    // After the reap: the leader's zombie would make every kill(-1) of the
+    // sweep succeed, so it would never see that none is left.
+    if let Some(uid) = uid {
+        sweep_uid(uid);
+    }
+    let mut oom_killed = false;
+    if let Some(cgroup) = cgroup {
+        cgroup.kill();
+        cpu_time = cpu_time.max(cgroup.cpu_time().unwrap_or_default());
+        oom_killed = cgroup.oom_killed();
+        drop(cgroup); // removes it
+    }
+    (status, cpu_time, oom_killed)
+}
+
+/// Starts the child of `spec` (its rlimits and hook are taken from it).
+fn launch(spec: &mut ChildSpec<'_>) -> Result<Spawned, TaskError> {
+    let channel = if spec.result_channel {
+        Some(pipe()?)
+    } else {
+        None
+    };
+    let rlimits = std::mem::take(&mut spec.rlimits);
+    let mut hook = spec.hook.take();
+    let root = is_root();
+    let mut unshare_flags = 0;
+    if spec.new_netns {
+        unshare_flags |= libc::CLONE_NEWNET;
+    }
+    if spec.own_namespaces {
+        unshare_flags |= libc::CLONE_NEWIPC;
+    }
+    if unshare_flags != 0 && !root {
+        unshare_flags |= libc::CLONE_NEWUSER;
+    }
+    let mut clone_flags = 0;
+    if let Some(private_fs) = &spec.private_fs {
+        unshare_flags |= libc::CLONE_NEWNS;
+        if spec.own_namespaces && private_fs.mounts_proc() {
+            clone_flags |= libc::CLONE_NEWPID;
+        }
+    }
+    spawn(
+        spec,
+        channel,
+        &rlimits,
+        unshare_flags,
+        clone_flags,
+        hook.as_mut(),
+    )
 }
 
 pub(crate) fn is_root() -> bool {

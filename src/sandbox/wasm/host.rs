@@ -30,6 +30,8 @@ pub(super) struct TaskState {
     result_cap: usize,
     result_too_big: bool,
     files: FileBudget,
+    /// A session call's request, read by the guest through `lattice.request_read`.
+    request: Vec<u8>,
 }
 
 impl TaskState {
@@ -39,6 +41,41 @@ impl TaskState {
 
     pub(super) fn files(&mut self) -> &mut FileBudget {
         &mut self.files
+    }
+
+    /// Sets up the state for one more call of a session: its request, its
+    /// limits, nothing left of the call before.
+    pub(super) fn next_call(
+        &mut self,
+        request: Vec<u8>,
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+    ) {
+        self.request = request;
+        self.result = None;
+        self.result_too_big = false;
+        self.guard.stop = None;
+        self.guard.interrupted_at = None;
+        self.guard.limiter.memory_hit = false;
+        self.guard.limits = Some(Limits::start(config, cancel));
+    }
+
+    /// Lets this session's calls be stopped without trapping.
+    pub(super) fn set_interrupt(&mut self, interrupt: Interrupt) {
+        self.guard.set_interrupt(interrupt);
+    }
+
+    /// What the last call left: its report (the outputs are taken).
+    pub(super) fn report(
+        &mut self,
+        call: wasmtime::Result<()>,
+        stdout: &CappedOutput,
+        stderr: &CappedOutput,
+    ) -> RunReport {
+        let mut report = RunReport::new(call, &self.guard, self.result.take(), stdout, stderr);
+        report.result_too_big = self.result_too_big;
+        self.request = Vec::new();
+        report
     }
 }
 
@@ -50,6 +87,34 @@ pub(super) struct Guard {
     stop: Option<Stop>,
     /// The task's time limits and cancel flag (none while snapshotting).
     limits: Option<Limits>,
+    /// How to stop a session's call without stopping its instance (see
+    /// [`Interrupt`]); without it, a limit traps.
+    interrupt: Option<Interrupt>,
+    /// When the call was asked to stop through `interrupt`.
+    interrupted_at: Option<Instant>,
+}
+
+/// Where a session's guest looks to be stopped: the host sets its
+/// interpreter's "eval breaker" byte and its own stop flag in linear
+/// memory, and the code gets `KeyboardInterrupt` at its next instruction
+/// (guest/src/main.rs, `interrupt`). Code that does not unwind within
+/// [`INTERRUPT_GRACE`] (it caught the exception and went on) is trapped.
+#[derive(Clone, Copy)]
+pub(super) struct Interrupt {
+    pub memory: wasmtime::Memory,
+    pub breaker: usize,
+    pub flag: usize,
+}
+
+/// How long stopped code has to unwind before it is trapped.
+pub(super) const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
+
+/// What to do about a limit that fired.
+enum OnLimit {
+    /// Let the code run on (it was asked to stop, and has time to unwind).
+    Unwind(Option<Interrupt>),
+    /// Stop the instance.
+    Trap,
 }
 
 impl Guard {
@@ -61,7 +126,31 @@ impl Guard {
             },
             stop: None,
             limits: None,
+            interrupt: None,
+            interrupted_at: None,
         }
+    }
+
+    /// Lets a session's calls be stopped through `interrupt`.
+    pub(super) fn set_interrupt(&mut self, interrupt: Interrupt) {
+        self.interrupt = Some(interrupt);
+    }
+
+    /// Checks the limits; when one fires, says whether to trap or let the
+    /// code unwind (the first time, with the interrupt to deliver).
+    fn on_limit(&mut self) -> Option<OnLimit> {
+        self.check_limits()?;
+        let Some(interrupt) = self.interrupt else {
+            return Some(OnLimit::Trap);
+        };
+        Some(match self.interrupted_at {
+            None => {
+                self.interrupted_at = Some(Instant::now());
+                OnLimit::Unwind(Some(interrupt))
+            }
+            Some(at) if at.elapsed() < INTERRUPT_GRACE => OnLimit::Unwind(None),
+            Some(_) => OnLimit::Trap,
+        })
     }
 
     /// Records that the host stopped the task.
@@ -124,21 +213,23 @@ impl ResourceLimiter for Limiter {
 /// A stdout/stderr for the guest that keeps the first bytes and silently
 /// drops the rest, so a flood never becomes a write error in the guest.
 #[derive(Clone)]
-pub(super) struct CappedOutput(Arc<Mutex<OutputCapture>>);
+pub(super) struct CappedOutput(Arc<Mutex<OutputCapture>>, usize);
 
 impl CappedOutput {
     pub(super) fn new(cap: usize) -> Self {
-        CappedOutput(Arc::new(Mutex::new(OutputCapture::new(cap))))
+        CappedOutput(Arc::new(Mutex::new(OutputCapture::new(cap))), cap)
     }
 
     fn push(&self, bytes: &[u8]) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(bytes);
     }
 
+    /// What was written so far; the next writes start a new capture (a
+    /// session's next call).
     pub(super) fn take(&self) -> OutputCapture {
         std::mem::replace(
             &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
-            OutputCapture::new(0),
+            OutputCapture::new(self.1),
         )
     }
 }
@@ -237,6 +328,31 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
             Ok(())
         },
     )?;
+    linker.func_wrap(
+        "lattice",
+        "request_len",
+        |caller: Caller<'_, TaskState>| -> i32 { caller.data().request.len() as i32 },
+    )?;
+    linker.func_wrap(
+        "lattice",
+        "request_read",
+        |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
+            let memory = caller
+                .get_export("memory")
+                .and_then(|export| export.into_memory())
+                .ok_or_else(|| wasmtime::format_err!("the guest exports no memory"))?;
+            let request = std::mem::take(&mut caller.data_mut().request);
+            let ptr = ptr as u32 as usize;
+            memory
+                .data_mut(&mut caller)
+                .get_mut(ptr..ptr.saturating_add(request.len()))
+                .ok_or_else(|| {
+                    wasmtime::format_err!("lattice: the request buffer is out of bounds")
+                })?
+                .copy_from_slice(&request);
+            Ok(())
+        },
+    )?;
     Ok(())
 }
 
@@ -318,8 +434,16 @@ fn poll_oneoff(
             .unwrap_or_default();
         let until = Instant::now() + wait;
         loop {
-            if caller.data_mut().guard.check_limits().is_some() {
-                return Err(wasmtime::Trap::Interrupt.into());
+            match caller.data_mut().guard.on_limit() {
+                None => {}
+                Some(OnLimit::Trap) => return Err(wasmtime::Trap::Interrupt.into()),
+                Some(OnLimit::Unwind(interrupt)) => {
+                    // Wake up: the code is stopped at its next instruction.
+                    if let Some(interrupt) = interrupt {
+                        deliver(&mut caller, interrupt);
+                    }
+                    break;
+                }
             }
             let now = Instant::now();
             if now >= until {
@@ -407,6 +531,7 @@ pub(super) fn task_state(
         result_cap: crate::sandbox::outcome::envelope_cap(config),
         result_too_big: false,
         files: FileBudget::default(),
+        request: Vec::new(),
     })
 }
 
@@ -470,13 +595,29 @@ pub(super) fn guarded_store<T: Guarded>(
     store.limiter(|state| &mut state.guard().limiter);
     // The deadline must always be set (it starts at 0 and would fire at once).
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(
-        |mut context| match context.data_mut().guard().check_limits() {
-            None => Ok(UpdateDeadline::Continue(1)),
-            Some(_) => Err(wasmtime::Trap::Interrupt.into()),
-        },
-    );
+    store.epoch_deadline_callback(|mut context| match context.data_mut().guard().on_limit() {
+        None => Ok(UpdateDeadline::Continue(1)),
+        Some(OnLimit::Unwind(interrupt)) => {
+            if let Some(interrupt) = interrupt {
+                deliver(&mut context, interrupt);
+            }
+            Ok(UpdateDeadline::Continue(1))
+        }
+        Some(OnLimit::Trap) => Err(wasmtime::Trap::Interrupt.into()),
+    });
     store
+}
+
+/// Asks the guest's interpreter to stop: its stop flag and its eval
+/// breaker set (the guest is not running while the host writes).
+fn deliver(store: &mut impl wasmtime::AsContextMut, interrupt: Interrupt) {
+    let memory = interrupt.memory.data_mut(store);
+    if let Some(flag) = memory.get_mut(interrupt.flag) {
+        *flag = 1;
+    }
+    if let Some(breaker) = memory.get_mut(interrupt.breaker) {
+        *breaker |= 1;
+    }
 }
 
 /// How a run ended.

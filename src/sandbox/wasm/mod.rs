@@ -16,6 +16,7 @@ mod files;
 mod guest;
 mod host;
 mod module;
+mod session;
 
 use wasmtime::Trap;
 
@@ -71,6 +72,13 @@ impl Sandbox for WasmSandbox {
             Ok(output) => output,
             Err(error) => SandboxOutput::error(error),
         }
+    }
+
+    fn open_session(
+        &self,
+        config: &SandboxConfig,
+    ) -> Result<Box<dyn crate::sandbox::session::TierSession>, TaskError> {
+        crate::sandbox::on_task_thread(|| session::open(config))?
     }
 }
 

@@ -1,0 +1,366 @@
+//! A child that lives for a session: the CPython driver in `--session`
+//! mode, started with everything a one-shot child gets (uid, namespaces,
+//! cgroup, rlimits, filter, hook), then given one request after another.
+//!
+//! A call writes a frame `<nonce> <length>\n<request>` to the child's stdin
+//! and reads until the answer frame with that nonce has come on fd 3 and
+//! the call's output has ended on stdout and stderr (the driver writes
+//! `\x1elattice-<nonce>\x1e` to each). Nonces are random per call, so
+//! nothing the code wrote earlier can pass for a later call's answer. A
+//! time limit, the CPU-time limit (the cgroup's, else the process's) or a
+//! cancel sends SIGINT (`KeyboardInterrupt` in the code); a call that does
+//! not answer within [`INTERRUPT_GRACE`] of it, or a child that dies, ends
+//! the session: the group is killed, reaped and swept, the cgroup removed.
+
+use super::*;
+use crate::sandbox::outcome::{python_outcome, Ended, Ending};
+use crate::sandbox::session::{
+    answer_complete, nonce, parse_answer, CallStream, SessionRun, SessionState,
+};
+use crate::sandbox::{SandboxConfig, SandboxOutput};
+
+/// How long stopped code has to unwind before the session is ended.
+const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
+/// How long to wait for the end of a call's output once it answered (the
+/// code may have closed its stdout).
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+pub(crate) struct SessionProcess {
+    pid: libc::pid_t,
+    pidfd: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    channel: Option<OwnedFd>,
+    uid: Option<u32>,
+    cgroup: Option<TaskCgroup>,
+    /// Output that came after the end of a call (from a thread the code
+    /// left running): the start of the next call's.
+    carry: [Vec<u8>; 2],
+    ended: bool,
+}
+
+/// Runs `work` on the process's one session-parent thread, which never
+/// exits: a child started there lives until it is ended, whichever thread
+/// uses it (its parent-death signal, set so that no child outlives a
+/// crashed host, fires when the *thread* that made it exits).
+pub(crate) fn on_parent_thread<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, TaskError> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static PARENT: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>> =
+        std::sync::OnceLock::new();
+    let parent = PARENT.get_or_init(|| {
+        let (sender, jobs) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("lattice-session-parent".into())
+            .spawn(move || {
+                for job in jobs {
+                    // A panic is the job's caller's (it sees the reply dropped).
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .ok()
+            .map(|_| std::sync::Mutex::new(sender))
+    });
+    let Some(parent) = parent else {
+        return Err(TaskError::unavailable(
+            "can't start the thread that starts session processes",
+        ));
+    };
+    let (reply, answer) = std::sync::mpsc::channel();
+    parent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Box::new(move || {
+            let _ = reply.send(work());
+        }))
+        .map_err(|_| TaskError::internal("the session-parent thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| TaskError::internal("the session-parent thread failed"))
+}
+
+impl SessionProcess {
+    /// Starts the driver of `spec` (its args must ask for `--session`).
+    pub(crate) fn start(mut spec: ChildSpec<'_>) -> Result<SessionProcess, TaskError> {
+        spec.result_channel = true;
+        let spawned = launch(&mut spec)?;
+        let session = SessionProcess {
+            pid: spawned.pid,
+            pidfd: pidfd_open(spawned.pid),
+            stdin: Some(spawned.stdin),
+            stdout: Some(spawned.stdout),
+            stderr: Some(spawned.stderr),
+            channel: spawned.channel,
+            uid: spec.uid,
+            cgroup: spec.cgroup.take(),
+            carry: [Vec::new(), Vec::new()],
+            ended: false,
+        };
+        for fd in [
+            &session.stdin,
+            &session.stdout,
+            &session.stderr,
+            &session.channel,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            set_nonblocking(fd.as_raw_fd());
+        }
+        Ok(session)
+    }
+
+    /// CPU time the session's processes used so far.
+    fn cpu_time(&self) -> Duration {
+        if let Some(used) = self.cgroup.as_ref().and_then(TaskCgroup::cpu_time) {
+            return used;
+        }
+        // utime and stime (fields 14, 15) of the leader, in clock ticks.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_micros(ticks * 1_000_000 / hz)
+    }
+
+    /// Runs one request: its output, and the state it left the session in.
+    pub(crate) fn call(
+        &mut self,
+        request: &[u8],
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+    ) -> SessionRun {
+        if self.ended {
+            return SessionRun {
+                output: SandboxOutput::error(TaskError::internal("the session's process is gone")),
+                state: SessionState::Closed,
+            };
+        }
+        let nonce = nonce();
+        let mut frame = format!("{nonce} {}\n", request.len()).into_bytes();
+        frame.extend_from_slice(request);
+        let mark = format!("\x1elattice-{nonce}\x1e").into_bytes();
+        let header = format!("{nonce} ");
+        let mut streams = [
+            CallStream::new(config.max_output_bytes),
+            CallStream::new(config.max_output_bytes),
+        ];
+        // What came after the last call's end is this call's.
+        for (stream, carry) in streams.iter_mut().zip(self.carry.iter_mut()) {
+            let carried = std::mem::take(carry);
+            stream.push(&carried, &mark, carry);
+        }
+        let cap = super::super::outcome::envelope_cap(config);
+        let mut answer: Vec<u8> = Vec::new();
+        let mut answered: Option<Instant> = None;
+        let mut overflow = false;
+        let started = Instant::now();
+        let cpu_start = self.cpu_time();
+        let mut stopped: Option<(Instant, Ending)> = None;
+        let mut written = 0;
+        let mut died = false;
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let now = Instant::now();
+            let outputs_done = streams
+                .iter()
+                .zip([&self.stdout, &self.stderr])
+                .all(|(s, fd)| s.done || fd.is_none());
+            if let Some(at) = answered {
+                if outputs_done || now >= at + OUTPUT_GRACE {
+                    break;
+                }
+            }
+            if answered.is_none() {
+                match stopped {
+                    None => {
+                        let limit = if cancel.is_cancelled() {
+                            Some(Ending::Cancelled)
+                        } else if now >= started + config.timeout {
+                            Some(Ending::TimedOut)
+                        } else if self.cpu_time().saturating_sub(cpu_start) >= config.max_cpu_time {
+                            Some(Ending::CpuLimit)
+                        } else {
+                            None
+                        };
+                        if let Some(limit) = limit {
+                            // SAFETY: our child, not yet reaped.
+                            unsafe { libc::kill(self.pid, libc::SIGINT) };
+                            stopped = Some((now, limit));
+                        }
+                    }
+                    Some((at, _)) if now >= at + INTERRUPT_GRACE => break,
+                    Some(_) => {}
+                }
+            }
+            if died {
+                break;
+            }
+            let mut polled: Vec<libc::pollfd> = Vec::with_capacity(5);
+            let mut slots: Vec<u8> = Vec::with_capacity(5);
+            let mut add = |fd: &Option<OwnedFd>, events: libc::c_short, slot: u8| {
+                if let Some(fd) = fd {
+                    polled.push(libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events,
+                        revents: 0,
+                    });
+                    slots.push(slot);
+                }
+            };
+            if written < frame.len() {
+                add(&self.stdin, libc::POLLOUT, 0);
+            }
+            add(&self.stdout, libc::POLLIN, 1);
+            add(&self.stderr, libc::POLLIN, 2);
+            add(&self.channel, libc::POLLIN, 3);
+            add(&self.pidfd, libc::POLLIN, 4);
+            // SAFETY: `polled` is a valid array of pollfd for its length.
+            let n = unsafe {
+                libc::poll(
+                    polled.as_mut_ptr(),
+                    polled.len() as libc::nfds_t,
+                    POLL_SLICE.as_millis() as libc::c_int,
+                )
+            };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                died = true;
+                continue;
+            }
+            for (p, slot) in polled.iter().zip(slots.iter()) {
+                if p.revents == 0 {
+                    continue;
+                }
+                match slot {
+                    0 => {
+                        let fd = self.stdin.as_ref().map_or(-1, |f| f.as_raw_fd());
+                        match write_some(fd, &frame[written..]) {
+                            Ok(n) => written += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(_) => {
+                                self.stdin = None;
+                                died = true;
+                            }
+                        }
+                    }
+                    1 | 2 => {
+                        let index = usize::from(*slot - 1);
+                        let fd = if index == 0 {
+                            &mut self.stdout
+                        } else {
+                            &mut self.stderr
+                        };
+                        let (stream, carry) = (&mut streams[index], &mut self.carry[index]);
+                        drain(fd, &mut buffer, |b| stream.push(b, &mark, carry));
+                    }
+                    3 => {
+                        drain(&mut self.channel, &mut buffer, |b| {
+                            let room = cap.saturating_add(64).saturating_sub(answer.len());
+                            overflow |= b.len() > room;
+                            answer.extend_from_slice(&b[..room.min(b.len())]);
+                        });
+                        if self.channel.is_none() {
+                            died = true;
+                        }
+                    }
+                    _ => died = true,
+                }
+            }
+            if answered.is_none() && answer_complete(&answer, &header, overflow) {
+                answered = Some(Instant::now());
+            }
+        }
+        let [stdout, stderr] = streams;
+        let (stdout, stderr) = (stdout.finish(), stderr.finish());
+        match answered {
+            Some(_) => {
+                // Anything after the frame was not written by the driver.
+                let envelope = parse_answer(&answer, &header)
+                    .filter(|&(_, taken)| taken == answer.len())
+                    .map(|(envelope, _)| envelope);
+                let run = Ended {
+                    ending: stopped.map_or(Ending::Exited(0), |(_, limit)| limit),
+                    stdout,
+                    stderr,
+                    channel: envelope.map(<[u8]>::to_vec).unwrap_or_default(),
+                    channel_overflow: overflow,
+                    cpu_time: self.cpu_time().saturating_sub(cpu_start),
+                    oom_killed: false,
+                };
+                let output = match envelope {
+                    Some(_) => python_outcome(run, config),
+                    None if overflow => python_outcome(run, config),
+                    None => {
+                        // The code wrote on the answer channel itself.
+                        self.end();
+                        return SessionRun {
+                            output: SandboxOutput {
+                                result: Err(super::super::outcome::protocol_error(
+                                    "the session's answer channel carried something that is not an answer (did the code write to fd 3?)",
+                                )),
+                                stdout: run.stdout.finish(),
+                                stderr: run.stderr.finish(),
+                            },
+                            state: SessionState::Closed,
+                        };
+                    }
+                };
+                SessionRun {
+                    state: crate::sandbox::session::state_after(&output),
+                    output,
+                }
+            }
+            None => {
+                // It died, or did not unwind from a stop: the session ends.
+                let cpu = self.cpu_time().saturating_sub(cpu_start);
+                let (status, _, oom_killed) = self.end();
+                let run = Ended {
+                    ending: stopped.map_or(status, |(_, limit)| limit),
+                    stdout,
+                    stderr,
+                    channel: Vec::new(),
+                    channel_overflow: false,
+                    cpu_time: cpu,
+                    oom_killed,
+                };
+                SessionRun {
+                    output: python_outcome(run, config),
+                    state: SessionState::Closed,
+                }
+            }
+        }
+    }
+
+    /// Ends the child: killed, reaped, swept, its cgroup removed.
+    fn end(&mut self) -> (Ending, Duration, bool) {
+        if self.ended {
+            return (Ending::Exited(0), Duration::ZERO, false);
+        }
+        self.ended = true;
+        self.stdin = None;
+        let ended = end_child(self.pid, self.uid, self.cgroup.take());
+        self.stdout = None;
+        self.stderr = None;
+        self.channel = None;
+        self.pidfd = None;
+        ended
+    }
+}
+
+impl Drop for SessionProcess {
+    fn drop(&mut self) {
+        self.end();
+    }
+}

@@ -1,0 +1,184 @@
+//! What a tier does for a session: keep one interpreter (or process, or
+//! container) for it and run the driver's session requests there, one at
+//! a time. `crate::session` builds the public `Session` on this.
+
+use super::{resolve_mounts, tier, CancelToken, OutputCapture, SandboxConfig, SandboxOutput};
+use crate::task::TaskError;
+
+/// What state a session is in after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SessionState {
+    /// The call ended on its own (with a result or an exception); the
+    /// session holds what the call left.
+    Ready,
+    /// A limit or a cancel stopped the call (as `KeyboardInterrupt` or
+    /// `MemoryError` in the code): the session goes on with the state it
+    /// had when the call was stopped.
+    Interrupted,
+    /// A limit stopped the call and the session was put back to its state
+    /// before the call.
+    RolledBack,
+    /// The session can't continue (its interpreter was stopped mid-step,
+    /// or its process died), or it was closed: every later call fails.
+    Closed,
+}
+
+impl SessionState {
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Ready => "ready",
+            SessionState::Interrupted => "interrupted",
+            SessionState::RolledBack => "rolled_back",
+            SessionState::Closed => "closed",
+        }
+    }
+}
+
+/// One call's output and the state it left the session in.
+pub(crate) struct SessionRun {
+    pub output: SandboxOutput,
+    pub state: SessionState,
+}
+
+/// The state a call that came back (its interpreter still whole) left the
+/// session in: interrupted by a limit or a cancel, closed if its driver
+/// failed (the code broke it), else ready.
+pub(crate) fn state_after(output: &SandboxOutput) -> SessionState {
+    use crate::task::ErrorKind;
+    match output.result.as_ref().map_err(TaskError::kind) {
+        Err(ErrorKind::Timeout | ErrorKind::MemoryLimit | ErrorKind::Cancelled) => {
+            SessionState::Interrupted
+        }
+        Err(ErrorKind::Internal) => SessionState::Closed,
+        _ => SessionState::Ready,
+    }
+}
+
+/// A tier's hold on one session; dropping it frees everything it holds.
+pub(crate) trait TierSession: Send {
+    /// Runs one driver request (an `op` request) under the per-call limits
+    /// of `config`.
+    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun;
+}
+
+/// Opens a session on the tier `config` names, checked as a task's
+/// configuration is; returns the configuration it runs under (mounts
+/// resolved).
+pub(crate) fn open(
+    config: &SandboxConfig,
+) -> Result<(Box<dyn TierSession>, SandboxConfig), TaskError> {
+    let sandbox = tier(config.level);
+    sandbox.check_available()?;
+    let config = SandboxConfig {
+        mount_paths: resolve_mounts(config)?,
+        ..config.clone()
+    };
+    sandbox.check_config(&config)?;
+    let session = sandbox.open_session(&config)?;
+    Ok((session, config))
+}
+
+// The frames of the driver's session mode (driver.py, `main_session`),
+// shared by the process and docker tiers.
+
+/// One stream of a call: its capture, and where its end mark is looked for.
+pub(crate) struct CallStream {
+    capture: OutputCapture,
+    pending: Vec<u8>,
+    /// The mark was seen: the call's output on this stream is complete.
+    pub done: bool,
+}
+
+impl CallStream {
+    pub(crate) fn new(cap: usize) -> CallStream {
+        CallStream {
+            capture: OutputCapture::new(cap),
+            pending: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Takes `bytes`; past the mark, they are the next call's (returned
+    /// through `carry`).
+    pub(crate) fn push(&mut self, bytes: &[u8], mark: &[u8], carry: &mut Vec<u8>) {
+        if self.done {
+            carry.extend_from_slice(bytes);
+            return;
+        }
+        self.pending.extend_from_slice(bytes);
+        if let Some(at) = find(&self.pending, mark) {
+            self.capture.push(&self.pending[..at]);
+            carry.extend_from_slice(&self.pending[at + mark.len()..]);
+            self.pending.clear();
+            self.done = true;
+            return;
+        }
+        // Keep what could be the start of the mark.
+        let keep = mark.len().saturating_sub(1).min(self.pending.len());
+        let flush = self.pending.len() - keep;
+        self.capture.push(&self.pending[..flush]);
+        self.pending.drain(..flush);
+    }
+
+    pub(crate) fn finish(mut self) -> OutputCapture {
+        let pending = std::mem::take(&mut self.pending);
+        self.capture.push(&pending);
+        self.capture
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// True once `answer` holds a whole frame (or can't, having overflowed).
+pub(crate) fn answer_complete(answer: &[u8], header: &str, overflow: bool) -> bool {
+    if overflow {
+        return true;
+    }
+    let Some(newline) = answer.iter().position(|&b| b == b'\n') else {
+        // A header is short: a long line without one is not an answer.
+        return answer.len() > 64;
+    };
+    let Some(length) = std::str::from_utf8(&answer[..newline])
+        .ok()
+        .and_then(|line| line.strip_prefix(header))
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return true;
+    };
+    answer.len() >= newline + 1 + length
+}
+
+/// The envelope of the answer frame with the call's nonce at the start of
+/// `answer`, and how many bytes the frame took.
+pub(crate) fn parse_answer<'a>(answer: &'a [u8], header: &str) -> Option<(&'a [u8], usize)> {
+    let newline = answer.iter().position(|&b| b == b'\n')?;
+    let length: usize = std::str::from_utf8(&answer[..newline])
+        .ok()?
+        .strip_prefix(header)?
+        .parse()
+        .ok()?;
+    let body = answer.get(newline + 1..newline + 1 + length)?;
+    Some((body, newline + 1 + length))
+}
+
+/// A random nonce (hex) for one call.
+pub(crate) fn nonce() -> String {
+    let mut bytes = [0u8; 12];
+    // SAFETY: getrandom fills the buffer we own.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Not secret, only unguessable by earlier code: time will do.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            ^ u128::from(std::process::id());
+        bytes.copy_from_slice(&t.to_le_bytes()[..12]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
