@@ -181,9 +181,9 @@ pub extern "C" fn run() {
 #[cfg(target_family = "wasm")]
 #[unsafe(export_name = "session")]
 pub extern "C" fn session() {
-    static FIRST: std::sync::Once = std::sync::Once::new();
-    // The preopens are this instance's from its first call on.
-    FIRST.call_once(|| unsafe { __wasilibc_reset_preopens() });
+    // The preopens are this instance's (its memory may be another's
+    // restored, with that instance's table).
+    unsafe { __wasilibc_reset_preopens() };
     ensure_init();
     interrupt::arm();
     let mut request = vec![0u8; unsafe { lattice_request_len() }];

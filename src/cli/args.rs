@@ -41,10 +41,22 @@ pub(super) enum Command {
     /// An interactive Python session in a sandbox tier (state kept between
     /// statements). With stdin not a terminal, runs the whole input
     /// statement by statement and prints one result JSON line per statement.
-    Repl(SessionArgs),
+    Repl(ReplArgs),
     /// A Model Context Protocol server on stdio with one tool, `run_python`,
     /// which runs code in the connection's session (state kept across calls).
     Mcp(SessionArgs),
+}
+
+#[derive(Args)]
+pub(super) struct ReplArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Start from a snapshot a `--save` wrote (wasm tier).
+    #[arg(long, value_name = "FILE")]
+    pub load: Option<PathBuf>,
+    /// Write a snapshot of the session to FILE at the end (wasm tier).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
 }
 
 /// The sandbox of a session (`repl`, `mcp`).

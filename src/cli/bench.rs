@@ -105,6 +105,7 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
     let mut lineup = Lineup::assemble(&plan)?;
     let mut rows = Vec::new();
     let mut sessions = Vec::new();
+    let mut snapshots = None;
     for &kind in &plan.workloads {
         if kind == WorkloadKind::Session {
             let tiers: Vec<SandboxLevel> = plan
@@ -115,6 +116,9 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
                 .collect();
             eprintln!("bench: session: {} tiers", tiers.len());
             sessions = session::measure(&tiers, plan.time_budget);
+            if tiers.contains(&SandboxLevel::Wasm) {
+                snapshots = Some(session::measure_snapshots());
+            }
             continue;
         }
         rows.extend(measure_workload(&plan, &mut lineup.entries, kind)?);
@@ -130,6 +134,7 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
         workloads: plan.workloads,
         rows,
         sessions,
+        snapshots,
         wall: started.elapsed(),
     };
     eprintln!("bench: done in {:.1} s", report.wall.as_secs_f64());

@@ -7,7 +7,8 @@
 //! shows them, an error as its traceback. Otherwise: the whole input is cut
 //! into its top-level statements and each prints one JSON line (see
 //! [`lattice::session::Reply::to_json`]); the exit code is 1 if any
-//! statement failed.
+//! statement failed. `--load` starts from a snapshot, `--save` writes one
+//! at the end (wasm tier).
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 
@@ -15,29 +16,44 @@ use anyhow::{Context, Result};
 use lattice::session::{Reply, Session, SessionState, DEFAULT_IDLE_TIMEOUT};
 use lattice::task::TaskError;
 
-use super::args::SessionArgs;
+use super::args::{ReplArgs, SessionArgs};
 use super::signals;
 
-pub(super) fn run(args: SessionArgs) -> Result<i32> {
-    let session = open(&args)?;
+pub(super) fn run(args: ReplArgs) -> Result<i32> {
+    let snapshot = match &args.load {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| super::usage(format!("can't read {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let session = open(&args.session, snapshot.as_deref())?;
     let interactive = std::io::stdin().is_terminal();
     let code = if interactive {
         interact(&session)
     } else {
         script(&session)
     };
+    if let Some(path) = &args.save {
+        let bytes = session.snapshot().context("can't snapshot the session")?;
+        std::fs::write(path, bytes).with_context(|| format!("can't write {}", path.display()))?;
+    }
     session.close();
     code
 }
 
-/// Opens the session of `args` (preparing the Wasm guest first if needed);
-/// a signal while a statement runs stops it and ends the command.
-pub(super) fn open(args: &SessionArgs) -> Result<std::sync::Arc<Session>> {
+/// Opens the session of `args` (from `snapshot`, if given; preparing the
+/// Wasm guest first if needed); a signal while a statement runs stops it
+/// and ends the command.
+fn open(args: &SessionArgs, snapshot: Option<&[u8]>) -> Result<std::sync::Arc<Session>> {
     let config = args.config();
     super::prepare_wasm_if_cold(config.level)?;
-    let session =
-        Session::open_with_idle_timeout(config, args.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT))
-            .context("can't open the session")?;
+    let idle = args.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let session = match snapshot {
+        Some(bytes) => Session::restore_with_idle_timeout(config, bytes, idle),
+        None => Session::open_with_idle_timeout(config, idle),
+    }
+    .context("can't open the session")?;
     let session = std::sync::Arc::new(session);
     let closer = std::sync::Arc::downgrade(&session);
     signals::on_signal(move || {

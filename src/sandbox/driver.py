@@ -377,12 +377,16 @@ def _session_exec(code, namespace):
     _session["cells"] += 1
     filename = "<cell %d>" % _session["cells"]
     try:
-        tree = ast.parse(code, filename)
-        last = None
-        if tree.body and _type(tree.body[-1]) is ast.Expr:
-            last = ast.Expression(tree.body.pop().value)
-        body = compile(tree, filename, "exec")
-        final = compile(last, filename, "eval") if last is not None else None
+        try:
+            # One expression (the common REPL line): no AST to build.
+            body, final = None, compile(code, filename, "eval")
+        except SyntaxError:
+            tree = ast.parse(code, filename)
+            last = None
+            if tree.body and _type(tree.body[-1]) is ast.Expr:
+                last = ast.Expression(tree.body.pop().value)
+            body = compile(tree, filename, "exec")
+            final = compile(last, filename, "eval") if last is not None else None
     except SyntaxError as exc:
         return _error("invalid_task", _type(exc).__name__, "line %s: %s" % (exc.lineno, exc.msg))
     except (MemoryError, RecursionError) as exc:
@@ -390,7 +394,8 @@ def _session_exec(code, namespace):
     _remember_source(code, filename)
     value = None
     try:
-        exec(body, namespace)
+        if body is not None:
+            exec(body, namespace)
         if final is not None:
             value = _awaited(eval(final, namespace))
     except MemoryError as exc:

@@ -94,6 +94,15 @@ pub(crate) trait Sandbox: Send + Sync {
         &self,
         config: &SandboxConfig,
     ) -> Result<Box<dyn session::TierSession>, TaskError>;
+
+    /// Opens a session from a snapshot of one (only the wasm tier has them).
+    fn restore_session(
+        &self,
+        config: &SandboxConfig,
+        _snapshot: &[u8],
+    ) -> Result<Box<dyn session::TierSession>, TaskError> {
+        Err(session::no_snapshots(config.level))
+    }
 }
 
 /// Ok if `level`'s tier can run on this host; otherwise why not, and how

@@ -62,13 +62,33 @@ pub(crate) trait TierSession: Send {
     /// Runs one driver request (an `op` request) under the per-call limits
     /// of `config`.
     fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun;
+
+    /// The session's state as bytes, for `restore` (wasm tier only).
+    fn snapshot(&mut self) -> Result<Vec<u8>, TaskError> {
+        Err(TaskError::unavailable(
+            "snapshots are supported on the wasm tier only",
+        ))
+    }
+
+    /// An independent copy of the session, under `config` (wasm tier only).
+    fn fork(&mut self, config: &SandboxConfig) -> Result<Box<dyn TierSession>, TaskError> {
+        Err(no_snapshots(config.level))
+    }
 }
 
-/// Opens a session on the tier `config` names, checked as a task's
-/// configuration is; returns the configuration it runs under (mounts
-/// resolved).
+/// The error of a snapshot, restore or fork on a tier without them.
+pub(crate) fn no_snapshots(level: crate::task::SandboxLevel) -> TaskError {
+    TaskError::unavailable(format!(
+        "session snapshots (snapshot, restore, fork) are supported on the wasm tier only, not on the {level} tier"
+    ))
+}
+
+/// Opens a session on the tier `config` names (from `snapshot`, if
+/// given), checked as a task's configuration is; returns the configuration
+/// it runs under (mounts resolved).
 pub(crate) fn open(
     config: &SandboxConfig,
+    snapshot: Option<&[u8]>,
 ) -> Result<(Box<dyn TierSession>, SandboxConfig), TaskError> {
     let sandbox = tier(config.level);
     sandbox.check_available()?;
@@ -77,7 +97,10 @@ pub(crate) fn open(
         ..config.clone()
     };
     sandbox.check_config(&config)?;
-    let session = sandbox.open_session(&config)?;
+    let session = match snapshot {
+        Some(bytes) => sandbox.restore_session(&config, bytes)?,
+        None => sandbox.open_session(&config)?,
+    };
     Ok((session, config))
 }
 

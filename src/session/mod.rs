@@ -8,7 +8,10 @@
 //! value of a final expression is the result); [`Session::call`] calls a
 //! function defined earlier. Errors are the task error kinds; a limit that
 //! fires says what it left of the session ([`SessionState`]). Closing (or
-//! dropping) a session frees everything it holds.
+//! dropping) a session frees everything it holds. On the wasm tier a
+//! session can be saved as bytes ([`Session::snapshot`]), reopened from
+//! them in another process ([`Session::restore`]) and copied
+//! ([`Session::fork`]).
 //!
 //! ```no_run
 //! use lattice::sandbox::SandboxConfig;
@@ -193,6 +196,67 @@ impl Session {
         config: SandboxConfig,
         idle_timeout: Duration,
     ) -> Result<Session, TaskError> {
+        Session::start(config, idle_timeout, |config| {
+            tier_session::open(config, None)
+        })
+    }
+
+    /// Opens a session from a [`Session::snapshot`] (made by this build,
+    /// in this process or another), under `config` (which names the wasm
+    /// tier). Bytes from another build, or corrupted, are an
+    /// `invalid_task` error; a memory bigger than `max_memory_mb` allows,
+    /// `memory_limit`.
+    pub fn restore(config: SandboxConfig, snapshot: &[u8]) -> Result<Session, TaskError> {
+        Session::restore_with_idle_timeout(config, snapshot, DEFAULT_IDLE_TIMEOUT)
+    }
+
+    /// [`Session::restore`] with an idle timeout.
+    pub fn restore_with_idle_timeout(
+        config: SandboxConfig,
+        snapshot: &[u8],
+        idle_timeout: Duration,
+    ) -> Result<Session, TaskError> {
+        Session::start(config, idle_timeout, |config| {
+            tier_session::open(config, Some(snapshot))
+        })
+    }
+
+    /// The session's state as bytes (wasm tier): the pages of its memory
+    /// that differ from the guest's base image, compressed, with the
+    /// identity of the build that made them; nothing of the host's (open
+    /// files are not kept). Give them to [`Session::restore`].
+    pub fn snapshot(&self) -> Result<Vec<u8>, TaskError> {
+        self.refuse_without_snapshots()?;
+        let mut inner = lock(&self.shared.inner);
+        let tier = inner.tier.as_mut().ok_or_else(closed)?;
+        tier.snapshot()
+    }
+
+    /// An independent copy of the session (wasm tier), with the same
+    /// configuration and idle timeout: calls on one do not change the other.
+    pub fn fork(&self) -> Result<Session, TaskError> {
+        self.refuse_without_snapshots()?;
+        let shared = &self.shared;
+        Session::start(shared.config.clone(), shared.idle_timeout, |config| {
+            let mut inner = lock(&shared.inner);
+            let tier = inner.tier.as_mut().ok_or_else(closed)?;
+            Ok((tier.fork(config)?, config.clone()))
+        })
+    }
+
+    fn refuse_without_snapshots(&self) -> Result<(), TaskError> {
+        match self.tier() {
+            SandboxLevel::Wasm => Ok(()),
+            level => Err(tier_session::no_snapshots(level)),
+        }
+    }
+
+    /// Opens a session with `make`, counted against the open-session cap.
+    fn start(
+        config: SandboxConfig,
+        idle_timeout: Duration,
+        make: impl FnOnce(&SandboxConfig) -> Result<(Box<dyn TierSession>, SandboxConfig), TaskError>,
+    ) -> Result<Session, TaskError> {
         // Counted before the (slow) open, so concurrent opens can't pass the cap.
         let placeholder = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -214,7 +278,7 @@ impl Session {
             }
             open.push(Arc::downgrade(&placeholder));
         }
-        let (tier, config) = tier_session::open(&config)?;
+        let (tier, config) = make(&config)?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 tier: Some(tier),

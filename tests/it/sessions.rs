@@ -538,3 +538,117 @@ fn a_process_session_that_dies_is_closed_and_says_why() {
         reply.stdout
     );
 }
+
+#[test]
+fn a_wasm_session_snapshots_restores_and_forks() {
+    let _suite = crate::common::suite(module_path!());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let session = open(SandboxLevel::Wasm);
+    // About 1 MB of user data, and a function.
+    value(&session.exec(
+        "import random\nrng = random.Random(7)\ndata = [rng.random() for _ in range(40000)]\nblob = bytes(range(256)) * 1024\ndef total():\n    return round(sum(data), 6), len(blob)",
+    ));
+    let expected = value(&session.call("total", Call::none()));
+    let started = std::time::Instant::now();
+    let bytes = session.snapshot().unwrap();
+    let took = started.elapsed();
+    assert!(bytes.len() < 3 << 20, "{} bytes", bytes.len());
+    eprintln!("snapshot: {} bytes in {took:?}", bytes.len());
+
+    // Restored, here: the same state; and independent of the original.
+    let restored = Session::restore(config(SandboxLevel::Wasm), &bytes).unwrap();
+    assert_eq!(value(&restored.call("total", Call::none())), expected);
+    value(&restored.exec("data.clear()"));
+    assert_eq!(
+        value(&session.call("total", Call::none())),
+        expected,
+        "the original is untouched"
+    );
+    // A fork is a copy, too.
+    let fork = session.fork().unwrap();
+    value(&fork.exec("blob = b''"));
+    assert_eq!(value(&session.exec("len(blob)")), json!(262144));
+    assert_eq!(value(&fork.exec("len(blob)")), json!(0));
+    // Limits and interrupts work in a restored session.
+    let limited = Session::restore(
+        SandboxConfig {
+            timeout: Duration::from_millis(300),
+            ..config(SandboxLevel::Wasm)
+        },
+        &bytes,
+    )
+    .unwrap();
+    let reply = limited.exec("while True:\n    pass");
+    assert_eq!(reply.state, SessionState::Interrupted);
+    assert_eq!(value(&limited.exec("len(data)")), json!(40000));
+
+    // In another process: the repl saves and loads.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.snap");
+    let file = file.to_str().unwrap();
+    let out = crate::common::cli_within(
+        &["repl", "--save", file],
+        "greeting = 'hello'\n",
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = crate::common::cli_within(
+        &["repl", "--load", file],
+        "greeting.upper()\n",
+        Duration::from_secs(120),
+    );
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["value"], "HELLO", "{line}");
+}
+
+#[test]
+fn bad_snapshots_are_typed_errors_and_other_tiers_have_none() {
+    let _suite = crate::common::suite(module_path!());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let session = open(SandboxLevel::Wasm);
+    value(&session.exec("x = 1"));
+    let bytes = session.snapshot().unwrap();
+    let mut corrupted = bytes.clone();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0x55;
+    // Another build's: the guest identity inside differs (the checksum is
+    // recomputed, as a snapshot of that build would have it).
+    let mut foreign = bytes[..bytes.len() - 8].to_vec();
+    let at = foreign.windows(4).position(|_| true).unwrap() + 16;
+    foreign[at] ^= 1;
+    let checksum = foreign.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    foreign.extend_from_slice(&checksum.to_le_bytes());
+    for (what, bad) in [
+        ("empty", Vec::new()),
+        ("garbage", b"definitely not a snapshot".to_vec()),
+        ("cut short", bytes[..bytes.len() / 3].to_vec()),
+        ("corrupted", corrupted),
+        ("another build's", foreign),
+    ] {
+        let error = Session::restore(config(SandboxLevel::Wasm), &bad).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidTask, "{what}: {error}");
+    }
+    // Bigger than the memory limit allows.
+    let small = SandboxConfig {
+        max_memory_mb: 8,
+        ..config(SandboxLevel::Wasm)
+    };
+    let error = Session::restore(small, &bytes).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::MemoryLimit, "{error}");
+    for level in [SandboxLevel::None, SandboxLevel::Subprocess] {
+        let session = open(level);
+        let error = session.snapshot().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::SandboxUnavailable, "{error}");
+        assert!(error.to_string().contains("wasm tier only"), "{error}");
+        assert!(session.fork().is_err());
+        let error = Session::restore(config(level), &bytes).unwrap_err();
+        assert!(error.to_string().contains("wasm tier only"), "{error}");
+    }
+}

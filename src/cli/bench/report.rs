@@ -244,6 +244,8 @@ pub(super) struct Report {
     pub rows: Vec<ResultRow>,
     /// The session workload's rows.
     pub sessions: Vec<super::session::SessionRow>,
+    /// The session workload's snapshot numbers (wasm).
+    pub snapshots: Option<Result<super::session::SnapshotRow, String>>,
     pub wall: Duration,
 }
 
@@ -293,7 +295,7 @@ impl Report {
             "tiers": self.tiers,
             "references": self.references,
             "results": self.rows,
-            "sessions": super::session::to_json(&self.sessions),
+            "sessions": self.snapshots.as_ref().map(|snapshots| super::session::to_json(&self.sessions, snapshots)),
             "harness_resident_mb": round(self.harness_resident_mb, 1),
             "method": method(self.concurrency, self.harness_resident_mb).join(" "),
         })
@@ -359,7 +361,24 @@ impl Report {
             }
             lines.push(cells);
         }
-        render(&lines)
+        let mut out = render(&lines);
+        match &self.snapshots {
+            Some(Ok(row)) => {
+                let _ = writeln!(
+                    out,
+                    "wasm snapshot of a session holding ~1 MB: {:.2} MB, snapshot {:.2} ms, restore {:.2} ms, fork {:.2} ms (p50)",
+                    row.bytes as f64 / (1 << 20) as f64,
+                    row.snapshot_p50_ms,
+                    row.restore_p50_ms,
+                    row.fork_p50_ms
+                );
+            }
+            Some(Err(error)) => {
+                let _ = writeln!(out, "wasm snapshot: failed: {error}");
+            }
+            None => {}
+        }
+        out
     }
 
     fn section(&self, rows: &[&ResultRow]) -> String {

@@ -94,6 +94,61 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
     rows
 }
 
-pub(super) fn to_json(rows: &[SessionRow]) -> serde_json::Value {
-    json!(rows)
+/// Snapshot, restore and fork of a wasm session holding ~1 MB of data.
+#[derive(Serialize)]
+pub(super) struct SnapshotRow {
+    pub bytes: usize,
+    pub snapshot_p50_ms: f64,
+    pub restore_p50_ms: f64,
+    pub fork_p50_ms: f64,
+}
+
+const SNAPSHOT_ROUNDS: usize = 30;
+
+/// Measures snapshots of a wasm session holding ~1 MB of user data.
+pub(super) fn measure_snapshots() -> Result<SnapshotRow, String> {
+    let config = SandboxConfig::default();
+    let session = Session::open(config.clone()).map_err(|e| e.to_string())?;
+    session
+        .exec("data = [i * 0.5 for i in range(40000)]\nblob = bytes(range(256)) * 1024")
+        .result
+        .map_err(|e| e.to_string())?;
+    let median = |mut times: Vec<Duration>| {
+        times.sort_unstable();
+        times[times.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (mut snapshots, mut restores, mut forks) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = Vec::new();
+    for _ in 0..SNAPSHOT_ROUNDS {
+        let started = Instant::now();
+        bytes = session.snapshot().map_err(|e| e.to_string())?;
+        snapshots.push(started.elapsed());
+        let started = Instant::now();
+        let restored = Session::restore(config.clone(), &bytes).map_err(|e| e.to_string())?;
+        restores.push(started.elapsed());
+        drop(restored);
+        let started = Instant::now();
+        let fork = session.fork().map_err(|e| e.to_string())?;
+        forks.push(started.elapsed());
+        drop(fork);
+    }
+    Ok(SnapshotRow {
+        bytes: bytes.len(),
+        snapshot_p50_ms: median(snapshots),
+        restore_p50_ms: median(restores),
+        fork_p50_ms: median(forks),
+    })
+}
+
+pub(super) fn to_json(
+    rows: &[SessionRow],
+    snapshots: &Result<SnapshotRow, String>,
+) -> serde_json::Value {
+    json!({
+        "calls": rows,
+        "snapshot": match snapshots {
+            Ok(row) => json!(row),
+            Err(error) => json!({"error": error}),
+        },
+    })
 }

@@ -22,7 +22,7 @@ use crate::task::TaskError;
 /// The raw guest, as build.rs built it.
 static GUEST_WASM: &[u8] = include_bytes!(env!("LATTICE_GUEST_PATH"));
 /// The content hash of [`GUEST_WASM`] (build.rs).
-const GUEST_HASH: &str = env!("LATTICE_GUEST_HASH");
+pub(super) const GUEST_HASH: &str = env!("LATTICE_GUEST_HASH");
 
 /// The guest, ready to instantiate.
 pub(super) struct PythonGuest {

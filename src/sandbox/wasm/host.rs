@@ -121,7 +121,7 @@ impl Guard {
     fn new(config: &SandboxConfig) -> Guard {
         Guard {
             limiter: Limiter {
-                max_memory: memory_limit_mb(config) as usize * (1 << 20),
+                max_memory: memory_limit_bytes(config),
                 memory_hit: false,
             },
             stop: None,
@@ -174,6 +174,11 @@ pub(super) fn memory_limit_mb(config: &SandboxConfig) -> u64 {
     config
         .max_memory_mb
         .min(super::engine::MAX_POOLED_MEMORY as u64 >> 20)
+}
+
+/// [`memory_limit_mb`] in bytes.
+pub(super) fn memory_limit_bytes(config: &SandboxConfig) -> usize {
+    memory_limit_mb(config) as usize * (1 << 20)
 }
 
 /// Caps linear memory; remembers that a grow was refused, so a trap that

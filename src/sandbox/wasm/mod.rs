@@ -17,6 +17,7 @@ mod guest;
 mod host;
 mod module;
 mod session;
+mod snapshot;
 
 use wasmtime::Trap;
 
@@ -79,6 +80,14 @@ impl Sandbox for WasmSandbox {
         config: &SandboxConfig,
     ) -> Result<Box<dyn crate::sandbox::session::TierSession>, TaskError> {
         crate::sandbox::on_task_thread(|| session::open(config))?
+    }
+
+    fn restore_session(
+        &self,
+        config: &SandboxConfig,
+        snapshot: &[u8],
+    ) -> Result<Box<dyn crate::sandbox::session::TierSession>, TaskError> {
+        crate::sandbox::on_task_thread(|| session::restore(config, snapshot))?
     }
 }
 
