@@ -64,15 +64,8 @@ pub(super) struct ReplArgs {
 pub(super) struct SessionArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Allow importing this module (repeat for more); without any, all imports are allowed.
-    #[arg(long = "allow-import", value_name = "MOD")]
-    pub allow_imports: Vec<String>,
-    /// Make a host path visible to the session: HOST:GUEST, or HOST:GUEST:rw for writable.
-    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]", value_parser = parse_value::<Mount>)]
-    pub mounts: Vec<Mount>,
-    /// Let the session use the network (tiers that can block it do).
-    #[arg(long)]
-    pub network: bool,
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Close the session after this many seconds without a statement.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub idle_timeout: Option<Duration>,
@@ -82,11 +75,12 @@ impl SessionArgs {
     /// The sandbox configuration of the session.
     pub(super) fn config(&self) -> SandboxConfig {
         let mut config = self.limits.config();
-        if !self.allow_imports.is_empty() {
-            config.allowed_imports = Some(self.allow_imports.clone());
+        let access = &self.access;
+        if !access.allow_imports.is_empty() {
+            config.allowed_imports = Some(access.allow_imports.clone());
         }
-        config.mount_paths = self.mounts.clone();
-        config.network_enabled = self.network;
+        config.mount_paths = access.mounts.clone();
+        config.network_enabled = access.network;
         config
     }
 }
@@ -179,13 +173,20 @@ pub(super) struct RunArgs {
     pub kwargs: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// What the code may reach: imports, host paths, the network (`run`, `repl`, `mcp`).
+#[derive(Args, Clone, Debug, Default)]
+pub(super) struct AccessArgs {
     /// Allow importing this module (repeat for more); without any, all imports are allowed.
     #[arg(long = "allow-import", value_name = "MOD")]
     pub allow_imports: Vec<String>,
-    /// Make a host path visible to the task: HOST:GUEST, or HOST:GUEST:rw for writable.
+    /// Make a host path visible to the code: HOST:GUEST, or HOST:GUEST:rw for writable.
     #[arg(long = "mount", value_name = "HOST:GUEST[:rw]", value_parser = parse_value::<Mount>)]
     pub mounts: Vec<Mount>,
-    /// Let the task use the network.
+    /// Let the code use the network (tiers that can block it do).
     #[arg(long)]
     pub network: bool,
 }
@@ -230,13 +231,14 @@ impl RunArgs {
                 "give either --input or --args/--kwargs, not both".into(),
             ));
         }
-        if !self.allow_imports.is_empty() {
-            task.sandbox.allowed_imports = Some(self.allow_imports);
+        let access = self.access;
+        if !access.allow_imports.is_empty() {
+            task.sandbox.allowed_imports = Some(access.allow_imports);
         }
-        if !self.mounts.is_empty() {
-            task.sandbox.mounts = Some(self.mounts);
+        if !access.mounts.is_empty() {
+            task.sandbox.mounts = Some(access.mounts);
         }
-        if self.network {
+        if access.network {
             task.sandbox.network = Some(true);
         }
         Ok(task)

@@ -32,7 +32,7 @@ use super::cgroup;
 use super::driver::DRIVER;
 use super::outcome::{command_outcome, envelope_cap, python_outcome, Ended, Ending};
 use super::session::{
-    answer_complete, nonce, parse_answer, CallStream, SessionRun, SessionState, TierSession,
+    answer_complete, limit_reached, parse_answer, CallFrames, SessionRun, SessionState, TierSession,
 };
 use super::{
     reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
@@ -333,6 +333,29 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
     if let Some(gpu) = job.gpu_id {
         env.push(format!("CUDA_VISIBLE_DEVICES={gpu}"));
     }
+    let id = create(&docker, config, cmd, env, true, host_config(config)).await?;
+    // Removed on every path: awaited below, or by the guard if this future
+    // is dropped midway.
+    let mut removal = Removal {
+        docker: docker.clone(),
+        id: id.clone(),
+    };
+    let ran = run_container(&docker, &id, &stdin, python, &mark, config, cancel).await;
+    remove(&docker, &id).await;
+    removal.id.clear();
+    ran
+}
+
+/// Creates a hardened container of `config` (see the module's doc) that
+/// runs `cmd` as nobody with its standard streams attached: its id.
+async fn create(
+    docker: &Docker,
+    config: &SandboxConfig,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    stdin_once: bool,
+    host_config: HostConfig,
+) -> Result<String, TaskError> {
     let body = ContainerCreateBody {
         image: Some(config.docker_image.clone()),
         cmd: Some(cmd),
@@ -343,36 +366,27 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         open_stdin: Some(true),
-        stdin_once: Some(true),
+        stdin_once: Some(stdin_once),
         network_disabled: Some(!config.network_enabled),
         labels: Some(owner_labels()),
-        host_config: Some(host_config(config)),
+        host_config: Some(host_config),
         ..Default::default()
     };
-    let name = container_name();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "lattice-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
-    let created = match api(docker.create_container(Some(options), body)).await {
-        Ok(created) => created,
-        Err(ApiError::Refused { status: 404, .. }) => {
-            return Err(image_missing(&config.docker_image))
-        }
-        Err(e @ ApiError::Refused { .. }) => {
-            return Err(TaskError::unavailable(format!(
-                "can't create the container: {e}"
-            )))
-        }
-        Err(e @ ApiError::NoAnswer(_)) => return Err(unreachable(&e)),
-    };
-    // Removed on every path: awaited below, or by the guard if this future
-    // is dropped midway.
-    let mut removal = Removal {
-        docker: docker.clone(),
-        id: created.id.clone(),
-    };
-    let ran = run_container(&docker, &created.id, &stdin, python, &mark, config, cancel).await;
-    remove(&docker, &created.id).await;
-    removal.id.clear();
-    ran
+    match api(docker.create_container(Some(options), body)).await {
+        Ok(created) => Ok(created.id),
+        Err(ApiError::Refused { status: 404, .. }) => Err(image_missing(&config.docker_image)),
+        Err(e @ ApiError::Refused { .. }) => Err(TaskError::unavailable(format!(
+            "can't create the container: {e}"
+        ))),
+        Err(e @ ApiError::NoAnswer(_)) => Err(unreachable(&e)),
+    }
 }
 
 /// A session on the docker tier: one container, hardened as a task's,
@@ -419,39 +433,11 @@ async fn open_session(config: &SandboxConfig) -> Result<DockerSession, TaskError
     if let Some(ulimits) = &mut host_config.ulimits {
         ulimits.retain(|u| u.name.as_deref() != Some("cpu"));
     }
-    let body = ContainerCreateBody {
-        image: Some(config.docker_image.clone()),
-        cmd: Some(cmd),
-        env: Some(vec!["HOME=/tmp".to_string(), "LANG=C.UTF-8".to_string()]),
-        user: Some("65534:65534".into()),
-        working_dir: Some("/tmp".into()),
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        open_stdin: Some(true),
-        stdin_once: Some(false),
-        network_disabled: Some(!config.network_enabled),
-        labels: Some(owner_labels()),
-        host_config: Some(host_config),
-        ..Default::default()
-    };
-    let name = container_name();
-    let options = CreateContainerOptionsBuilder::new().name(&name).build();
-    let created = match api(docker.create_container(Some(options), body)).await {
-        Ok(created) => created,
-        Err(ApiError::Refused { status: 404, .. }) => {
-            return Err(image_missing(&config.docker_image))
-        }
-        Err(e @ ApiError::Refused { .. }) => {
-            return Err(TaskError::unavailable(format!(
-                "can't create the container: {e}"
-            )))
-        }
-        Err(e @ ApiError::NoAnswer(_)) => return Err(unreachable(&e)),
-    };
+    let env = vec!["HOME=/tmp".to_string(), "LANG=C.UTF-8".to_string()];
+    let id = create(&docker, config, cmd, env, false, host_config).await?;
     let mut removal = Removal {
         docker: docker.clone(),
-        id: created.id.clone(),
+        id: id.clone(),
     };
     let attach = AttachContainerOptionsBuilder::new()
         .stream(true)
@@ -459,23 +445,23 @@ async fn open_session(config: &SandboxConfig) -> Result<DockerSession, TaskError
         .stdout(true)
         .stderr(true)
         .build();
-    let streams = api(docker.attach_container(&created.id, Some(attach)))
+    let streams = api(docker.attach_container(&id, Some(attach)))
         .await
         .map_err(|e| TaskError::unavailable(format!("can't attach to the container: {e}")))?;
-    api(docker.start_container(&created.id, None))
+    api(docker.start_container(&id, None))
         .await
         .map_err(|e| TaskError::unavailable(format!("can't start the container: {e}")))?;
-    let cpu_counter = api(docker.inspect_container(&created.id, None::<InspectContainerOptions>))
+    let cpu_counter = api(docker.inspect_container(&id, None::<InspectContainerOptions>))
         .await
         .ok()
         .and_then(|inspected| inspected.state?.pid)
         .and_then(|pid| u32::try_from(pid).ok())
         .filter(|&pid| pid > 0)
-        .and_then(|pid| cgroup::CpuCounter::of_pid(pid, &created.id));
+        .and_then(|pid| cgroup::CpuCounter::of_pid(pid, &id));
     removal.id.clear();
     Ok(DockerSession {
         docker,
-        id: created.id,
+        id,
         input: streams.input,
         output: streams.output,
         cpu_counter,
@@ -503,19 +489,12 @@ impl DockerSession {
         config: &SandboxConfig,
         cancel: &CancelToken,
     ) -> SessionRun {
-        let nonce = nonce();
-        let mut frame = format!("{nonce} {}\n", request.len()).into_bytes();
-        frame.extend_from_slice(request);
-        let mark = format!("\x1elattice-{nonce}\x1e").into_bytes();
-        let header = format!("{nonce} ");
-        let mut streams = [
-            CallStream::new(config.max_output_bytes),
-            CallStream::new(config.max_output_bytes),
-        ];
-        for (stream, carry) in streams.iter_mut().zip(self.carry.iter_mut()) {
-            let carried = std::mem::take(carry);
-            stream.push(&carried, &mark, carry);
-        }
+        let CallFrames {
+            frame,
+            mark,
+            header,
+            mut streams,
+        } = CallFrames::new(request, config, &mut self.carry);
         let cap = envelope_cap(config).saturating_add(64);
         let started = tokio::time::Instant::now();
         let cpu_start = self.cpu_time();
@@ -558,15 +537,8 @@ impl DockerSession {
                 },
                 _ = poll.tick() => {
                     if answered.is_none() && stopped.is_none() {
-                        let limit = if cancel.is_cancelled() {
-                            Some(Ending::Cancelled)
-                        } else if now >= started + config.timeout {
-                            Some(Ending::TimedOut)
-                        } else if self.cpu_time().saturating_sub(cpu_start) >= config.max_cpu_time {
-                            Some(Ending::CpuLimit)
-                        } else {
-                            None
-                        };
+                        let cpu_used = self.cpu_time().saturating_sub(cpu_start);
+                        let limit = limit_reached(cancel, now - started, cpu_used, config);
                         if let Some(limit) = limit {
                             let signal = KillContainerOptionsBuilder::new().signal("SIGINT").build();
                             let _ = api(self.docker.kill_container(&self.id, Some(signal))).await;
@@ -692,16 +664,6 @@ impl Drop for DockerSession {
             runtime.block_on(self.end());
         }
     }
-}
-
-/// A container name of this process, unique within it.
-fn container_name() -> String {
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!(
-        "lattice-{}-{}",
-        std::process::id(),
-        COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 fn owner_labels() -> HashMap<String, String> {

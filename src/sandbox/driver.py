@@ -249,6 +249,18 @@ def _timer_loop(asyncio):
     return TimerLoop()
 
 
+def _call(function, request):
+    """``function`` called as the request says: with ``args``/``kwargs``,
+    with ``input``, or with nothing; a coroutine run to its end."""
+    if "args" in request or "kwargs" in request:
+        result = function(*(request.get("args") or ()), **(request.get("kwargs") or {}))
+    elif "input" in request:
+        result = function(request["input"])
+    else:
+        result = function()
+    return _awaited(result)
+
+
 def run_request(request_text):
     """Runs the task described by ``request_text``; returns the answer."""
     try:
@@ -296,13 +308,7 @@ def run_request(request_text):
                 "NameError",
                 "entry function '%s' is not defined by the code" % entry,
             )
-        if "args" in request or "kwargs" in request:
-            result = function(*(request.get("args") or ()), **(request.get("kwargs") or {}))
-        elif "input" in request:
-            result = function(request["input"])
-        else:
-            result = function()
-        result = _awaited(result)
+        result = _call(function, request)
     except MemoryError as exc:
         # Drop the frames that hold the big objects before building the reply.
         message = _exception_message(exc)
@@ -428,13 +434,7 @@ def _session_call(request, namespace):
     if function is None or not _callable(function):
         return _error("invalid_task", "NameError", "the session defines no function '%s'" % (entry,))
     try:
-        if "args" in request or "kwargs" in request:
-            result = function(*(request.get("args") or ()), **(request.get("kwargs") or {}))
-        elif "input" in request:
-            result = function(request["input"])
-        else:
-            result = function()
-        result = _awaited(result)
+        result = _call(function, request)
     except MemoryError:
         return _error("task_error", "MemoryError", "out of memory")
     except BaseException as exc:

@@ -189,8 +189,62 @@ pub(crate) fn parse_answer<'a>(answer: &'a [u8], header: &str) -> Option<(&'a [u
     Some((body, newline + 1 + length))
 }
 
+/// One call of a session in the driver's session mode: the frame to send,
+/// how the answer's header and the end of its output are recognised, and
+/// its output streams (given what came after the last call's end).
+pub(crate) struct CallFrames {
+    pub frame: Vec<u8>,
+    pub mark: Vec<u8>,
+    pub header: String,
+    pub streams: [CallStream; 2],
+}
+
+impl CallFrames {
+    pub(crate) fn new(request: &[u8], config: &SandboxConfig, carry: &mut [Vec<u8>; 2]) -> CallFrames {
+        let nonce = nonce();
+        let mut frame = format!("{nonce} {}\n", request.len()).into_bytes();
+        frame.extend_from_slice(request);
+        let mark = format!("\x1elattice-{nonce}\x1e").into_bytes();
+        let mut streams = [
+            CallStream::new(config.max_output_bytes),
+            CallStream::new(config.max_output_bytes),
+        ];
+        // What came after the last call's end is this call's.
+        for (stream, carry) in streams.iter_mut().zip(carry.iter_mut()) {
+            let carried = std::mem::take(carry);
+            stream.push(&carried, &mark, carry);
+        }
+        CallFrames {
+            frame,
+            mark,
+            header: format!("{nonce} "),
+            streams,
+        }
+    }
+}
+
+/// The limit a session's call has reached, if any: its cancel, its wall
+/// time (`elapsed`) or the CPU time it used.
+pub(crate) fn limit_reached(
+    cancel: &CancelToken,
+    elapsed: std::time::Duration,
+    cpu_used: std::time::Duration,
+    config: &SandboxConfig,
+) -> Option<super::outcome::Ending> {
+    use super::outcome::Ending;
+    if cancel.is_cancelled() {
+        Some(Ending::Cancelled)
+    } else if elapsed >= config.timeout {
+        Some(Ending::TimedOut)
+    } else if cpu_used >= config.max_cpu_time {
+        Some(Ending::CpuLimit)
+    } else {
+        None
+    }
+}
+
 /// A random nonce (hex) for one call.
-pub(crate) fn nonce() -> String {
+fn nonce() -> String {
     let mut bytes = [0u8; 12];
     // SAFETY: getrandom fills the buffer we own.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };

@@ -15,7 +15,7 @@
 use super::*;
 use crate::sandbox::outcome::{python_outcome, Ended, Ending};
 use crate::sandbox::session::{
-    answer_complete, nonce, parse_answer, CallStream, SessionRun, SessionState,
+    answer_complete, limit_reached, parse_answer, CallFrames, SessionRun, SessionState,
 };
 use crate::sandbox::{SandboxConfig, SandboxOutput};
 
@@ -145,20 +145,12 @@ impl SessionProcess {
                 state: SessionState::Closed,
             };
         }
-        let nonce = nonce();
-        let mut frame = format!("{nonce} {}\n", request.len()).into_bytes();
-        frame.extend_from_slice(request);
-        let mark = format!("\x1elattice-{nonce}\x1e").into_bytes();
-        let header = format!("{nonce} ");
-        let mut streams = [
-            CallStream::new(config.max_output_bytes),
-            CallStream::new(config.max_output_bytes),
-        ];
-        // What came after the last call's end is this call's.
-        for (stream, carry) in streams.iter_mut().zip(self.carry.iter_mut()) {
-            let carried = std::mem::take(carry);
-            stream.push(&carried, &mark, carry);
-        }
+        let CallFrames {
+            frame,
+            mark,
+            header,
+            mut streams,
+        } = CallFrames::new(request, config, &mut self.carry);
         let cap = super::super::outcome::envelope_cap(config);
         let mut answer: Vec<u8> = Vec::new();
         let mut answered: Option<Instant> = None;
@@ -183,15 +175,8 @@ impl SessionProcess {
             if answered.is_none() {
                 match stopped {
                     None => {
-                        let limit = if cancel.is_cancelled() {
-                            Some(Ending::Cancelled)
-                        } else if now >= started + config.timeout {
-                            Some(Ending::TimedOut)
-                        } else if self.cpu_time().saturating_sub(cpu_start) >= config.max_cpu_time {
-                            Some(Ending::CpuLimit)
-                        } else {
-                            None
-                        };
+                        let cpu_used = self.cpu_time().saturating_sub(cpu_start);
+                        let limit = limit_reached(cancel, now - started, cpu_used, config);
                         if let Some(limit) = limit {
                             // SAFETY: our child, not yet reaped.
                             unsafe { libc::kill(self.pid, libc::SIGINT) };
