@@ -200,7 +200,11 @@ pub(crate) struct CallFrames {
 }
 
 impl CallFrames {
-    pub(crate) fn new(request: &[u8], config: &SandboxConfig, carry: &mut [Vec<u8>; 2]) -> CallFrames {
+    pub(crate) fn new(
+        request: &[u8],
+        config: &SandboxConfig,
+        carry: &mut [Vec<u8>; 2],
+    ) -> CallFrames {
         let nonce = nonce();
         let mut frame = format!("{nonce} {}\n", request.len()).into_bytes();
         frame.extend_from_slice(request);
