@@ -122,24 +122,28 @@ mod interrupt {
     pub fn arm() {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let breaker = unsafe { TARGET[0] } as usize;
-        if breaker == 0 || ARMED.swap(true, Ordering::SeqCst) {
+        if breaker == 0 {
             return;
         }
-        SENDER.with(|sender| {
-            let Some(sender) = sender.get() else { return };
-            let _ = sender.send(Box::new(|vm| {
-                ARMED.store(false, Ordering::SeqCst);
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    return Err(vm.new_exception_msg(
-                        vm.ctx.exceptions.keyboard_interrupt.to_owned(),
-                        "lattice: the call was stopped".into(),
-                    ));
-                }
-                Ok(())
-            }));
-            // Queued, not yet due: the host sets the breaker when it is.
-            unsafe { AtomicU8::from_ptr(breaker as *mut u8) }.fetch_and(!1, Ordering::SeqCst);
-        });
+        if !ARMED.swap(true, Ordering::SeqCst) {
+            SENDER.with(|sender| {
+                let Some(sender) = sender.get() else { return };
+                let _ = sender.send(Box::new(|vm| {
+                    ARMED.store(false, Ordering::SeqCst);
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        return Err(vm.new_exception_msg(
+                            vm.ctx.exceptions.keyboard_interrupt.to_owned(),
+                            "lattice: the call was stopped".into(),
+                        ));
+                    }
+                    Ok(())
+                }));
+            });
+        }
+        // Queued, not yet due: the host sets the breaker when it is (a
+        // stop the host delivered after the last call ended is no stop of
+        // this one).
+        unsafe { AtomicU8::from_ptr(breaker as *mut u8) }.fetch_and(!1, Ordering::SeqCst);
     }
 }
 

@@ -3,7 +3,8 @@
 //! connection's session: state is kept across the calls of one connection
 //! (one process), nothing is shared between connections.
 //!
-//! Spoken: `initialize` (protocol versions 2024-11-05 to 2025-11-25),
+//! Spoken: `initialize` (protocol versions 2024-11-05, 2025-06-18 and
+//! 2025-11-25),
 //! `ping`, `tools/list`, `tools/call`, and the notifications
 //! `notifications/initialized` and `notifications/cancelled` (which stops
 //! the call it names; no reply is sent for it). Any other request gets
@@ -23,8 +24,9 @@ use serde_json::{json, Value};
 
 use super::args::SessionArgs;
 
-/// The protocol versions this server speaks, newest last.
-const VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// The protocol versions this server speaks, newest last (not 2025-03-26,
+/// whose JSON-RPC batches it does not take).
+const VERSIONS: [&str; 3] = ["2024-11-05", "2025-06-18", "2025-11-25"];
 
 const TOOL: &str = "run_python";
 
@@ -33,6 +35,7 @@ const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
+const INTERNAL_ERROR: i64 = -32603;
 
 pub(super) fn run(args: SessionArgs) -> Result<i32> {
     let server = Arc::new(Server {
@@ -43,18 +46,23 @@ pub(super) fn run(args: SessionArgs) -> Result<i32> {
     });
     let stdin = std::io::stdin();
     let mut calls = Vec::new();
-    for line in stdin.lock().lines() {
+    for line in stdin.lock().split(b'\n') {
         let Ok(line) = line else { break };
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let message: Value = match serde_json::from_str(&line) {
+        let message: Value = match serde_json::from_slice(&line) {
             Ok(message) => message,
             Err(e) => {
                 server.error(Value::Null, PARSE_ERROR, &format!("parse error: {e}"));
                 continue;
             }
         };
+        if message.is_array() {
+            // Batches were in protocol 2025-03-26 only; not spoken here.
+            server.error(Value::Null, INVALID_REQUEST, "JSON-RPC batches are not supported");
+            continue;
+        }
         if let Some(call) = server.clone().handle(message) {
             calls.push(call);
         }
@@ -173,13 +181,34 @@ impl Server {
             return None;
         };
         let cancel = CancelToken::new();
-        lock(&self.running).insert(id.to_string(), cancel.clone());
+        {
+            let mut running = lock(&self.running);
+            if running.contains_key(&id.to_string()) {
+                drop(running);
+                self.error(id, INVALID_REQUEST, "a request with this id is still running");
+                return None;
+            }
+            running.insert(id.to_string(), cancel.clone());
+        }
         let server = self.clone();
+        let call_id = id.clone();
         let thread = std::thread::Builder::new()
             .name("lattice-mcp-call".into())
             .spawn(move || {
+                let id = call_id;
                 let result = match server.session() {
-                    Ok(session) => tool_result(&session.exec_cancellable(&code, &cancel)),
+                    Ok((session, reopened)) => {
+                        let mut result = tool_result(&session.exec_cancellable(&code, &cancel));
+                        if reopened {
+                            // The client's state is gone: say so.
+                            if let Some(text) = result["content"][0]["text"].as_str() {
+                                result["content"][0]["text"] = Value::String(format!(
+                                    "[the previous session was closed (idle or stopped); this ran in a new, empty one]\n{text}"
+                                ));
+                            }
+                        }
+                        result
+                    }
                     Err(error) => error_result(&format!("the sandbox session can't open: {error}")),
                 };
                 lock(&server.running).remove(&id.to_string());
@@ -191,21 +220,21 @@ impl Server {
         match thread {
             Ok(thread) => Some(thread),
             Err(e) => {
-                self.reply(
-                    Value::Null,
-                    error_result(&format!("can't start the call: {e}")),
-                );
+                lock(&self.running).remove(&id.to_string());
+                self.error(id, INTERNAL_ERROR, &format!("can't start the call: {e}"));
                 None
             }
         }
     }
 
-    /// The connection's session, opened on first use (one at a time).
-    fn session(&self) -> Result<Arc<Session>, TaskError> {
+    /// The connection's session, opened on first use (one at a time);
+    /// true if it replaced one that was closed.
+    fn session(&self) -> Result<(Arc<Session>, bool), TaskError> {
         let mut session = lock(&self.session);
         if let Some(open) = session.as_ref().filter(|s| s.is_open()) {
-            return Ok(open.clone());
+            return Ok((open.clone(), false));
         }
+        let reopened = session.is_some();
         let config = self.args.config();
         if config.level == lattice::sandbox::SandboxLevel::Wasm {
             lattice::sandbox::wasm::warm()?;
@@ -217,7 +246,7 @@ impl Server {
                 .unwrap_or(lattice::session::DEFAULT_IDLE_TIMEOUT),
         )?);
         *session = Some(opened.clone());
-        Ok(opened)
+        Ok((opened, reopened))
     }
 
     fn reply(&self, id: Value, result: Value) {

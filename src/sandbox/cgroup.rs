@@ -345,6 +345,14 @@ impl TaskCgroup {
     }
 
     /// Kills every process in the group.
+    /// Freezes (or thaws) every process of the group (cgroup v2; nothing
+    /// on v1, where the freezer is not set up).
+    pub(crate) fn freeze(&self, frozen: bool) {
+        if let Layout::V2 { .. } = self.layout {
+            let _ = std::fs::write(self.dirs[0].join("cgroup.freeze"), if frozen { "1" } else { "0" });
+        }
+    }
+
     pub(crate) fn kill(&self) {
         if let Layout::V2 { .. } = self.layout {
             if std::fs::write(self.dirs[0].join("cgroup.kill"), "1").is_ok() {

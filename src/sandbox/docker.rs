@@ -412,6 +412,8 @@ struct DockerSession {
     /// Output after a call's end (a thread the code left running): the
     /// start of the next call's.
     carry: [Vec<u8>; 2],
+    /// The container's CPU time when the last call ended.
+    cpu_after_last_call: Duration,
     ended: bool,
 }
 
@@ -464,6 +466,10 @@ async fn open_session(config: &SandboxConfig) -> Result<DockerSession, TaskError
         id,
         input: streams.input,
         output: streams.output,
+        cpu_after_last_call: cpu_counter
+            .as_ref()
+            .and_then(cgroup::CpuCounter::read)
+            .unwrap_or_default(),
         cpu_counter,
         carry: [Vec::new(), Vec::new()],
         ended: false,
@@ -497,7 +503,9 @@ impl DockerSession {
         } = CallFrames::new(request, config, &mut self.carry);
         let cap = envelope_cap(config).saturating_add(64);
         let started = tokio::time::Instant::now();
-        let cpu_start = self.cpu_time();
+        // What the container used since the last call ended (a thread or a
+        // process the code left running) counts against this call.
+        let cpu_start = self.cpu_after_last_call;
         let mut stopped: Option<(tokio::time::Instant, Ending)> = None;
         let mut answered: Option<tokio::time::Instant> = None;
         let mut died = false;
@@ -573,6 +581,7 @@ impl DockerSession {
                     oom_killed: false,
                 };
                 let output = python_outcome(run, config);
+                self.cpu_after_last_call = self.cpu_time();
                 return SessionRun {
                     state: crate::sandbox::session::state_after(&output),
                     output,

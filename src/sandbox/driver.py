@@ -354,13 +354,22 @@ _session = {"ns": None, "cells": 0, "allowed": None}
 
 
 def _session_namespace(request):
-    if _session["ns"] is None:
-        namespace = {"__name__": "__main__"}
-        allowed = request.get("allowed_imports")
-        if allowed is not None:
+    namespace = _session["ns"]
+    if namespace is None:
+        namespace = _session["ns"] = {"__name__": "__main__"}
+        _session["allowed"] = None
+    # The request's import rule holds, also in a session restored from a
+    # snapshot made under another one.
+    allowed = request.get("allowed_imports")
+    if allowed != _session["allowed"]:
+        if allowed is None:
+            import builtins
+
+            namespace["__builtins__"] = builtins
+        else:
             namespace["__builtins__"] = _guarded_builtins(allowed)
-        _session["ns"] = namespace
-    return _session["ns"]
+        _session["allowed"] = allowed
+    return namespace
 
 
 def _session_op(op, request):

@@ -238,6 +238,9 @@ struct PythonJob {
     keep: bool,
 }
 
+/// The driver request that forgets a session's namespace.
+const RESET: &str = r#"{"op":"reset"}"#;
+
 /// Python threads waiting for work.
 static IDLE_THREADS: Mutex<Vec<Sender<PythonJob>>> = Mutex::new(Vec::new());
 
@@ -262,7 +265,22 @@ fn python_thread(library: &'static Library) -> Result<Sender<PythonJob>, TaskErr
                     // Idle before replying, so the caller's next task finds us.
                     lock(&IDLE_THREADS).push(to_pool.clone());
                 }
-                let _ = job.reply.send(output);
+                if job.reply.send(output).is_err() && job.keep {
+                    // A session gave up on this thread (its call did not come
+                    // back from a stop in time): forget its namespace, and
+                    // serve the pool again.
+                    let (reply, _) = std::sync::mpsc::channel();
+                    let reset = PythonJob {
+                        token: limits::next_token(),
+                        request: RESET.into(),
+                        cancel: CancelToken::new(),
+                        reply,
+                        keep: false,
+                        ..job
+                    };
+                    execute(library, &reset);
+                    lock(&IDLE_THREADS).push(to_pool.clone());
+                }
             }
         })
         .map_err(|e| TaskError::unavailable(format!("can't start a Python thread: {e}")))?;
@@ -312,7 +330,7 @@ impl Drop for NoneSession {
         if let Some(thread) = self.thread.take() {
             let _ = on_python_thread(
                 &thread,
-                r#"{"op":"reset"}"#,
+                RESET,
                 &self.config,
                 &CancelToken::new(),
                 false,

@@ -113,28 +113,35 @@ pub(crate) struct CallStream {
     pending: Vec<u8>,
     /// The mark was seen: the call's output on this stream is complete.
     pub done: bool,
+    carry_cap: usize,
 }
 
 impl CallStream {
-    pub(crate) fn new(cap: usize) -> CallStream {
+    /// A stream keeping `cap` bytes of the call's output, and at most
+    /// `carry_cap` after its end.
+    pub(crate) fn new(cap: usize, carry_cap: usize) -> CallStream {
         CallStream {
             capture: OutputCapture::new(cap),
             pending: Vec::new(),
             done: false,
+            carry_cap,
         }
     }
 
     /// Takes `bytes`; past the mark, they are the next call's (returned
-    /// through `carry`).
+    /// through `carry`, which keeps at most `carry_cap` bytes: a flood
+    /// after a call's end can't grow the host).
     pub(crate) fn push(&mut self, bytes: &[u8], mark: &[u8], carry: &mut Vec<u8>) {
         if self.done {
-            carry.extend_from_slice(bytes);
+            let room = self.carry_cap.saturating_sub(carry.len());
+            carry.extend_from_slice(&bytes[..room.min(bytes.len())]);
             return;
         }
         self.pending.extend_from_slice(bytes);
         if let Some(at) = find(&self.pending, mark) {
             self.capture.push(&self.pending[..at]);
-            carry.extend_from_slice(&self.pending[at + mark.len()..]);
+            let after = &self.pending[at + mark.len()..];
+            carry.extend_from_slice(&after[..after.len().min(self.carry_cap)]);
             self.pending.clear();
             self.done = true;
             return;
@@ -173,7 +180,10 @@ pub(crate) fn answer_complete(answer: &[u8], header: &str, overflow: bool) -> bo
     else {
         return true;
     };
-    answer.len() >= newline + 1 + length
+    // A length past what could ever come is as complete as it gets.
+    (newline + 1)
+        .checked_add(length)
+        .is_none_or(|end| answer.len() >= end)
 }
 
 /// The envelope of the answer frame with the call's nonce at the start of
@@ -185,8 +195,9 @@ pub(crate) fn parse_answer<'a>(answer: &'a [u8], header: &str) -> Option<(&'a [u
         .strip_prefix(header)?
         .parse()
         .ok()?;
-    let body = answer.get(newline + 1..newline + 1 + length)?;
-    Some((body, newline + 1 + length))
+    let end = (newline + 1).checked_add(length)?;
+    let body = answer.get(newline + 1..end)?;
+    Some((body, end))
 }
 
 /// One call of a session in the driver's session mode: the frame to send,
@@ -209,9 +220,14 @@ impl CallFrames {
         let mut frame = format!("{nonce} {}\n", request.len()).into_bytes();
         frame.extend_from_slice(request);
         let mark = format!("\x1elattice-{nonce}\x1e").into_bytes();
+        // After the end mark: the next call's output, or (docker) the answer.
+        let carry_cap = config
+            .max_output_bytes
+            .saturating_add(super::outcome::envelope_cap(config))
+            .saturating_add(64);
         let mut streams = [
-            CallStream::new(config.max_output_bytes),
-            CallStream::new(config.max_output_bytes),
+            CallStream::new(config.max_output_bytes, carry_cap),
+            CallStream::new(config.max_output_bytes, carry_cap),
         ];
         // What came after the last call's end is this call's.
         for (stream, carry) in streams.iter_mut().zip(carry.iter_mut()) {

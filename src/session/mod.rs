@@ -171,6 +171,8 @@ pub struct Session {
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// The cancel token of the call running now, for `close` to stop it.
+    in_flight: Mutex<Option<CancelToken>>,
     /// Set when the session is closed, so that it no longer counts as open.
     closed: std::sync::atomic::AtomicBool,
     config: SandboxConfig,
@@ -263,6 +265,7 @@ impl Session {
                 tier: None,
                 last_used: Instant::now(),
             }),
+            in_flight: Mutex::new(None),
             closed: Default::default(),
             config: config.clone(),
             idle_timeout,
@@ -284,6 +287,7 @@ impl Session {
                 tier: Some(tier),
                 last_used: Instant::now(),
             }),
+            in_flight: Mutex::new(None),
             closed: Default::default(),
             config,
             idle_timeout,
@@ -379,9 +383,14 @@ impl Session {
             .map_err(|e| TaskError::internal(format!("the driver split the code badly: {e}")))
     }
 
-    /// Closes the session: its interpreter, process or container is gone
-    /// when this returns. Later calls fail; closing again does nothing.
+    /// Closes the session: a call in flight is cancelled, and its
+    /// interpreter, process or container is gone when this returns. Later
+    /// calls fail; closing again does nothing.
     pub fn close(&self) {
+        // A call in flight is stopped first (it holds the session).
+        if let Some(cancel) = lock(&self.shared.in_flight).take() {
+            cancel.cancel();
+        }
         let tier = lock(&self.shared.inner).tier.take();
         drop(tier);
         self.shared.closed.store(true, Ordering::Relaxed);
@@ -412,7 +421,9 @@ impl Session {
         let Some(tier) = inner.tier.as_mut() else {
             return Reply::error(closed(), SessionState::Closed, started);
         };
+        *lock(&self.shared.in_flight) = Some(cancel.clone());
         let run = tier.run(&request, &self.shared.config, cancel);
+        *lock(&self.shared.in_flight) = None;
         inner.last_used = Instant::now();
         if run.state == SessionState::Closed {
             inner.tier = None;

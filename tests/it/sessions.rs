@@ -652,3 +652,80 @@ fn bad_snapshots_are_typed_errors_and_other_tiers_have_none() {
         assert!(error.to_string().contains("wasm tier only"), "{error}");
     }
 }
+
+#[test]
+fn what_a_call_leaves_running_is_held_to_the_limits() {
+    let _suite = crate::common::suite(module_path!());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for level in [SandboxLevel::Subprocess, SandboxLevel::Docker] {
+        let session = Session::open(SandboxConfig {
+            timeout: Duration::from_secs(3),
+            max_output_bytes: 4096,
+            ..config(level)
+        })
+        .unwrap();
+        // A thread that floods stdout after the call returned: the next
+        // calls still end, with bounded output, and the host keeps its memory.
+        value(&session.exec(
+            "import os, threading\ndef flood():\n    while True:\n        os.write(1, b'x' * 65536)\nthreading.Thread(target=flood, daemon=True).start()",
+        ));
+        for _ in 0..3 {
+            let reply = session.exec("1 + 1");
+            assert!(reply.stdout.len() < 8192, "{level}: {} bytes", reply.stdout.len());
+            if reply.state == SessionState::Closed {
+                break;
+            }
+        }
+        session.close();
+        // A result too big for the cap: the error, and the session can't
+        // be read in step again, so it says it is closed (never a later
+        // call broken by the rest of that answer).
+        let session = Session::open(SandboxConfig {
+            max_result_bytes: 1000,
+            ..config(level)
+        })
+        .unwrap();
+        let reply = session.exec("list(range(100000))");
+        assert!(
+            matches!(&reply.result, Err(TaskError::Failed { type_name, .. }) if type_name == "ResultTooLarge"),
+            "{level}: {:?}",
+            reply.result
+        );
+        if reply.state != SessionState::Closed {
+            assert_eq!(value(&session.exec("2 + 2")), json!(4), "{level}");
+        }
+    }
+    // CPU burnt between calls counts against the next call (and, with a
+    // cgroup, the session's processes are frozen between calls).
+    let session = Session::open(SandboxConfig {
+        max_cpu_time: Duration::from_secs(1),
+        ..config(SandboxLevel::Subprocess)
+    })
+    .unwrap();
+    value(&session.exec(
+        "import threading\ndef burn():\n    while True:\n        pass\nthreading.Thread(target=burn, daemon=True).start()",
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    let reply = session.exec("import time\nt = time.time()\nwhile time.time() - t < 3:\n    pass");
+    assert_eq!(reply.result.unwrap_err().kind(), ErrorKind::Timeout);
+}
+
+#[test]
+fn closing_stops_a_running_call() {
+    let _suite = crate::common::suite(module_path!());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for level in [SandboxLevel::Wasm, SandboxLevel::Subprocess] {
+        let session = Arc::new(open(level));
+        let running = {
+            let session = session.clone();
+            std::thread::spawn(move || session.exec("while True:\n    pass"))
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        session.close();
+        assert!(started.elapsed() < Duration::from_secs(5), "{level}: close waited for the call");
+        let reply = running.join().unwrap();
+        assert_eq!(reply.result.unwrap_err(), TaskError::Cancelled, "{level}");
+        assert!(!session.is_open());
+    }
+}

@@ -37,6 +37,8 @@ pub(crate) struct SessionProcess {
     /// Output that came after the end of a call (from a thread the code
     /// left running): the start of the next call's.
     carry: [Vec<u8>; 2],
+    /// The CPU time used when the last call ended.
+    cpu_after_last_call: Duration,
     ended: bool,
 }
 
@@ -96,6 +98,7 @@ impl SessionProcess {
             uid: spec.uid,
             cgroup: spec.cgroup.take(),
             carry: [Vec::new(), Vec::new()],
+            cpu_after_last_call: Duration::ZERO,
             ended: false,
         };
         for fd in [
@@ -110,6 +113,15 @@ impl SessionProcess {
             set_nonblocking(fd.as_raw_fd());
         }
         Ok(session)
+    }
+
+    /// Stops (or resumes) every process of the session between calls,
+    /// where it has a cgroup: nothing it left running uses the machine
+    /// while no call is running.
+    fn freeze(&self, frozen: bool) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.freeze(frozen);
+        }
     }
 
     /// CPU time the session's processes used so far.
@@ -156,7 +168,11 @@ impl SessionProcess {
         let mut answered: Option<Instant> = None;
         let mut overflow = false;
         let started = Instant::now();
-        let cpu_start = self.cpu_time();
+        // What the session's processes used since the last call ended (a
+        // thread or a child it left running; frozen, where there is a
+        // cgroup) counts against this call.
+        let cpu_start = self.cpu_after_last_call;
+        self.freeze(false);
         let mut stopped: Option<(Instant, Ending)> = None;
         let mut written = 0;
         let mut died = false;
@@ -248,10 +264,10 @@ impl SessionProcess {
                             &mut self.stderr
                         };
                         let (stream, carry) = (&mut streams[index], &mut self.carry[index]);
-                        drain(fd, &mut buffer, |b| stream.push(b, &mark, carry));
+                        read_once(fd, &mut buffer, |b| stream.push(b, &mark, carry));
                     }
                     3 => {
-                        drain(&mut self.channel, &mut buffer, |b| {
+                        read_once(&mut self.channel, &mut buffer, |b| {
                             let room = cap.saturating_add(64).saturating_sub(answer.len());
                             overflow |= b.len() > room;
                             answer.extend_from_slice(&b[..room.min(b.len())]);
@@ -286,7 +302,15 @@ impl SessionProcess {
                 };
                 let output = match envelope {
                     Some(_) => python_outcome(run, config),
-                    None if overflow => python_outcome(run, config),
+                    None if overflow => {
+                        // The rest of the answer is still in the pipe: the
+                        // session can't be read in step again.
+                        self.end();
+                        return SessionRun {
+                            output: python_outcome(run, config),
+                            state: SessionState::Closed,
+                        };
+                    }
                     None => {
                         // The code wrote on the answer channel itself.
                         self.end();
@@ -302,6 +326,8 @@ impl SessionProcess {
                         };
                     }
                 };
+                self.cpu_after_last_call = self.cpu_time();
+                self.freeze(true);
                 SessionRun {
                     state: crate::sandbox::session::state_after(&output),
                     output,
@@ -335,12 +361,33 @@ impl SessionProcess {
         }
         self.ended = true;
         self.stdin = None;
+        self.freeze(false);
         let ended = end_child(self.pid, self.uid, self.cgroup.take());
         self.stdout = None;
         self.stderr = None;
         self.channel = None;
         self.pidfd = None;
         ended
+    }
+}
+
+/// One read of at most `buffer`'s size from `fd` into `sink` (a flood can't
+/// keep the caller from its limits); closes `fd` at its end.
+fn read_once(fd: &mut Option<OwnedFd>, buffer: &mut [u8], mut sink: impl FnMut(&[u8])) {
+    let Some(raw) = fd.as_ref().map(|f| f.as_raw_fd()) else {
+        return;
+    };
+    // SAFETY: reading into a buffer we own, of its length.
+    let n = unsafe { libc::read(raw, buffer.as_mut_ptr().cast(), buffer.len()) };
+    if n > 0 {
+        sink(&buffer[..n as usize]);
+    } else if n == 0
+        || !matches!(
+            io::Error::last_os_error().kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )
+    {
+        *fd = None;
     }
 }
 

@@ -111,8 +111,8 @@ pub(super) const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 
 /// What to do about a limit that fired.
 enum OnLimit {
-    /// Let the code run on (it was asked to stop, and has time to unwind).
-    Unwind(Option<Interrupt>),
+    /// Ask the code to stop, and let it run on to unwind.
+    Unwind(Interrupt),
     /// Stop the instance.
     Trap,
 }
@@ -136,20 +136,21 @@ impl Guard {
         self.interrupt = Some(interrupt);
     }
 
-    /// Checks the limits; when one fires, says whether to trap or let the
-    /// code unwind (the first time, with the interrupt to deliver).
+    /// Checks the limits; when one fires, says whether to trap or to ask
+    /// the code to stop and let it unwind (for [`INTERRUPT_GRACE`]).
     fn on_limit(&mut self) -> Option<OnLimit> {
         self.check_limits()?;
         let Some(interrupt) = self.interrupt else {
             return Some(OnLimit::Trap);
         };
-        Some(match self.interrupted_at {
-            None => {
-                self.interrupted_at = Some(Instant::now());
-                OnLimit::Unwind(Some(interrupt))
-            }
-            Some(at) if at.elapsed() < INTERRUPT_GRACE => OnLimit::Unwind(None),
-            Some(_) => OnLimit::Trap,
+        // Delivered again at every check of the grace period: a delivery
+        // is idempotent, and one the guest consumed early (a closure it
+        // ran before the stop) is not lost.
+        let at = *self.interrupted_at.get_or_insert_with(Instant::now);
+        Some(if at.elapsed() < INTERRUPT_GRACE {
+            OnLimit::Unwind(interrupt)
+        } else {
+            OnLimit::Trap
         })
     }
 
@@ -444,9 +445,7 @@ fn poll_oneoff(
                 Some(OnLimit::Trap) => return Err(wasmtime::Trap::Interrupt.into()),
                 Some(OnLimit::Unwind(interrupt)) => {
                     // Wake up: the code is stopped at its next instruction.
-                    if let Some(interrupt) = interrupt {
-                        deliver(&mut caller, interrupt);
-                    }
+                    deliver(&mut caller, interrupt);
                     break;
                 }
             }
@@ -603,9 +602,7 @@ pub(super) fn guarded_store<T: Guarded>(
     store.epoch_deadline_callback(|mut context| match context.data_mut().guard().on_limit() {
         None => Ok(UpdateDeadline::Continue(1)),
         Some(OnLimit::Unwind(interrupt)) => {
-            if let Some(interrupt) = interrupt {
-                deliver(&mut context, interrupt);
-            }
+            deliver(&mut context, interrupt);
             Ok(UpdateDeadline::Continue(1))
         }
         Some(OnLimit::Trap) => Err(wasmtime::Trap::Interrupt.into()),

@@ -172,7 +172,7 @@ impl WasmSession {
             })?;
         }
         let memory = self.memory.data_mut(&mut self.store);
-        for (index, page) in &snapshot.pages {
+        for (index, page) in snapshot.pages() {
             let start = index * snapshot::PAGE;
             let end = (start + page.len()).min(memory.len());
             memory[start..end].copy_from_slice(&page[..end - start]);

@@ -22,8 +22,17 @@ pub(super) const PAGE: usize = 4096;
 pub(super) struct Snapshot {
     /// The linear memory's size in bytes.
     pub memory_len: usize,
-    /// The pages that differ from the base image, and their contents.
-    pub pages: Vec<(usize, Vec<u8>)>,
+    /// The indices of the pages that differ from the base image.
+    pub indices: Vec<usize>,
+    /// Their contents, one after the other.
+    pub pages: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Each changed page: its index and contents.
+    pub(super) fn pages(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        self.indices.iter().copied().zip(self.pages.chunks(PAGE))
+    }
 }
 
 /// The pages of `memory` that differ from `base` (past its end, from
@@ -133,11 +142,8 @@ pub(super) fn decode(bytes: &[u8], guest: &str, max_memory: usize) -> Result<Sna
     }
     Ok(Snapshot {
         memory_len,
-        pages: indices
-            .into_iter()
-            .zip(pages.chunks(PAGE))
-            .map(|(index, page)| (index, page.to_vec()))
-            .collect(),
+        indices,
+        pages,
     })
 }
 
@@ -184,9 +190,9 @@ mod tests {
         let bytes = encode("g", &memory, &base);
         let snapshot = decode(&bytes, "g", 1 << 30).unwrap();
         assert_eq!(snapshot.memory_len, memory.len());
-        let indices: Vec<usize> = snapshot.pages.iter().map(|(i, _)| *i).collect();
-        assert_eq!(indices, vec![3, 11]);
-        assert_eq!(snapshot.pages[0].1, memory[3 * PAGE..4 * PAGE]);
+        assert_eq!(snapshot.indices, vec![3, 11]);
+        let first = snapshot.pages().next().unwrap();
+        assert_eq!(first, (3, &memory[3 * PAGE..4 * PAGE]));
     }
 
     #[test]
