@@ -60,7 +60,11 @@ pub(super) fn run(args: SessionArgs) -> Result<i32> {
         };
         if message.is_array() {
             // Batches were in protocol 2025-03-26 only; not spoken here.
-            server.error(Value::Null, INVALID_REQUEST, "JSON-RPC batches are not supported");
+            server.error(
+                Value::Null,
+                INVALID_REQUEST,
+                "JSON-RPC batches are not supported",
+            );
             continue;
         }
         if let Some(call) = server.clone().handle(message) {
@@ -185,7 +189,11 @@ impl Server {
             let mut running = lock(&self.running);
             if running.contains_key(&id.to_string()) {
                 drop(running);
-                self.error(id, INVALID_REQUEST, "a request with this id is still running");
+                self.error(
+                    id,
+                    INVALID_REQUEST,
+                    "a request with this id is still running",
+                );
                 return None;
             }
             running.insert(id.to_string(), cancel.clone());

@@ -349,7 +349,10 @@ impl TaskCgroup {
     /// on v1, where the freezer is not set up).
     pub(crate) fn freeze(&self, frozen: bool) {
         if let Layout::V2 { .. } = self.layout {
-            let _ = std::fs::write(self.dirs[0].join("cgroup.freeze"), if frozen { "1" } else { "0" });
+            let _ = std::fs::write(
+                self.dirs[0].join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+            );
         }
     }
 

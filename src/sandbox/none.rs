@@ -328,13 +328,7 @@ impl Drop for NoneSession {
     fn drop(&mut self) {
         // Forget the namespace; the thread then goes back to the pool.
         if let Some(thread) = self.thread.take() {
-            let _ = on_python_thread(
-                &thread,
-                RESET,
-                &self.config,
-                &CancelToken::new(),
-                false,
-            );
+            let _ = on_python_thread(&thread, RESET, &self.config, &CancelToken::new(), false);
         }
     }
 }

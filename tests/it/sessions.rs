@@ -671,7 +671,11 @@ fn what_a_call_leaves_running_is_held_to_the_limits() {
         ));
         for _ in 0..3 {
             let reply = session.exec("1 + 1");
-            assert!(reply.stdout.len() < 8192, "{level}: {} bytes", reply.stdout.len());
+            assert!(
+                reply.stdout.len() < 8192,
+                "{level}: {} bytes",
+                reply.stdout.len()
+            );
             if reply.state == SessionState::Closed {
                 break;
             }
@@ -723,7 +727,10 @@ fn closing_stops_a_running_call() {
         std::thread::sleep(Duration::from_millis(500));
         let started = std::time::Instant::now();
         session.close();
-        assert!(started.elapsed() < Duration::from_secs(5), "{level}: close waited for the call");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{level}: close waited for the call"
+        );
         let reply = running.join().unwrap();
         assert_eq!(reply.result.unwrap_err(), TaskError::Cancelled, "{level}");
         assert!(!session.is_open());
