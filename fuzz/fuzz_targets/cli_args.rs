@@ -43,6 +43,8 @@ fuzz_target!(|data: &[u8]| {
         Command::Resources(args) => {
             let _ = args.ray.options();
         }
+        Command::Repl(args) => enforceable(&args.session.config()),
+        Command::Mcp(args) => enforceable(&args.config()),
         Command::Doctor(_) | Command::Bench(_) => {}
     }
 });

@@ -1,7 +1,9 @@
 //! Sessions: Python state kept across calls, REPL-style.
 //!
 //! A [`Session`] keeps one interpreter for its life — an instance of the
-//! Wasm guest on the wasm tier, a Python thread on the none tier — under
+//! Wasm guest on the wasm tier, a Python thread on the none tier, a
+//! CPython process on the subprocess and seccomp tiers, a container on the
+//! docker tier — under
 //! the limits of a [`SandboxConfig`]: `timeout` and `max_cpu_time` per
 //! call, `max_memory_mb` over the session's life, output and result caps
 //! per call. [`Session::exec`] runs code in the session's namespace (the
