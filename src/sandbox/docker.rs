@@ -441,15 +441,7 @@ async fn open_session(config: &SandboxConfig) -> Result<DockerSession, TaskError
         docker: docker.clone(),
         id: id.clone(),
     };
-    let attach = AttachContainerOptionsBuilder::new()
-        .stream(true)
-        .stdin(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let streams = api(docker.attach_container(&id, Some(attach)))
-        .await
-        .map_err(|e| TaskError::unavailable(format!("can't attach to the container: {e}")))?;
+    let streams = attach(&docker, &id).await?;
     api(docker.start_container(&id, None))
         .await
         .map_err(|e| TaskError::unavailable(format!("can't start the container: {e}")))?;
@@ -675,6 +667,22 @@ impl Drop for DockerSession {
     }
 }
 
+/// The container's stdin, stdout and stderr, attached before it starts.
+async fn attach(
+    docker: &Docker,
+    id: &str,
+) -> Result<bollard::container::AttachContainerResults, TaskError> {
+    let options = AttachContainerOptionsBuilder::new()
+        .stream(true)
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    api(docker.attach_container(id, Some(options)))
+        .await
+        .map_err(|e| TaskError::unavailable(format!("can't attach to the container: {e}")))
+}
+
 fn owner_labels() -> HashMap<String, String> {
     let us = Owner::of(std::process::id() as libc::pid_t);
     HashMap::from([
@@ -736,15 +744,7 @@ async fn run_container(
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> Result<SandboxOutput, TaskError> {
-    let attach = AttachContainerOptionsBuilder::new()
-        .stream(true)
-        .stdin(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut streams = api(docker.attach_container(id, Some(attach)))
-        .await
-        .map_err(|e| TaskError::unavailable(format!("can't attach to the container: {e}")))?;
+    let mut streams = attach(docker, id).await?;
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

@@ -316,7 +316,6 @@ def run_request(request_text):
         namespace.clear()
         return _error("task_error", "MemoryError", message or "out of memory")
     except BaseException as exc:
-        _flush_user_output()
         return _task_failure(exc)
     finally:
         _flush_user_output()
@@ -407,20 +406,16 @@ def _session_exec(code, namespace):
     except (MemoryError, RecursionError) as exc:
         return _error("invalid_task", _type(exc).__name__, "the code is too large or too deeply nested to compile")
     _remember_source(code, filename)
-    value = None
-    try:
+
+    def run():
         if body is not None:
             exec(body, namespace)
         if final is not None:
-            value = _awaited(eval(final, namespace))
-    except MemoryError as exc:
-        exc = None
-        return _error("task_error", "MemoryError", "out of memory")
-    except BaseException as exc:
-        _flush_user_output()
-        return _task_failure(exc)
-    finally:
-        _flush_user_output()
+            return _awaited(eval(final, namespace))
+
+    value, failure = _user_code(run)
+    if failure is not None:
+        return failure
     if final is None:
         return ("ok", '{"value":null,"repr":null}')
     if value is not None:
@@ -442,16 +437,23 @@ def _session_call(request, namespace):
     function = namespace.get(entry) if isinstance(entry, str) else None
     if function is None or not _callable(function):
         return _error("invalid_task", "NameError", "the session defines no function '%s'" % (entry,))
+    result, failure = _user_code(lambda: _call(function, request))
+    if failure is not None:
+        return failure
+    return _result_answer(result)
+
+
+def _user_code(work):
+    """Runs ``work`` (the user's code) in a session: ``(value, None)``, or
+    ``(None, answer)`` for the exception it raised. Its output is flushed."""
     try:
-        result = _call(function, request)
+        return work(), None
     except MemoryError:
-        return _error("task_error", "MemoryError", "out of memory")
+        return None, _error("task_error", "MemoryError", "out of memory")
     except BaseException as exc:
-        _flush_user_output()
-        return _task_failure(exc)
+        return None, _task_failure(exc)
     finally:
         _flush_user_output()
-    return _result_answer(result)
 
 
 def _session_split(code):

@@ -344,16 +344,22 @@ fn an_idle_session_closes_itself() {
 fn the_open_sessions_cap_holds() {
     let _suite = crate::common::suite(module_path!());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let already = session::open_sessions();
-    let previous = session::max_sessions();
-    session::set_max_sessions(already + 2);
+    /// Puts the cap back, also when the test fails midway (the suite's
+    /// other tests open sessions too).
+    struct RestoreCap(usize);
+    impl Drop for RestoreCap {
+        fn drop(&mut self) {
+            session::set_max_sessions(self.0);
+        }
+    }
+    let _restore = RestoreCap(session::max_sessions());
+    session::set_max_sessions(session::open_sessions() + 2);
     let first = open(SandboxLevel::Wasm);
     let second = open(SandboxLevel::None);
     let refused = Session::open(config(SandboxLevel::Wasm)).unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::SandboxUnavailable, "{refused}");
     drop(first);
     let third = open(SandboxLevel::Wasm);
-    session::set_max_sessions(previous);
     drop((second, third));
 }
 

@@ -235,6 +235,60 @@ fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The descriptors one `poll(2)` waits on, each known to its caller by a slot.
+struct PollSet {
+    polled: Vec<libc::pollfd>,
+    slots: Vec<u8>,
+}
+
+impl PollSet {
+    fn new() -> PollSet {
+        PollSet {
+            polled: Vec::with_capacity(5),
+            slots: Vec::with_capacity(5),
+        }
+    }
+
+    /// Waits for `events` on `fd`, if it is still open.
+    fn add(&mut self, fd: &Option<OwnedFd>, events: libc::c_short, slot: u8) {
+        if let Some(fd) = fd {
+            self.polled.push(libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+            self.slots.push(slot);
+        }
+    }
+
+    /// Waits up to `wait` (at least 1 ms): the slots that are ready, none
+    /// on a timeout or an interrupted wait.
+    fn wait(mut self, wait: Duration) -> io::Result<Vec<u8>> {
+        // SAFETY: `polled` is a valid array of pollfd for its length.
+        let n = unsafe {
+            libc::poll(
+                self.polled.as_mut_ptr(),
+                self.polled.len() as libc::nfds_t,
+                wait.as_millis().max(1) as libc::c_int,
+            )
+        };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(error);
+        }
+        Ok(self
+            .polled
+            .iter()
+            .zip(self.slots)
+            .filter(|(p, _)| p.revents != 0)
+            .map(|(_, slot)| slot)
+            .collect())
+    }
+}
+
 fn set_nonblocking(fd: RawFd) {
     // SAFETY: fcntl on an fd we own.
     unsafe {

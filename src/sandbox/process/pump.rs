@@ -74,45 +74,20 @@ pub(super) fn pump(
             break;
         }
 
-        let mut polled: Vec<libc::pollfd> = Vec::with_capacity(5);
-        let mut slots: Vec<u8> = Vec::with_capacity(5);
-        let mut add = |fd: &Option<OwnedFd>, events: libc::c_short, slot: u8| {
-            if let Some(fd) = fd {
-                polled.push(libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events,
-                    revents: 0,
-                });
-                slots.push(slot);
-            }
-        };
-        add(&fds.stdin, libc::POLLOUT, 0);
-        add(&fds.stdout, libc::POLLIN, 1);
-        add(&fds.stderr, libc::POLLIN, 2);
-        add(&fds.channel, libc::POLLIN, 3);
+        let mut polled = PollSet::new();
+        polled.add(&fds.stdin, libc::POLLOUT, 0);
+        polled.add(&fds.stdout, libc::POLLIN, 1);
+        polled.add(&fds.stderr, libc::POLLIN, 2);
+        polled.add(&fds.channel, libc::POLLIN, 3);
         if !leader_gone {
-            add(&fds.pidfd, libc::POLLIN, 4);
+            polled.add(&fds.pidfd, libc::POLLIN, 4);
         }
         let limit = drain_until.unwrap_or(deadline);
         let wait = limit.saturating_duration_since(now).min(POLL_SLICE);
-        // SAFETY: `polled` is a valid array of pollfd for its length.
-        let n = unsafe {
-            libc::poll(
-                polled.as_mut_ptr(),
-                polled.len() as libc::nfds_t,
-                wait.as_millis().max(1) as libc::c_int,
-            )
-        };
-        if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        let Ok(ready) = polled.wait(wait) else {
             break;
-        }
-        for (p, slot) in polled.iter().zip(slots.iter()) {
-            if p.revents == 0 {
-                continue;
-            }
+        };
+        for slot in ready {
             match slot {
                 0 => {
                     let fd = fds.stdin.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);

@@ -13,7 +13,7 @@
 //! the session: the group is killed, reaped and swept, the cgroup removed.
 
 use super::*;
-use crate::sandbox::outcome::{python_outcome, Ended, Ending};
+use crate::sandbox::outcome::{envelope_cap, python_outcome, Ended, Ending};
 use crate::sandbox::session::{
     answer_complete, limit_reached, parse_answer, CallFrames, SessionRun, SessionState,
 };
@@ -163,7 +163,7 @@ impl SessionProcess {
             header,
             mut streams,
         } = CallFrames::new(request, config, &mut self.carry);
-        let cap = super::super::outcome::envelope_cap(config);
+        let cap = envelope_cap(config);
         let mut answer: Vec<u8> = Vec::new();
         let mut answered: Option<Instant> = None;
         let mut overflow = false;
@@ -206,44 +206,19 @@ impl SessionProcess {
             if died {
                 break;
             }
-            let mut polled: Vec<libc::pollfd> = Vec::with_capacity(5);
-            let mut slots: Vec<u8> = Vec::with_capacity(5);
-            let mut add = |fd: &Option<OwnedFd>, events: libc::c_short, slot: u8| {
-                if let Some(fd) = fd {
-                    polled.push(libc::pollfd {
-                        fd: fd.as_raw_fd(),
-                        events,
-                        revents: 0,
-                    });
-                    slots.push(slot);
-                }
-            };
+            let mut polled = PollSet::new();
             if written < frame.len() {
-                add(&self.stdin, libc::POLLOUT, 0);
+                polled.add(&self.stdin, libc::POLLOUT, 0);
             }
-            add(&self.stdout, libc::POLLIN, 1);
-            add(&self.stderr, libc::POLLIN, 2);
-            add(&self.channel, libc::POLLIN, 3);
-            add(&self.pidfd, libc::POLLIN, 4);
-            // SAFETY: `polled` is a valid array of pollfd for its length.
-            let n = unsafe {
-                libc::poll(
-                    polled.as_mut_ptr(),
-                    polled.len() as libc::nfds_t,
-                    POLL_SLICE.as_millis() as libc::c_int,
-                )
-            };
-            if n < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+            polled.add(&self.stdout, libc::POLLIN, 1);
+            polled.add(&self.stderr, libc::POLLIN, 2);
+            polled.add(&self.channel, libc::POLLIN, 3);
+            polled.add(&self.pidfd, libc::POLLIN, 4);
+            let Ok(ready) = polled.wait(POLL_SLICE) else {
                 died = true;
                 continue;
-            }
-            for (p, slot) in polled.iter().zip(slots.iter()) {
-                if p.revents == 0 {
-                    continue;
-                }
+            };
+            for slot in ready {
                 match slot {
                     0 => {
                         let fd = self.stdin.as_ref().map_or(-1, |f| f.as_raw_fd());
@@ -257,7 +232,7 @@ impl SessionProcess {
                         }
                     }
                     1 | 2 => {
-                        let index = usize::from(*slot - 1);
+                        let index = usize::from(slot - 1);
                         let fd = if index == 0 {
                             &mut self.stdout
                         } else {
