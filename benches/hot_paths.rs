@@ -1,6 +1,7 @@
 //! criterion benches of the hot paths: task JSON decode/encode, and the
 //! executor's submit + get overhead (native closure: no tier cost), and one
-//! trivial Python task through the default tier.
+//! trivial Python task through the default tier, and a host-function
+//! call's round trip from code in a wasm session.
 
 use std::time::Duration;
 
@@ -63,5 +64,42 @@ fn trivial_python_task(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, task_json, executor_overhead, trivial_python_task);
+/// One `ping()` host call from code in a session, round trip (the Python
+/// loop around it included), on the wasm tier and, for scale, the none
+/// and subprocess tiers.
+fn host_call_round_trip(c: &mut Criterion) {
+    use lattice::session::{HostFunctions, Session};
+    let mut group = c.benchmark_group("host_call");
+    for level in [
+        SandboxLevel::Wasm,
+        SandboxLevel::None,
+        SandboxLevel::Subprocess,
+    ] {
+        let session = Session::builder(SandboxConfig {
+            level,
+            ..SandboxConfig::default()
+        })
+        .host_functions(HostFunctions::new().register("ping", |_| Ok(json!(1))))
+        .open()
+        .unwrap();
+        assert_eq!(session.exec("ping()").result.unwrap(), json!(1));
+        group.bench_function(level.as_str(), |b| {
+            b.iter_custom(|iters| {
+                let code = format!("for _ in range({iters}):\n    ping()");
+                let started = std::time::Instant::now();
+                session.exec(&code).result.unwrap();
+                started.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    task_json,
+    executor_overhead,
+    trivial_python_task,
+    host_call_round_trip
+);
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 //! `dlopen`).
 
 use rustpython::InterpreterBuilderExt;
-use rustpython_vm::builtins::PyStr;
+use rustpython_vm::builtins::{PyStr, PyStrRef};
 use rustpython_vm::compiler::Mode;
 use rustpython_vm::{Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
 
@@ -83,6 +83,11 @@ pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest
             .map_err(|e| e.into_pyexception(vm, Some(DRIVER_SRC)))?;
         let module = rustpython_vm::import::import_code_obj(vm, "lattice_driver", code, true)?;
         let run_request = module.get_attr("run_request", vm)?;
+        module.set_attr(
+            "_host_transport",
+            vm.new_function("_host_transport", host_transport),
+            vm,
+        )?;
         // Not importable by the task: only this reference reaches it.
         vm.sys_module
             .get_attr("modules", vm)?
@@ -118,6 +123,37 @@ impl Guest {
             }
         }
     }
+}
+
+/// The driver's way to the host's functions (`_host_transport` in
+/// driver.py): a call's request (JSON text) in, the host's reply out.
+fn host_transport(request: PyStrRef, vm: &VirtualMachine) -> PyResult<String> {
+    String::from_utf8(host_call(request.as_bytes()))
+        .map_err(|_| vm.new_value_error("the host's reply is not UTF-8"))
+}
+
+/// One host-function call through the Wasm host's imports.
+#[cfg(target_family = "wasm")]
+fn host_call(request: &[u8]) -> Vec<u8> {
+    #[link(wasm_import_module = "lattice")]
+    unsafe extern "C" {
+        /// Serves the call; returns the reply's length.
+        #[link_name = "host_call"]
+        fn lattice_host_call(ptr: *const u8, len: usize) -> usize;
+        /// Copies the reply into `ptr`.
+        #[link_name = "host_reply_read"]
+        fn lattice_host_reply_read(ptr: *mut u8);
+    }
+    let len = unsafe { lattice_host_call(request.as_ptr(), request.len()) };
+    let mut reply = vec![0u8; len];
+    unsafe { lattice_host_reply_read(reply.as_mut_ptr()) };
+    reply
+}
+
+/// One host-function call through the none tier's host callback.
+#[cfg(not(target_family = "wasm"))]
+fn host_call(request: &[u8]) -> Vec<u8> {
+    native::host_call(request)
 }
 
 /// The envelope of the driver's answer, written here rather than by Python

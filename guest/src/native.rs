@@ -128,6 +128,60 @@ thread_local! {
     static SIGNALS: RefCell<Option<UserSignalSender>> = const { RefCell::new(None) };
 }
 
+/// The host's callback for host-function calls: `call(context, request,
+/// len, sink, write)` serves the request and hands the reply to
+/// `write(sink, reply, len)`, which copies it.
+pub type HostCallFn = unsafe extern "C" fn(
+    context: *mut std::ffi::c_void,
+    request: *const u8,
+    len: usize,
+    sink: *mut std::ffi::c_void,
+    write: ReplyFn,
+);
+/// Takes a host call's reply (see [`HostCallFn`]).
+pub type ReplyFn = unsafe extern "C" fn(sink: *mut std::ffi::c_void, reply: *const u8, len: usize);
+
+thread_local! {
+    /// This thread's host callback and its context, while a task runs.
+    static HOST: Cell<Option<(HostCallFn, *mut std::ffi::c_void)>> = const { Cell::new(None) };
+}
+
+/// Sets (or, with `call` null, clears) the host-function callback of the
+/// calling thread's tasks.
+///
+/// # Safety
+/// `call` is valid with `context` until it is cleared again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lattice_python_set_host(
+    call: Option<HostCallFn>,
+    context: *mut std::ffi::c_void,
+) {
+    HOST.set(call.map(|call| (call, context)));
+}
+
+/// One host-function call through this thread's callback.
+pub(crate) fn host_call(request: &[u8]) -> Vec<u8> {
+    unsafe extern "C" fn write(sink: *mut std::ffi::c_void, reply: *const u8, len: usize) {
+        let sink = unsafe { &mut *sink.cast::<Vec<u8>>() };
+        sink.extend_from_slice(unsafe { std::slice::from_raw_parts(reply, len) });
+    }
+    let Some((call, context)) = HOST.get() else {
+        return br#"{"error":"no host functions are registered","type":"NameError"}"#.to_vec();
+    };
+    let mut reply = Vec::new();
+    // SAFETY: the host set `call` with `context` for this task.
+    unsafe {
+        call(
+            context,
+            request.as_ptr(),
+            request.len(),
+            (&raw mut reply).cast(),
+            write,
+        )
+    };
+    reply
+}
+
 /// The signal senders of running tasks, by token.
 static RUNNING: Mutex<Vec<(u64, UserSignalSender)>> = Mutex::new(Vec::new());
 

@@ -30,9 +30,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::cgroup;
 use super::driver::DRIVER;
+use super::host_calls::HostCalls;
 use super::outcome::{command_outcome, envelope_cap, python_outcome, Ended, Ending};
 use super::session::{
-    answer_complete, limit_reached, parse_answer, CallFrames, SessionRun, SessionState, TierSession,
+    channel_cap, first_frame, limit_reached, reply_frame, CallFrames, Frame, SessionRun,
+    SessionState, TierSession,
 };
 use super::{
     reject_unsupported, CancelToken, Job, OnceOk, OutputCapture, Sandbox, SandboxConfig,
@@ -486,14 +488,15 @@ impl DockerSession {
         request: &[u8],
         config: &SandboxConfig,
         cancel: &CancelToken,
+        mut host: HostCalls,
     ) -> SessionRun {
         let CallFrames {
             frame,
             mark,
             header,
             mut streams,
-        } = CallFrames::new(request, config, &mut self.carry);
-        let cap = envelope_cap(config).saturating_add(64);
+        } = CallFrames::new(request, config, &host, &mut self.carry);
+        let cap = channel_cap(config, &host);
         let started = tokio::time::Instant::now();
         // What the container used since the last call ended (a thread or a
         // process the code left running) counts against this call.
@@ -547,11 +550,27 @@ impl DockerSession {
                     }
                 }
             }
-            if answered.is_none()
-                && streams[0].done
-                && (self.carry[0].len() > cap || answer_complete(&self.carry[0], &header, false))
-            {
-                answered = Some(tokio::time::Instant::now());
+            // After a mark on stdout: a host call (served, and the call's
+            // output goes on) or the call's answer.
+            while answered.is_none() && streams[0].done {
+                match first_frame(&self.carry[0], &header, self.carry[0].len() > cap) {
+                    Frame::Partial => break,
+                    Frame::HostCall(seq, request, taken) => {
+                        let reply = reply_frame(&header, seq, &host.dispatch(request));
+                        self.carry[0].drain(..taken);
+                        streams[0].resume(&mark, &mut self.carry[0]);
+                        let wrote = tokio::time::timeout(config.timeout, async {
+                            self.input.write_all(&reply).await?;
+                            self.input.flush().await
+                        })
+                        .await;
+                        if !matches!(wrote, Ok(Ok(()))) {
+                            died = true;
+                            break;
+                        }
+                    }
+                    Frame::Answer(..) | Frame::Bad => answered = Some(tokio::time::Instant::now()),
+                }
             }
         }
         let [stdout, stderr] = streams;
@@ -559,9 +578,11 @@ impl DockerSession {
         let cpu_time = self.cpu_time().saturating_sub(cpu_start);
         if answered.is_some() {
             let overflow = self.carry[0].len() > cap;
-            let parsed = parse_answer(&self.carry[0], &header)
-                .map(|(envelope, taken)| (envelope.to_vec(), taken));
-            if let Some((envelope, taken)) = parsed.filter(|_| !overflow) {
+            let parsed = match first_frame(&self.carry[0], &header, overflow) {
+                Frame::Answer(envelope, taken) => Some((envelope.to_vec(), taken)),
+                _ => None,
+            };
+            if let Some((envelope, taken)) = parsed {
                 self.carry[0].drain(..taken);
                 let run = Ended {
                     ending: stopped.map_or(Ending::Exited(0), |(_, limit)| limit),
@@ -637,7 +658,13 @@ impl DockerSession {
 }
 
 impl TierSession for DockerSession {
-    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+    fn run(
+        &mut self,
+        request: &str,
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+        host: HostCalls,
+    ) -> SessionRun {
         if self.ended {
             return SessionRun {
                 output: SandboxOutput::error(TaskError::internal(
@@ -647,7 +674,7 @@ impl TierSession for DockerSession {
             };
         }
         match runtime() {
-            Ok(runtime) => runtime.block_on(self.call(request.as_bytes(), config, cancel)),
+            Ok(runtime) => runtime.block_on(self.call(request.as_bytes(), config, cancel, host)),
             Err(error) => SessionRun {
                 output: SandboxOutput::error(error),
                 state: SessionState::Closed,

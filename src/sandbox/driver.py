@@ -261,6 +261,69 @@ def _call(function, request):
     return _awaited(result)
 
 
+# Host functions: names the host registered, called by the code as
+# ordinary functions. A call goes to the host as JSON {"name", "args",
+# "kwargs"} through ``_host_transport`` (set by the host on RustPython, by
+# ``main_session`` on CPython) and comes back as {"ok": value} or {"error":
+# message, "type": exception name}. The host checks every call (the name,
+# the limits): nothing here is trusted.
+
+
+class HostError(Exception):
+    """A host function failed; the message is the host's."""
+
+
+class HostCallLimitError(HostError):
+    """This call made more host calls, or moved more bytes, than allowed."""
+
+
+_HOST_ERRORS = {
+    "HostError": HostError,
+    "HostCallLimitError": HostCallLimitError,
+    "NameError": NameError,
+    "TimeoutError": TimeoutError,
+}
+
+
+def _host_transport(request_text):
+    return '{"error":"no host functions are registered","type":"NameError"}'
+
+
+def _host_call(name, args, kwargs):
+    try:
+        text = _dumps({"name": name, "args": args, "kwargs": kwargs}, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = "the arguments of host function %s() are not JSON: %s" % (name, _exception_message(exc))
+        raise TypeError(message) from None
+    reply = _loads(_host_transport(text))
+    if "ok" in reply:
+        return reply["ok"]
+    raise _HOST_ERRORS.get(reply.get("type"), HostError)(reply.get("error"))
+
+
+def _host_function(name):
+    def host_function(*args, **kwargs):
+        return _host_call(name, args, kwargs)
+
+    host_function.__name__ = host_function.__qualname__ = name
+    host_function.__doc__ = "The host function %s: JSON arguments in, its JSON result back." % name
+    return host_function
+
+
+_HOST_FUNCTION_CODE = _host_function("_").__code__
+
+
+def _install_host_functions(namespace, names):
+    """Defines the host's functions (and their exceptions) in ``namespace``."""
+    if not names:
+        return
+    for name in names:
+        if isinstance(name, str) and name.isidentifier():
+            namespace[name] = _host_function(name)
+    namespace.setdefault("HostError", HostError)
+    namespace.setdefault("HostCallLimitError", HostCallLimitError)
+
+
 def run_request(request_text):
     """Runs the task described by ``request_text``; returns the answer."""
     try:
@@ -296,6 +359,7 @@ def run_request(request_text):
     allowed = request.get("allowed_imports")
     if allowed is not None:
         namespace["__builtins__"] = _guarded_builtins(allowed)
+    _install_host_functions(namespace, request.get("functions"))
 
     result = None
     try:
@@ -349,7 +413,7 @@ def _result_answer(result):
 # carry an "op": "exec" runs code REPL-style, "call" calls a function the
 # session defined, "split" cuts a script into its top-level statements (the
 # REPL's non-interactive input), "reset" forgets the namespace.
-_session = {"ns": None, "cells": 0, "allowed": None}
+_session = {"ns": None, "cells": 0, "allowed": None, "functions": None}
 
 
 def _session_namespace(request):
@@ -357,6 +421,16 @@ def _session_namespace(request):
     if namespace is None:
         namespace = _session["ns"] = {"__name__": "__main__"}
         _session["allowed"] = None
+        _session["functions"] = None
+    # The host's functions as the request names them (a session restored
+    # from a snapshot gets the restoring host's).
+    functions = request.get("functions")
+    if functions != _session["functions"]:
+        for name in _session["functions"] or ():
+            if _getattr(namespace.get(name), "__code__", None) is _HOST_FUNCTION_CODE:
+                del namespace[name]
+        _install_host_functions(namespace, functions)
+        _session["functions"] = functions
     # The request's import rule holds, also in a session restored from a
     # snapshot made under another one.
     allowed = request.get("allowed_imports")
@@ -553,6 +627,11 @@ def main_session():
     calls. The task gets an empty stdin; the frames come on a copy of fd 0.
     With ``--answer-on-stdout`` (a container's attached streams, no fd 3)
     the answer frame follows the mark on stdout.
+
+    Before its answer, a call may make host calls: ``<nonce> call <seq>
+    <length>\\n<request>`` on the answer channel (after a mark, with
+    ``--answer-on-stdout``), each answered on stdin with ``<nonce> reply
+    <seq> <length>\\n<reply>``.
     """
     import os
     import signal
@@ -587,14 +666,58 @@ def main_session():
         while data:
             data = data[os.write(fd, data):]
 
-    while True:
+    def read_header():
         header = b""
         while not header.endswith(b"\n"):
             byte = frames.read(1)
             if not byte:
-                return
+                raise EOFError
             header += byte
-        nonce, size = header.split()
+        return header.split()
+
+    # The call being served, and its host calls so far.
+    current = {"nonce": b"", "seq": 0}
+
+    def host_transport(request_text):
+        """A host call on the answer channel; its reply comes on stdin."""
+        current["seq"] += 1
+        seq, nonce = current["seq"], current["nonce"]
+        body = request_text.encode("utf-8", "surrogatepass")
+        frame = nonce + b" call %d %d\n" % (seq, len(body)) + body
+        # A stop (SIGINT) waits until the reply is read: the frames stay in step.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            if answer_on_stdout:
+                _flush_user_output()
+                write_all(out_fd, b"\x1elattice-" + nonce + b"\x1e" + frame)
+            else:
+                write_all(3, frame)
+            while True:
+                fields = read_header()
+                if len(fields) != 4 or fields[0] != nonce or fields[1] != b"reply":
+                    raise RuntimeError("lattice: the host's channel is out of step")
+                reply = read_exactly(int(fields[3]))
+                if int(fields[2]) == seq:
+                    return reply.decode("utf-8", "surrogatepass")
+                # A reply to a call the driver did not make: not ours.
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    global _host_transport
+    _host_transport = host_transport
+
+    while True:
+        try:
+            fields = read_header()
+        except EOFError:
+            return
+        if len(fields) == 4 and fields[1] == b"reply":
+            # A reply to a call the driver did not make (the code wrote one
+            # on the channel itself): skipped.
+            read_exactly(int(fields[3]))
+            continue
+        nonce, size = fields
+        current["nonce"], current["seq"] = nonce, 0
         request = read_exactly(int(size)).decode("utf-8", "surrogatepass")
         in_call[0] = True
         try:

@@ -46,6 +46,9 @@ pub(crate) fn request(
             Value::Array(allowed.iter().cloned().map(Value::String).collect()),
         );
     }
+    if let Some(names) = super::host_calls::HostCalls::names(task.host_functions.as_ref()) {
+        request.insert("functions".into(), names);
+    }
     serde_json::to_string(&request)
         .map_err(|e| TaskError::invalid(format!("the task's input can't be encoded: {e}")))
 }

@@ -10,6 +10,7 @@ mod config;
 #[cfg(feature = "docker")]
 mod docker;
 mod driver;
+pub(crate) mod host_calls;
 mod limits;
 mod none;
 mod outcome;
@@ -344,6 +345,16 @@ impl SandboxExecutor {
         let started = Instant::now();
         let config = self.config.with_overrides(&task.sandbox);
         let (level, output) = match &task.payload {
+            Payload::Wasm(_) | Payload::Command(_) | Payload::Native(_)
+                if task.host_functions.is_some() =>
+            {
+                (
+                    None,
+                    SandboxOutput::error(TaskError::invalid(
+                        "host functions are for Python tasks: a Wasm module, a command or a native closure can't call them",
+                    )),
+                )
+            }
             Payload::Native(function) => match task.sandbox.tier {
                 Some(level) if level != SandboxLevel::None => (
                     None,
@@ -477,6 +488,9 @@ fn run_in_tier(
                 Ok(request) => request,
                 Err(error) => return SandboxOutput::error(error),
             };
+            if let Some(functions) = task.host_functions.as_ref().filter(|f| !f.is_empty()) {
+                return run_with_host_functions(sandbox, &request, config, functions, cancel);
+            }
             Work::Python { request: &request }
         }
         Payload::Wasm(source) => {
@@ -505,6 +519,37 @@ fn run_in_tier(
     };
     match catch_unwind(AssertUnwindSafe(|| sandbox.run(&job, cancel))) {
         Ok(output) => output,
+        Err(panic) => SandboxOutput::error(TaskError::internal(format!(
+            "the {} tier panicked: {}",
+            config.level,
+            panic_message(&*panic)
+        ))),
+    }
+}
+
+/// Runs a Python task that may call host functions: in a session of its
+/// own (the session's channel carries the calls), closed when it ends.
+fn run_with_host_functions(
+    sandbox: &dyn Sandbox,
+    request: &str,
+    config: &SandboxConfig,
+    functions: &crate::task::HostFunctions,
+    cancel: &CancelToken,
+) -> SandboxOutput {
+    if let Err(error) = functions.check() {
+        return SandboxOutput::error(error);
+    }
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        let mut session = sandbox.open_session(config)?;
+        let host = host_calls::HostCalls::new(Some(functions), config, cancel);
+        let out_of_time = host.out_of_time();
+        let mut output = session.run(request, config, cancel, host).output;
+        out_of_time.settle(&mut output.result, config);
+        Ok(output)
+    }));
+    match ran {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => SandboxOutput::error(error),
         Err(panic) => SandboxOutput::error(TaskError::internal(format!(
             "the {} tier panicked: {}",
             config.level,

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
+use super::host_calls::HostCalls;
 use super::limits::{self, Limits, Watch};
 use super::session::{SessionRun, SessionState, TierSession};
 use super::subprocess::ProcessTier;
@@ -102,12 +103,37 @@ struct LatticeRun {
 type RunFn = unsafe extern "C" fn(u64, *const u8, usize, usize, *mut LatticeRun);
 type InterruptFn = unsafe extern "C" fn(u64) -> i32;
 type FreeFn = unsafe extern "C" fn(*mut LatticeRun);
+/// `write(sink, reply, len)`: how the library takes a host call's reply.
+type ReplyFn = unsafe extern "C" fn(*mut c_void, *const u8, usize);
+/// `call(context, request, len, sink, write)`: a host-function call.
+type HostCallFn = unsafe extern "C" fn(*mut c_void, *const u8, usize, *mut c_void, ReplyFn);
+type SetHostFn = unsafe extern "C" fn(Option<HostCallFn>, *mut c_void);
 
 /// The loaded library's entry points.
 struct Library {
     run: RunFn,
     interrupt: InterruptFn,
     free: FreeFn,
+    set_host: SetHostFn,
+}
+
+/// The library's callback for a host-function call of the running task:
+/// `context` is that task's [`HostCalls`].
+unsafe extern "C" fn serve_host_call(
+    context: *mut c_void,
+    request: *const u8,
+    len: usize,
+    sink: *mut c_void,
+    write: ReplyFn,
+) {
+    // SAFETY: `execute` set `context` to the job's HostCalls for this run,
+    // and the library calls back on the run's own thread, during the run.
+    let host = unsafe { &mut *context.cast::<HostCalls>() };
+    // SAFETY: the library passes its request's bytes.
+    let request = unsafe { std::slice::from_raw_parts(request, len) };
+    let reply = host.dispatch(request);
+    // SAFETY: `write` copies the reply before returning.
+    unsafe { write(sink, reply.as_ptr(), reply.len()) };
 }
 
 fn library() -> Result<&'static Library, TaskError> {
@@ -164,6 +190,9 @@ fn load() -> Result<Library, String> {
                 c"lattice_python_interrupt",
             )?),
             free: std::mem::transmute::<*mut c_void, FreeFn>(symbol(c"lattice_python_free")?),
+            set_host: std::mem::transmute::<*mut c_void, SetHostFn>(symbol(
+                c"lattice_python_set_host",
+            )?),
         })
     }
 }
@@ -180,8 +209,10 @@ fn run_python(
     cancel: &CancelToken,
 ) -> Result<SandboxOutput, TaskError> {
     let thread = python_thread(library()?)?;
-    Ok(on_python_thread(&thread, request, config, cancel, false)
-        .unwrap_or_else(SandboxOutput::error))
+    Ok(
+        on_python_thread(&thread, request, config, cancel, HostCalls::none(), false)
+            .unwrap_or_else(SandboxOutput::error),
+    )
 }
 
 /// Runs `request` on `thread` and waits for it: Ok with what it gave
@@ -194,6 +225,7 @@ fn on_python_thread(
     request: &str,
     config: &SandboxConfig,
     cancel: &CancelToken,
+    host: HostCalls,
     keep: bool,
 ) -> Result<SandboxOutput, TaskError> {
     let token = limits::next_token();
@@ -203,6 +235,7 @@ fn on_python_thread(
         request: request.to_owned(),
         config: config.clone(),
         cancel: cancel.clone(),
+        host,
         reply,
         keep,
     };
@@ -233,6 +266,8 @@ struct PythonJob {
     request: String,
     config: SandboxConfig,
     cancel: CancelToken,
+    /// The task's host functions.
+    host: HostCalls,
     reply: Sender<SandboxOutput>,
     /// Stay with the caller after this job (a session's thread).
     keep: bool,
@@ -259,8 +294,8 @@ fn python_thread(library: &'static Library) -> Result<Sender<PythonJob>, TaskErr
         ))
         .stack_size(super::TASK_THREAD_STACK)
         .spawn(move || {
-            while let Ok(job) = jobs.recv() {
-                let output = execute(library, &job);
+            while let Ok(mut job) = jobs.recv() {
+                let output = execute(library, &mut job);
                 if !job.keep {
                     // Idle before replying, so the caller's next task finds us.
                     lock(&IDLE_THREADS).push(to_pool.clone());
@@ -270,15 +305,16 @@ fn python_thread(library: &'static Library) -> Result<Sender<PythonJob>, TaskErr
                     // back from a stop in time): forget its namespace, and
                     // serve the pool again.
                     let (reply, _) = std::sync::mpsc::channel();
-                    let reset = PythonJob {
+                    let mut reset = PythonJob {
                         token: limits::next_token(),
                         request: RESET.into(),
                         cancel: CancelToken::new(),
+                        host: HostCalls::none(),
                         reply,
                         keep: false,
                         ..job
                     };
-                    execute(library, &reset);
+                    execute(library, &mut reset);
                     lock(&IDLE_THREADS).push(to_pool.clone());
                 }
             }
@@ -299,7 +335,13 @@ struct NoneSession {
 }
 
 impl TierSession for NoneSession {
-    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+    fn run(
+        &mut self,
+        request: &str,
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+        host: HostCalls,
+    ) -> SessionRun {
         let Some(thread) = &self.thread else {
             return SessionRun {
                 output: SandboxOutput::error(TaskError::internal(
@@ -308,7 +350,7 @@ impl TierSession for NoneSession {
                 state: SessionState::Closed,
             };
         };
-        match on_python_thread(thread, request, config, cancel, true) {
+        match on_python_thread(thread, request, config, cancel, host, true) {
             Ok(output) => SessionRun {
                 state: super::session::state_after(&output),
                 output,
@@ -328,13 +370,20 @@ impl Drop for NoneSession {
     fn drop(&mut self) {
         // Forget the namespace; the thread then goes back to the pool.
         if let Some(thread) = self.thread.take() {
-            let _ = on_python_thread(&thread, RESET, &self.config, &CancelToken::new(), false);
+            let _ = on_python_thread(
+                &thread,
+                RESET,
+                &self.config,
+                &CancelToken::new(),
+                HostCalls::none(),
+                false,
+            );
         }
     }
 }
 
 /// Runs `job` on this thread's interpreter, watched.
-fn execute(library: &Library, job: &PythonJob) -> SandboxOutput {
+fn execute(library: &Library, job: &mut PythonJob) -> SandboxOutput {
     let (token, request, config) = (job.token, &job.request, &job.config);
     // Stopped by a KeyboardInterrupt raised in it, and woken from a
     // blocking call (`time.sleep`).
@@ -348,8 +397,11 @@ fn execute(library: &Library, job: &PythonJob) -> SandboxOutput {
         })),
     );
     let mut run = std::mem::MaybeUninit::<LatticeRun>::uninit();
-    // SAFETY: request is valid for its length; `run` is written by the call.
+    // SAFETY: request is valid for its length; `run` is written by the
+    // call; the host callback's context, the job's HostCalls, outlives the
+    // run, and is cleared after it.
     let mut run = unsafe {
+        (library.set_host)(Some(serve_host_call), (&raw mut job.host).cast::<c_void>());
         (library.run)(
             token,
             request.as_ptr(),
@@ -357,6 +409,7 @@ fn execute(library: &Library, job: &PythonJob) -> SandboxOutput {
             config.max_output_bytes,
             run.as_mut_ptr(),
         );
+        (library.set_host)(None, std::ptr::null_mut());
         run.assume_init()
     };
     let stop = watched.finish();

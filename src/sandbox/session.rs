@@ -2,6 +2,7 @@
 //! container) for it and run the driver's session requests there, one at
 //! a time. `crate::session` builds the public `Session` on this.
 
+use super::host_calls::HostCalls;
 use super::{resolve_mounts, tier, CancelToken, OutputCapture, SandboxConfig, SandboxOutput};
 use crate::task::TaskError;
 
@@ -60,8 +61,14 @@ pub(crate) fn state_after(output: &SandboxOutput) -> SessionState {
 /// A tier's hold on one session; dropping it frees everything it holds.
 pub(crate) trait TierSession: Send {
     /// Runs one driver request (an `op` request) under the per-call limits
-    /// of `config`.
-    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun;
+    /// of `config`, serving its host-function calls through `host`.
+    fn run(
+        &mut self,
+        request: &str,
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+        host: HostCalls,
+    ) -> SessionRun;
 
     /// The session's state as bytes, for `restore` (wasm tier only).
     fn snapshot(&mut self) -> Result<Vec<u8>, TaskError> {
@@ -153,6 +160,15 @@ impl CallStream {
         self.pending.drain(..flush);
     }
 
+    /// Goes on capturing after a mark that was not the call's end (a host
+    /// call followed it, taken out of `carry`): what is left in `carry` is
+    /// this stream's again.
+    pub(crate) fn resume(&mut self, mark: &[u8], carry: &mut Vec<u8>) {
+        self.done = false;
+        let rest = std::mem::take(carry);
+        self.push(&rest, mark, carry);
+    }
+
     pub(crate) fn finish(mut self) -> OutputCapture {
         let pending = std::mem::take(&mut self.pending);
         self.capture.push(&pending);
@@ -164,40 +180,81 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// True once `answer` holds a whole frame (or can't, having overflowed).
-pub(crate) fn answer_complete(answer: &[u8], header: &str, overflow: bool) -> bool {
-    if overflow {
-        return true;
-    }
-    let Some(newline) = answer.iter().position(|&b| b == b'\n') else {
-        // A header is short: a long line without one is not an answer.
-        return answer.len() > 64;
-    };
-    let Some(length) = std::str::from_utf8(&answer[..newline])
-        .ok()
-        .and_then(|line| line.strip_prefix(header))
-        .and_then(|n| n.parse::<usize>().ok())
-    else {
-        return true;
-    };
-    // A length past what could ever come is as complete as it gets.
-    (newline + 1)
-        .checked_add(length)
-        .is_none_or(|end| answer.len() >= end)
+/// What the start of a session's answer channel holds: the driver's frames
+/// are `<nonce> <length>\n<envelope>` (the call's answer) and `<nonce>
+/// call <seq> <length>\n<request>` (a host-function call, answered with
+/// [`reply_frame`]).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Frame<'a> {
+    /// Not all there yet.
+    Partial,
+    /// The call's answer (the envelope), and the bytes its frame took.
+    Answer(&'a [u8], usize),
+    /// A host-function call: its sequence number, its request, and the
+    /// bytes its frame took.
+    HostCall(u64, &'a [u8], usize),
+    /// Not a frame of this call: the code wrote on the channel itself, or
+    /// it overflowed.
+    Bad,
 }
 
-/// The envelope of the answer frame with the call's nonce at the start of
-/// `answer`, and how many bytes the frame took.
-pub(crate) fn parse_answer<'a>(answer: &'a [u8], header: &str) -> Option<(&'a [u8], usize)> {
-    let newline = answer.iter().position(|&b| b == b'\n')?;
-    let length: usize = std::str::from_utf8(&answer[..newline])
-        .ok()?
-        .strip_prefix(header)?
-        .parse()
-        .ok()?;
-    let end = (newline + 1).checked_add(length)?;
-    let body = answer.get(newline + 1..end)?;
-    Some((body, end))
+/// The first frame of `channel` for the call whose frames start with
+/// `header` (`"<nonce> "`); `overflow`: more came than the channel keeps.
+pub(crate) fn first_frame<'a>(channel: &'a [u8], header: &str, overflow: bool) -> Frame<'a> {
+    let Some(newline) = channel.iter().position(|&b| b == b'\n') else {
+        // A header is short: a long line without one is not a frame.
+        return if overflow || channel.len() > 64 {
+            Frame::Bad
+        } else {
+            Frame::Partial
+        };
+    };
+    let Some(fields) = std::str::from_utf8(&channel[..newline])
+        .ok()
+        .and_then(|line| line.strip_prefix(header))
+    else {
+        return Frame::Bad;
+    };
+    let (seq, length) = match fields.split_once(' ') {
+        None => (None, fields),
+        Some(("call", rest)) => match rest.split_once(' ') {
+            Some((seq, length)) => match seq.parse::<u64>() {
+                Ok(seq) => (Some(seq), length),
+                Err(_) => return Frame::Bad,
+            },
+            None => return Frame::Bad,
+        },
+        Some(_) => return Frame::Bad,
+    };
+    let Some(end) = length
+        .parse::<usize>()
+        .ok()
+        .and_then(|length| (newline + 1).checked_add(length))
+    else {
+        return Frame::Bad;
+    };
+    let Some(body) = channel.get(newline + 1..end) else {
+        return if overflow { Frame::Bad } else { Frame::Partial };
+    };
+    match seq {
+        None => Frame::Answer(body, end),
+        Some(seq) => Frame::HostCall(seq, body, end),
+    }
+}
+
+/// The frame that answers host call `seq` of the call with `header`.
+pub(crate) fn reply_frame(header: &str, seq: u64, reply: &[u8]) -> Vec<u8> {
+    let mut frame = format!("{header}reply {seq} {}\n", reply.len()).into_bytes();
+    frame.extend_from_slice(reply);
+    frame
+}
+
+/// The most a session's answer channel keeps before a frame is whole: the
+/// largest envelope or host call, and a header.
+pub(crate) fn channel_cap(config: &SandboxConfig, host: &HostCalls) -> usize {
+    super::outcome::envelope_cap(config)
+        .max(host.max_request_bytes())
+        .saturating_add(64)
 }
 
 /// One call of a session in the driver's session mode: the frame to send,
@@ -214,6 +271,7 @@ impl CallFrames {
     pub(crate) fn new(
         request: &[u8],
         config: &SandboxConfig,
+        host: &HostCalls,
         carry: &mut [Vec<u8>; 2],
     ) -> CallFrames {
         let nonce = nonce();
@@ -223,8 +281,7 @@ impl CallFrames {
         // After the end mark: the next call's output, or (docker) the answer.
         let carry_cap = config
             .max_output_bytes
-            .saturating_add(super::outcome::envelope_cap(config))
-            .saturating_add(64);
+            .saturating_add(channel_cap(config, host));
         let mut streams = [
             CallStream::new(config.max_output_bytes, carry_cap),
             CallStream::new(config.max_output_bytes, carry_cap),
@@ -278,4 +335,40 @@ fn nonce() -> String {
         bytes.copy_from_slice(&t.to_le_bytes()[..12]);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_told_apart_and_checked() {
+        let header = "ab12 ";
+        assert_eq!(
+            first_frame(b"ab12 4\n{}{}rest", header, false),
+            Frame::Answer(b"{}{}", 11)
+        );
+        assert_eq!(
+            first_frame(b"ab12 call 7 2\n{}ab12 3\n", header, false),
+            Frame::HostCall(7, b"{}", 16)
+        );
+        assert_eq!(first_frame(b"ab12 10\n{}", header, false), Frame::Partial);
+        assert_eq!(first_frame(b"ab12 10\n{}", header, true), Frame::Bad);
+        assert_eq!(first_frame(b"ab12", header, false), Frame::Partial);
+        for bad in [
+            &b"ffff 2\n{}"[..],
+            b"ab12 reply 1 2\n{}",
+            b"ab12 call x 2\n{}",
+            b"ab12 call 2\n{}",
+            b"ab12 -1\n{}",
+            b"ab12 99999999999999999999999\n",
+            &[b'x'; 65],
+        ] {
+            assert_eq!(first_frame(bad, header, false), Frame::Bad, "{bad:?}");
+        }
+        assert_eq!(
+            reply_frame(header, 3, b"{}"),
+            b"ab12 reply 3 2\n{}".to_vec()
+        );
+    }
 }

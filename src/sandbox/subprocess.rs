@@ -25,6 +25,7 @@ use seccompiler::{
 
 use super::cgroup::TaskCgroup;
 use super::driver::DRIVER;
+use super::host_calls::HostCalls;
 use super::outcome::{command_outcome, envelope_cap, python_outcome};
 use super::private_fs::PrivateFs;
 use super::process::{self, ChildHook, ChildSpec, UidLease};
@@ -339,9 +340,15 @@ struct ProcessSession {
 }
 
 impl TierSession for ProcessSession {
-    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+    fn run(
+        &mut self,
+        request: &str,
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+        host: HostCalls,
+    ) -> SessionRun {
         match self.process.as_mut() {
-            Some(process) => process.call(request.as_bytes(), config, cancel),
+            Some(process) => process.call(request.as_bytes(), config, cancel, host),
             None => SessionRun {
                 output: SandboxOutput::error(TaskError::internal("the session's process is gone")),
                 state: SessionState::Closed,

@@ -13,7 +13,9 @@
 //! dropping) a session frees everything it holds. On the wasm tier a
 //! session can be saved as bytes ([`Session::snapshot`]), reopened from
 //! them in another process ([`Session::restore`]) and copied
-//! ([`Session::fork`]).
+//! ([`Session::fork`]). Code in a session can call functions of this
+//! process registered with [`SessionBuilder::host_functions`] (see
+//! [`HostFunctions`]).
 //!
 //! ```no_run
 //! use lattice::sandbox::SandboxConfig;
@@ -37,11 +39,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+use crate::sandbox::host_calls::{HostCalls, ServingThread};
 use crate::sandbox::session::{self as tier_session, TierSession};
 use crate::sandbox::{CancelToken, SandboxConfig, SandboxLevel};
 use crate::task::TaskError;
 
 pub use crate::sandbox::SessionState;
+pub use crate::task::{HostCall, HostError, HostFunctions, HostLimits};
 
 /// How long a session may sit unused before it is closed, by default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -179,6 +183,9 @@ struct Shared {
     closed: std::sync::atomic::AtomicBool,
     config: SandboxConfig,
     idle_timeout: Duration,
+    host_functions: Option<HostFunctions>,
+    /// The thread running one of its host functions now, if any.
+    serving: ServingThread,
 }
 
 struct Inner {
@@ -189,89 +196,65 @@ struct Inner {
 /// Every session of the process (for the cap and the idle sweep).
 static OPEN: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
-impl Session {
-    /// Opens a session on the tier `config` names, with the default idle timeout.
-    pub fn open(config: SandboxConfig) -> Result<Session, TaskError> {
-        Session::open_with_idle_timeout(config, DEFAULT_IDLE_TIMEOUT)
+/// How to open a [`Session`]: its configuration, idle timeout and host
+/// functions; then [`SessionBuilder::open`] or [`SessionBuilder::restore`].
+#[derive(Clone, Debug)]
+pub struct SessionBuilder {
+    config: SandboxConfig,
+    idle_timeout: Duration,
+    host_functions: Option<HostFunctions>,
+}
+
+impl SessionBuilder {
+    /// Closes the session after `idle_timeout` without a call (default:
+    /// [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, idle_timeout: Duration) -> SessionBuilder {
+        self.idle_timeout = idle_timeout;
+        self
     }
 
-    /// Opens a session that closes itself after `idle_timeout` without a call.
-    pub fn open_with_idle_timeout(
-        config: SandboxConfig,
-        idle_timeout: Duration,
-    ) -> Result<Session, TaskError> {
-        Session::start(config, idle_timeout, |config| {
-            tier_session::open(config, None)
-        })
+    /// Lets the session's code call these functions of this process (see
+    /// [`HostFunctions`]), by their names.
+    pub fn host_functions(mut self, functions: HostFunctions) -> SessionBuilder {
+        self.host_functions = Some(functions);
+        self
     }
 
-    /// Opens a session from a [`Session::snapshot`] (made by this build,
-    /// in this process or another), under `config` (which names the wasm
-    /// tier). Bytes from another build, or corrupted, are an
-    /// `invalid_task` error; a memory bigger than `max_memory_mb` allows,
-    /// `memory_limit`.
-    pub fn restore(config: SandboxConfig, snapshot: &[u8]) -> Result<Session, TaskError> {
-        Session::restore_with_idle_timeout(config, snapshot, DEFAULT_IDLE_TIMEOUT)
+    /// Opens the session on the tier its configuration names.
+    pub fn open(self) -> Result<Session, TaskError> {
+        self.start(|config| tier_session::open(config, None))
     }
 
-    /// [`Session::restore`] with an idle timeout.
-    pub fn restore_with_idle_timeout(
-        config: SandboxConfig,
-        snapshot: &[u8],
-        idle_timeout: Duration,
-    ) -> Result<Session, TaskError> {
-        Session::start(config, idle_timeout, |config| {
-            tier_session::open(config, Some(snapshot))
-        })
-    }
-
-    /// The session's state as bytes (wasm tier): the pages of its memory
-    /// that differ from the guest's base image, compressed, with the
-    /// identity of the build that made them; nothing of the host's (open
-    /// files are not kept). Give them to [`Session::restore`].
-    pub fn snapshot(&self) -> Result<Vec<u8>, TaskError> {
-        self.refuse_without_snapshots()?;
-        let mut inner = lock(&self.shared.inner);
-        let tier = inner.tier.as_mut().ok_or_else(closed)?;
-        tier.snapshot()
-    }
-
-    /// An independent copy of the session (wasm tier), with the same
-    /// configuration and idle timeout: calls on one do not change the other.
-    pub fn fork(&self) -> Result<Session, TaskError> {
-        self.refuse_without_snapshots()?;
-        let shared = &self.shared;
-        Session::start(shared.config.clone(), shared.idle_timeout, |config| {
-            let mut inner = lock(&shared.inner);
-            let tier = inner.tier.as_mut().ok_or_else(closed)?;
-            Ok((tier.fork(config)?, config.clone()))
-        })
-    }
-
-    fn refuse_without_snapshots(&self) -> Result<(), TaskError> {
-        match self.tier() {
-            SandboxLevel::Wasm => Ok(()),
-            level => Err(tier_session::no_snapshots(level)),
-        }
+    /// Opens the session from a [`Session::snapshot`] (made by this build,
+    /// in this process or another); the configuration names the wasm tier.
+    /// Bytes from another build, or corrupted, are an `invalid_task`
+    /// error; a memory bigger than `max_memory_mb` allows, `memory_limit`.
+    pub fn restore(self, snapshot: &[u8]) -> Result<Session, TaskError> {
+        self.start(|config| tier_session::open(config, Some(snapshot)))
     }
 
     /// Opens a session with `make`, counted against the open-session cap.
     fn start(
-        config: SandboxConfig,
-        idle_timeout: Duration,
+        self,
         make: impl FnOnce(&SandboxConfig) -> Result<(Box<dyn TierSession>, SandboxConfig), TaskError>,
     ) -> Result<Session, TaskError> {
-        // Counted before the (slow) open, so concurrent opens can't pass the cap.
-        let placeholder = Arc::new(Shared {
+        if let Some(functions) = &self.host_functions {
+            functions.check()?;
+        }
+        let shared = |tier, config| Shared {
             inner: Mutex::new(Inner {
-                tier: None,
+                tier,
                 last_used: Instant::now(),
             }),
             in_flight: Mutex::new(None),
             closed: Default::default(),
-            config: config.clone(),
-            idle_timeout,
-        });
+            config,
+            idle_timeout: self.idle_timeout,
+            host_functions: self.host_functions.clone(),
+            serving: ServingThread::default(),
+        };
+        // Counted before the (slow) open, so concurrent opens can't pass the cap.
+        let placeholder = Arc::new(shared(None, self.config.clone()));
         {
             let mut open = lock(&OPEN);
             open.retain(live);
@@ -283,17 +266,8 @@ impl Session {
             }
             open.push(Arc::downgrade(&placeholder));
         }
-        let (tier, config) = make(&config)?;
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                tier: Some(tier),
-                last_used: Instant::now(),
-            }),
-            in_flight: Mutex::new(None),
-            closed: Default::default(),
-            config,
-            idle_timeout,
-        });
+        let (tier, config) = make(&self.config)?;
+        let shared = Arc::new(shared(Some(tier), config));
         {
             let mut open = lock(&OPEN);
             open.retain(|s| live(s) && !std::ptr::eq(s.as_ptr(), &*placeholder));
@@ -301,6 +275,88 @@ impl Session {
         }
         start_idle_sweep();
         Ok(Session { shared })
+    }
+}
+
+impl Session {
+    /// How to open a session under `config`, with more than the defaults.
+    pub fn builder(config: SandboxConfig) -> SessionBuilder {
+        SessionBuilder {
+            config,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            host_functions: None,
+        }
+    }
+
+    /// Opens a session on the tier `config` names, with the default idle timeout.
+    pub fn open(config: SandboxConfig) -> Result<Session, TaskError> {
+        Session::builder(config).open()
+    }
+
+    /// Opens a session that closes itself after `idle_timeout` without a call.
+    pub fn open_with_idle_timeout(
+        config: SandboxConfig,
+        idle_timeout: Duration,
+    ) -> Result<Session, TaskError> {
+        Session::builder(config).idle_timeout(idle_timeout).open()
+    }
+
+    /// Opens a session from a [`Session::snapshot`] (see
+    /// [`SessionBuilder::restore`]).
+    pub fn restore(config: SandboxConfig, snapshot: &[u8]) -> Result<Session, TaskError> {
+        Session::builder(config).restore(snapshot)
+    }
+
+    /// [`Session::restore`] with an idle timeout.
+    pub fn restore_with_idle_timeout(
+        config: SandboxConfig,
+        snapshot: &[u8],
+        idle_timeout: Duration,
+    ) -> Result<Session, TaskError> {
+        Session::builder(config)
+            .idle_timeout(idle_timeout)
+            .restore(snapshot)
+    }
+
+    /// The session's state as bytes (wasm tier): the pages of its memory
+    /// that differ from the guest's base image, compressed, with the
+    /// identity of the build that made them; nothing of the host's (open
+    /// files are not kept). Give them to [`Session::restore`].
+    pub fn snapshot(&self) -> Result<Vec<u8>, TaskError> {
+        self.refuse_without_snapshots()?;
+        if self.reentered() {
+            return Err(reentry());
+        }
+        let mut inner = lock(&self.shared.inner);
+        let tier = inner.tier.as_mut().ok_or_else(closed)?;
+        tier.snapshot()
+    }
+
+    /// An independent copy of the session (wasm tier), with the same
+    /// configuration and idle timeout: calls on one do not change the other.
+    pub fn fork(&self) -> Result<Session, TaskError> {
+        self.refuse_without_snapshots()?;
+        if self.reentered() {
+            return Err(reentry());
+        }
+        let shared = &self.shared;
+        let builder = SessionBuilder {
+            config: shared.config.clone(),
+            idle_timeout: shared.idle_timeout,
+            host_functions: shared.host_functions.clone(),
+        };
+        builder.start(|config| {
+            let mut inner = lock(&shared.inner);
+            let tier = inner.tier.as_mut().ok_or_else(closed)?;
+            Ok((tier.fork(config)?, config.clone()))
+        })
+    }
+
+    fn refuse_without_snapshots(&self) -> Result<(), TaskError> {
+        match self.tier() {
+            SandboxLevel::Wasm => Ok(()),
+            level => Err(tier_session::no_snapshots(level)),
+        }
     }
 
     /// The tier the session runs on.
@@ -393,6 +449,12 @@ impl Session {
         if let Some(cancel) = lock(&self.shared.in_flight).take() {
             cancel.cancel();
         }
+        self.shared.closed.store(true, Ordering::Relaxed);
+        if self.reentered() {
+            // From one of its host functions: the call it serves ends
+            // (cancelled) and frees the session then.
+            return;
+        }
         let tier = lock(&self.shared.inner).tier.take();
         drop(tier);
         self.shared.closed.store(true, Ordering::Relaxed);
@@ -403,6 +465,9 @@ impl Session {
         request.insert("op".into(), Value::String(op.into()));
         if let Some(allowed) = &self.shared.config.allowed_imports {
             request.insert("allowed_imports".into(), json!(allowed));
+        }
+        if let Some(names) = HostCalls::names(self.shared.host_functions.as_ref()) {
+            request.insert("functions".into(), names);
         }
         request
     }
@@ -419,17 +484,36 @@ impl Session {
                 )
             }
         };
+        if self.reentered() {
+            return Reply::error(reentry(), SessionState::Ready, started);
+        }
         let mut inner = lock(&self.shared.inner);
         let Some(tier) = inner.tier.as_mut() else {
             return Reply::error(closed(), SessionState::Closed, started);
         };
         *lock(&self.shared.in_flight) = Some(cancel.clone());
-        let run = tier.run(&request, &self.shared.config, cancel);
+        let host = HostCalls::new(
+            self.shared.host_functions.as_ref(),
+            &self.shared.config,
+            cancel,
+        )
+        .serving(&self.shared.serving);
+        let out_of_time = host.out_of_time();
+        let mut run = tier.run(&request, &self.shared.config, cancel, host);
+        if out_of_time.settle(&mut run.output.result, &self.shared.config)
+            && run.state == SessionState::Ready
+        {
+            // The host call's exception stopped the code, as the limit does.
+            run.state = SessionState::Interrupted;
+        }
         *lock(&self.shared.in_flight) = None;
         inner.last_used = Instant::now();
-        if run.state == SessionState::Closed {
+        let mut state = run.state;
+        if state == SessionState::Closed || self.shared.closed.load(Ordering::Relaxed) {
+            // (closed meanwhile by its owner, or by one of its host functions)
             inner.tier = None;
             self.shared.closed.store(true, Ordering::Relaxed);
+            state = SessionState::Closed;
         }
         let mut result = run.output.result;
         if cancel.is_cancelled() && result.is_err() {
@@ -440,9 +524,14 @@ impl Session {
             repr: None,
             stdout: run.output.stdout,
             stderr: run.output.stderr,
-            state: run.state,
+            state,
             duration: started.elapsed(),
         }
+    }
+
+    /// True on the thread running one of this session's host functions.
+    fn reentered(&self) -> bool {
+        *lock(&self.shared.serving) == Some(std::thread::current().id())
     }
 
     fn state(&self) -> SessionState {
@@ -467,6 +556,11 @@ impl std::fmt::Debug for Session {
             .field("open", &self.is_open())
             .finish()
     }
+}
+
+/// The error of a host function's use of the session it serves.
+fn reentry() -> TaskError {
+    TaskError::invalid("a host function can't use the session it serves: the session waits for it")
 }
 
 /// The error of a call on a closed session.

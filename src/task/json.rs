@@ -236,12 +236,18 @@ impl TaskSpec {
                 network: self.network,
                 mounts: self.mounts,
             },
+            host_functions: None,
         })
     }
 
     /// The JSON spec of a submission (for the Ray and Docker transports).
     /// Native closures have no JSON form.
     pub fn from_submission(task: &TaskSubmission) -> Result<TaskSpec, TaskError> {
+        if task.host_functions.is_some() {
+            return Err(TaskError::invalid(
+                "host functions are closures of this process and can't be called from another: a task with them runs on the local executor only",
+            ));
+        }
         let mut spec = TaskSpec {
             id: task.id.clone(),
             entry: task.entry.clone(),

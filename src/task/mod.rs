@@ -4,6 +4,7 @@
 
 mod cancel;
 mod error;
+mod host;
 pub mod json;
 mod tier;
 
@@ -17,6 +18,8 @@ use serde_json::{Map, Value};
 
 pub use cancel::CancelToken;
 pub use error::{ErrorKind, ErrorRecord, TaskError, TimeLimit};
+pub(crate) use host::HostFunction;
+pub use host::{HostCall, HostError, HostFunctions, HostLimits};
 pub use tier::{Mount, SandboxLevel};
 
 /// A limit given in seconds (`timeout_s`, `--timeout`, ...) as a duration:
@@ -157,6 +160,9 @@ pub struct TaskSubmission {
     pub gpu_id: Option<u32>,
     /// Settings that override the executor's sandbox configuration.
     pub sandbox: SandboxOverrides,
+    /// Functions of this process the code may call (Python tasks, local
+    /// executor only).
+    pub host_functions: Option<HostFunctions>,
 }
 
 impl TaskSubmission {
@@ -173,6 +179,7 @@ impl TaskSubmission {
             node_id: None,
             gpu_id: None,
             sandbox: SandboxOverrides::default(),
+            host_functions: None,
         }
     }
 
@@ -282,6 +289,13 @@ impl TaskSubmission {
     /// Sets what the task asks the executor for.
     pub fn with_resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
+        self
+    }
+
+    /// Lets the code call these functions of this process (see
+    /// [`HostFunctions`]); local executor only.
+    pub fn with_host_functions(mut self, functions: HostFunctions) -> Self {
+        self.host_functions = Some(functions);
         self
     }
 }

@@ -15,6 +15,7 @@ mod code_runner;
 mod docker_tier;
 mod faults;
 mod hardening;
+mod host_functions;
 mod load;
 mod local_executor;
 mod mcp;

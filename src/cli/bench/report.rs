@@ -345,6 +345,7 @@ impl Report {
             "p90 ms".into(),
             "p99 ms".into(),
             "p50 vs wasm".into(),
+            "host call µs".into(),
         ]];
         for row in &self.sessions {
             let mut cells = vec![
@@ -354,6 +355,7 @@ impl Report {
                 number(row.p90_ms),
                 number(row.p99_ms),
                 ratio(row.p50_vs_wasm, row.tier == "wasm"),
+                number(row.host_call_p50_us),
             ];
             if let Some(error) = &row.error {
                 cells.truncate(1);

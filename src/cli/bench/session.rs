@@ -1,11 +1,12 @@
 //! The session workload: one session per tier, `x + 1` executed in it one
 //! call at a time — what a call of an open session costs (REPL, MCP,
-//! agents), apart from what a fresh task costs.
+//! agents), apart from what a fresh task costs — and the round trip of a
+//! host-function call from code in the session.
 
 use std::time::{Duration, Instant};
 
 use lattice::sandbox::{SandboxConfig, SandboxLevel};
-use lattice::session::Session;
+use lattice::session::{HostFunctions, Session};
 use serde::Serialize;
 use serde_json::json;
 
@@ -23,6 +24,9 @@ pub(super) struct SessionRow {
     pub p99_ms: Option<f64>,
     /// The wasm tier's p50 over this p50: above 1 is faster.
     pub p50_vs_wasm: Option<f64>,
+    /// One host-function call's round trip from code in the session, µs
+    /// (the median of rounds of [`HOST_CALLS`] calls).
+    pub host_call_p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -32,11 +36,13 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
     let mut sessions: Vec<(SandboxLevel, Result<Session, String>, Vec<Duration>)> = tiers
         .iter()
         .map(|&level| {
-            let opened = Session::open(SandboxConfig {
+            let opened = Session::builder(SandboxConfig {
                 level,
                 timeout: Duration::from_secs(30),
                 ..SandboxConfig::default()
             })
+            .host_functions(HostFunctions::new().register("ping", |_| Ok(json!(1))))
+            .open()
             .map_err(|e| e.to_string())
             .and_then(|session| {
                 // Warm: the first call pays for imports and first touches.
@@ -71,6 +77,7 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
         .zip(failures)
         .map(|((level, session, mut latencies), failure)| {
             latencies.sort_unstable();
+            let host_call = session.as_ref().ok().and_then(host_call_round_trip);
             let error = session.err().or(failure);
             let p = |percent| super::report::percentile_ms(&latencies, percent);
             SessionRow {
@@ -80,6 +87,7 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
                 p90_ms: p(90).filter(|_| error.is_none()),
                 p99_ms: p(99).filter(|_| error.is_none()),
                 p50_vs_wasm: None,
+                host_call_p50_us: host_call.filter(|_| error.is_none()),
                 error,
             }
         })
@@ -92,6 +100,23 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
         row.p50_vs_wasm = wasm.zip(row.p50_ms).map(|(w, p)| w / p);
     }
     rows
+}
+
+/// Host calls per round of the round-trip measurement, and rounds.
+const HOST_CALLS: usize = 500;
+const HOST_CALL_ROUNDS: usize = 7;
+
+/// The median time of one `ping()` host call in a loop of them, µs.
+fn host_call_round_trip(session: &Session) -> Option<f64> {
+    let code = format!("for _ in range({HOST_CALLS}):\n    ping()");
+    let mut rounds = Vec::new();
+    for _ in 0..HOST_CALL_ROUNDS {
+        let started = Instant::now();
+        session.exec(&code).result.ok()?;
+        rounds.push(started.elapsed().as_secs_f64() * 1e6 / HOST_CALLS as f64);
+    }
+    rounds.sort_by(f64::total_cmp);
+    Some(rounds[rounds.len() / 2])
 }
 
 /// Snapshot, restore and fork of a wasm session holding ~1 MB of data.

@@ -6,16 +6,21 @@
 //! and reads until the answer frame with that nonce has come on fd 3 and
 //! the call's output has ended on stdout and stderr (the driver writes
 //! `\x1elattice-<nonce>\x1e` to each). Nonces are random per call, so
-//! nothing the code wrote earlier can pass for a later call's answer. A
+//! nothing the code wrote earlier can pass for a later call's answer.
+//! Before its answer, the driver may send host-function calls on fd 3
+//! (`<nonce> call <seq> <length>\n<request>`); each is served and answered
+//! on stdin (`<nonce> reply <seq> <length>\n<reply>`). A
 //! time limit, the CPU-time limit (the cgroup's, else the process's) or a
 //! cancel sends SIGINT (`KeyboardInterrupt` in the code); a call that does
 //! not answer within [`INTERRUPT_GRACE`] of it, or a child that dies, ends
 //! the session: the group is killed, reaped and swept, the cgroup removed.
 
 use super::*;
-use crate::sandbox::outcome::{envelope_cap, python_outcome, Ended, Ending};
+use crate::sandbox::host_calls::HostCalls;
+use crate::sandbox::outcome::{python_outcome, Ended, Ending};
 use crate::sandbox::session::{
-    answer_complete, limit_reached, parse_answer, CallFrames, SessionRun, SessionState,
+    channel_cap, first_frame, limit_reached, reply_frame, CallFrames, Frame, SessionRun,
+    SessionState,
 };
 use crate::sandbox::{SandboxConfig, SandboxOutput};
 
@@ -150,6 +155,7 @@ impl SessionProcess {
         request: &[u8],
         config: &SandboxConfig,
         cancel: &CancelToken,
+        mut host: HostCalls,
     ) -> SessionRun {
         if self.ended {
             return SessionRun {
@@ -158,12 +164,12 @@ impl SessionProcess {
             };
         }
         let CallFrames {
-            frame,
+            frame: mut outgoing,
             mark,
             header,
             mut streams,
-        } = CallFrames::new(request, config, &mut self.carry);
-        let cap = envelope_cap(config);
+        } = CallFrames::new(request, config, &host, &mut self.carry);
+        let cap = channel_cap(config, &host);
         let mut answer: Vec<u8> = Vec::new();
         let mut answered: Option<Instant> = None;
         let mut overflow = false;
@@ -207,7 +213,7 @@ impl SessionProcess {
                 break;
             }
             let mut polled = PollSet::new();
-            if written < frame.len() {
+            if written < outgoing.len() {
                 polled.add(&self.stdin, libc::POLLOUT, 0);
             }
             polled.add(&self.stdout, libc::POLLIN, 1);
@@ -222,8 +228,14 @@ impl SessionProcess {
                 match slot {
                     0 => {
                         let fd = self.stdin.as_ref().map_or(-1, |f| f.as_raw_fd());
-                        match write_some(fd, &frame[written..]) {
-                            Ok(n) => written += n,
+                        match write_some(fd, &outgoing[written..]) {
+                            Ok(n) => {
+                                written += n;
+                                if written == outgoing.len() {
+                                    outgoing.clear();
+                                    written = 0;
+                                }
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(_) => {
                                 self.stdin = None;
@@ -243,7 +255,7 @@ impl SessionProcess {
                     }
                     3 => {
                         read_once(&mut self.channel, &mut buffer, |b| {
-                            let room = cap.saturating_add(64).saturating_sub(answer.len());
+                            let room = cap.saturating_sub(answer.len());
                             overflow |= b.len() > room;
                             answer.extend_from_slice(&b[..room.min(b.len())]);
                         });
@@ -254,8 +266,17 @@ impl SessionProcess {
                     _ => died = true,
                 }
             }
-            if answered.is_none() && answer_complete(&answer, &header, overflow) {
-                answered = Some(Instant::now());
+            // Host calls are served as they come; the answer ends the call.
+            while answered.is_none() {
+                match first_frame(&answer, &header, overflow) {
+                    Frame::Partial => break,
+                    Frame::HostCall(seq, request, taken) => {
+                        let reply = host.dispatch(request);
+                        outgoing.extend_from_slice(&reply_frame(&header, seq, &reply));
+                        answer.drain(..taken);
+                    }
+                    Frame::Answer(..) | Frame::Bad => answered = Some(Instant::now()),
+                }
             }
         }
         let [stdout, stderr] = streams;
@@ -263,9 +284,10 @@ impl SessionProcess {
         match answered {
             Some(_) => {
                 // Anything after the frame was not written by the driver.
-                let envelope = parse_answer(&answer, &header)
-                    .filter(|&(_, taken)| taken == answer.len())
-                    .map(|(envelope, _)| envelope);
+                let envelope = match first_frame(&answer, &header, overflow) {
+                    Frame::Answer(envelope, taken) if taken == answer.len() => Some(envelope),
+                    _ => None,
+                };
                 let run = Ended {
                     ending: stopped.map_or(Ending::Exited(0), |(_, limit)| limit),
                     stdout,

@@ -13,6 +13,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::files::{self, FileBudget};
+use crate::sandbox::host_calls::HostCalls;
 use crate::sandbox::limits::{self, Limits, Stop, Watch};
 use crate::sandbox::{CancelToken, OutputCapture, SandboxConfig};
 use crate::task::TaskError;
@@ -32,6 +33,10 @@ pub(super) struct TaskState {
     files: FileBudget,
     /// A session call's request, read by the guest through `lattice.request_read`.
     request: Vec<u8>,
+    /// The call's host functions, called through `lattice.host_call`.
+    host: HostCalls,
+    /// The last host call's reply, read through `lattice.host_reply_read`.
+    host_reply: Vec<u8>,
 }
 
 impl TaskState {
@@ -50,8 +55,11 @@ impl TaskState {
         request: Vec<u8>,
         config: &SandboxConfig,
         cancel: &CancelToken,
+        host: HostCalls,
     ) {
         self.request = request;
+        self.host = host;
+        self.host_reply = Vec::new();
         self.result = None;
         self.result_too_big = false;
         self.guard.stop = None;
@@ -75,6 +83,8 @@ impl TaskState {
         let mut report = RunReport::new(call, &self.guard, self.result.take(), stdout, stderr);
         report.result_too_big = self.result_too_big;
         self.request = Vec::new();
+        self.host = HostCalls::none();
+        self.host_reply = Vec::new();
         report
     }
 }
@@ -315,10 +325,7 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "result",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            let memory = caller
-                .get_export("memory")
-                .and_then(|export| export.into_memory())
-                .ok_or_else(|| wasmtime::format_err!("the guest exports no memory"))?;
+            let memory = guest_memory(&mut caller)?;
             let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
             if len > caller.data().result_cap {
                 // Not copied: the host never holds more than the cap.
@@ -334,6 +341,39 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
             Ok(())
         },
     )?;
+    // A host-function call: the guest hands over its request and gets the
+    // reply's length; `host_reply_read` copies the reply in.
+    linker.func_wrap(
+        "lattice",
+        "host_call",
+        |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let memory = guest_memory(&mut caller)?;
+            let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+            let request = memory
+                .data(&caller)
+                .get(ptr..ptr.saturating_add(len))
+                .ok_or_else(|| wasmtime::format_err!("lattice: the host call is out of bounds"))?
+                .to_vec();
+            let state = caller.data_mut();
+            state.host_reply = state.host.dispatch(&request);
+            Ok(state.host_reply.len() as i32)
+        },
+    )?;
+    linker.func_wrap(
+        "lattice",
+        "host_reply_read",
+        |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
+            let memory = guest_memory(&mut caller)?;
+            let reply = std::mem::take(&mut caller.data_mut().host_reply);
+            let ptr = ptr as u32 as usize;
+            memory
+                .data_mut(&mut caller)
+                .get_mut(ptr..ptr.saturating_add(reply.len()))
+                .ok_or_else(|| wasmtime::format_err!("lattice: the reply buffer is out of bounds"))?
+                .copy_from_slice(&reply);
+            Ok(())
+        },
+    )?;
     linker.func_wrap(
         "lattice",
         "request_len",
@@ -343,10 +383,7 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "request_read",
         |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
-            let memory = caller
-                .get_export("memory")
-                .and_then(|export| export.into_memory())
-                .ok_or_else(|| wasmtime::format_err!("the guest exports no memory"))?;
+            let memory = guest_memory(&mut caller)?;
             let request = std::mem::take(&mut caller.data_mut().request);
             let ptr = ptr as u32 as usize;
             memory
@@ -360,6 +397,14 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         },
     )?;
     Ok(())
+}
+
+/// The guest's exported memory.
+fn guest_memory(caller: &mut Caller<'_, TaskState>) -> wasmtime::Result<wasmtime::Memory> {
+    caller
+        .get_export("memory")
+        .and_then(|export| export.into_memory())
+        .ok_or_else(|| wasmtime::format_err!("the guest exports no memory"))
 }
 
 /// WASI errno values used by [`poll_oneoff`].
@@ -536,6 +581,8 @@ pub(super) fn task_state(
         result_too_big: false,
         files: FileBudget::default(),
         request: Vec::new(),
+        host: HostCalls::none(),
+        host_reply: Vec::new(),
     })
 }
 

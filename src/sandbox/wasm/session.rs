@@ -13,6 +13,7 @@ use wasmtime::{Instance, Memory, Store, TypedFunc};
 
 use super::host::{self, AsNobody, CappedOutput, Interrupt, PoolSlot, TaskState};
 use super::{guest, snapshot};
+use crate::sandbox::host_calls::HostCalls;
 use crate::sandbox::limits::{self, Limits, Watch};
 use crate::sandbox::session::{SessionRun, SessionState, TierSession};
 use crate::sandbox::{CancelToken, SandboxConfig};
@@ -91,9 +92,15 @@ impl SessionThread {
 }
 
 impl TierSession for SessionThread {
-    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+    fn run(
+        &mut self,
+        request: &str,
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+        host: HostCalls,
+    ) -> SessionRun {
         let (request, config, cancel) = (request.to_owned(), config.clone(), cancel.clone());
-        self.with(move |session| session.run(&request, &config, &cancel))
+        self.with(move |session| session.run(&request, &config, &cancel, host))
             .unwrap_or_else(|error| SessionRun {
                 output: crate::sandbox::SandboxOutput::error(error),
                 state: SessionState::Closed,
@@ -235,11 +242,17 @@ impl TierSession for WasmSession {
         restore(config, &self.snapshot()?)
     }
 
-    fn run(&mut self, request: &str, config: &SandboxConfig, cancel: &CancelToken) -> SessionRun {
+    fn run(
+        &mut self,
+        request: &str,
+        config: &SandboxConfig,
+        cancel: &CancelToken,
+        host: HostCalls,
+    ) -> SessionRun {
         let ran = crate::sandbox::on_task_thread(|| {
             self.store
                 .data_mut()
-                .next_call(request.as_bytes().to_vec(), config, cancel);
+                .next_call(request.as_bytes().to_vec(), config, cancel, host);
             // The deadline must be set again: the last call may have spent it.
             self.store.set_epoch_deadline(1);
             let call = {
