@@ -68,7 +68,7 @@ fn trivial_python_task(c: &mut Criterion) {
 /// loop around it included), on the wasm tier and, for scale, the none
 /// and subprocess tiers.
 fn host_call_round_trip(c: &mut Criterion) {
-    use lattice::session::{HostFunctions, Session};
+    use lattice::session::{HostFunctions, HostLimits, Session};
     let mut group = c.benchmark_group("host_call");
     for level in [
         SandboxLevel::Wasm,
@@ -79,7 +79,15 @@ fn host_call_round_trip(c: &mut Criterion) {
             level,
             ..SandboxConfig::default()
         })
-        .host_functions(HostFunctions::new().register("ping", |_| Ok(json!(1))))
+        .host_functions(
+            HostFunctions::new()
+                .register("ping", |_| Ok(json!(1)))
+                .with_limits(HostLimits {
+                    max_calls: u32::MAX,
+                    max_bytes_in: u64::MAX,
+                    max_bytes_out: u64::MAX,
+                }),
+        )
         .open()
         .unwrap();
         assert_eq!(session.exec("ping()").result.unwrap(), json!(1));

@@ -19,7 +19,9 @@ goes back on a channel of its own.
 import re
 import sys
 import types as _types
+from json import JSONDecoder as _JSONDecoder, JSONEncoder as _JSONEncoder
 from json import dumps as _dumps, loads as _loads
+from json.encoder import encode_basestring as _encode_str
 
 # What the driver uses after the task's code ran, taken now: the task may
 # replace the builtins (it shares them), and the driver must still answer.
@@ -27,6 +29,44 @@ _str, _type, _len, _callable, _getattr = str, type, len, callable, getattr
 _CoroutineType = _types.CoroutineType
 
 TASK_FILENAME = "<task>"
+
+# JSON both ways, built once: an encoder per call (json.dumps with options)
+# costs more than a trivial task's own work on RustPython.
+_encode = _JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+_scan = _JSONDecoder().scan_once
+_int_repr, _float_repr = int.__repr__, float.__repr__
+
+
+def _json_text(value):
+    """``value`` as JSON text, as ``json.dumps(value, ensure_ascii=False,
+    allow_nan=False)`` gives it; scalars without the encoder's machinery."""
+    kind = _type(value)
+    if kind is int:
+        return _int_repr(value)
+    if kind is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if kind is float and value - value == 0.0:
+        # Finite: inf - inf and nan - nan are nan.
+        return _float_repr(value)
+    return _encode(value)
+
+
+def _parse_json(text):
+    """``json.loads(text)``; compact text (what the host sends) straight
+    through the scanner."""
+    try:
+        value, end = _scan(text, 0)
+        if end == _len(text):
+            return value
+    except Exception:
+        pass
+    return _loads(text)
 
 if hasattr(sys, "set_int_max_str_digits"):
     # Integers of any size must round-trip exactly through JSON.
@@ -162,13 +202,19 @@ def _is_user_file(filename):
     return filename == TASK_FILENAME or filename.startswith("<cell ")
 
 
+_linecache = []
+
+
 def _remember_source(code, filename=TASK_FILENAME):
     """Lets tracebacks show the lines of the user's code."""
     try:
-        import linecache
+        if not _linecache:
+            # Imported on first use: a CPython task that never needs it
+            # does not pay for it.
+            import linecache
 
-        lines = code.splitlines(True)
-        linecache.cache[filename] = (len(code), None, lines, filename)
+            _linecache.append(linecache)
+        _linecache[0].cache[filename] = (len(code), None, code.splitlines(True), filename)
     except Exception:
         pass
 
@@ -291,11 +337,20 @@ def _host_transport(request_text):
 
 def _host_call(name, args, kwargs):
     try:
-        text = _dumps({"name": name, "args": args, "kwargs": kwargs}, allow_nan=False)
+        # Built by hand: scalars need no encoder (see _json_text).
+        text = (
+            '{"name":'
+            + _encode_str(name)
+            + ',"args":['
+            + ",".join([_json_text(arg) for arg in args])
+            + '],"kwargs":'
+            + (_json_text(kwargs) if kwargs else "{}")
+            + "}"
+        )
     except (TypeError, ValueError, RecursionError) as exc:
         message = "the arguments of host function %s() are not JSON: %s" % (name, _exception_message(exc))
         raise TypeError(message) from None
-    reply = _loads(_host_transport(text))
+    reply = _parse_json(_host_transport(text))
     if "ok" in reply:
         return reply["ok"]
     raise _HOST_ERRORS.get(reply.get("type"), HostError)(reply.get("error"))
@@ -327,7 +382,7 @@ def _install_host_functions(namespace, names):
 def run_request(request_text):
     """Runs the task described by ``request_text``; returns the answer."""
     try:
-        request = _loads(request_text)
+        request = _parse_json(request_text)
         op = request.get("op")
         if op is not None:
             return _session_op(op, request)
@@ -391,7 +446,7 @@ def run_request(request_text):
 def _result_answer(result):
     """The answer for a returned value: its JSON text, or why it has none."""
     try:
-        text = _dumps(result, ensure_ascii=False, allow_nan=False)
+        text = _json_text(result)
         text.encode("utf-8")
     except RecursionError:
         return _error("task_error", "ValueError", "the result is nested too deeply to serialise as JSON")
@@ -460,8 +515,6 @@ def _session_op(op, request):
 
 def _session_exec(code, namespace):
     """Runs ``code`` in the session; the value of a final expression is the result."""
-    import ast
-
     _session["cells"] += 1
     filename = "<cell %d>" % _session["cells"]
     try:
@@ -469,6 +522,8 @@ def _session_exec(code, namespace):
             # One expression (the common REPL line): no AST to build.
             body, final = None, compile(code, filename, "eval")
         except SyntaxError:
+            import ast
+
             tree = ast.parse(code, filename)
             last = None
             if tree.body and _type(tree.body[-1]) is ast.Expr:
@@ -499,11 +554,11 @@ def _session_exec(code, namespace):
     except BaseException as exc:
         return _task_failure(exc)
     try:
-        text = _dumps(value, ensure_ascii=False, allow_nan=False)
+        text = _json_text(value)
         text.encode("utf-8")
     except BaseException:
         text = "null"
-    return ("ok", '{"value":' + text + ',"repr":' + _dumps(shown, ensure_ascii=False) + "}")
+    return ("ok", '{"value":' + text + ',"repr":' + _encode_str(shown) + "}")
 
 
 def _session_call(request, namespace):

@@ -190,20 +190,26 @@ impl std::fmt::Display for TaskProcess {
     }
 }
 
-/// Waits up to a second for the process to be gone; true if it is. A
-/// process in a pid namespace of its own is gone when no process is left
-/// in that namespace (the pid it saw is not the host's).
+/// Waits up to three seconds (a loaded machine reaps slowly) for the
+/// process to be gone; true if it is. A process in a pid namespace of its
+/// own is gone when no process is left in that namespace (the pid it saw is
+/// not the host's). Namespace numbers are reused: a process that started
+/// after this check began is in a new namespace of the same number (another
+/// test's), not the task's.
 pub(crate) fn gone(process: &TaskProcess) -> bool {
     let ours = std::fs::read_link("/proc/self/ns/pid").ok();
     let private = process
         .namespace
         .as_deref()
         .filter(|ns| ours.as_deref() != Some(Path::new(ns)));
+    let checking_since = boot_ticks_now();
     let still_there = || match private {
-        Some(ns) => !in_namespace(ns).is_empty(),
+        Some(ns) => in_namespace(ns)
+            .into_iter()
+            .any(|pid| start_ticks(pid).is_some_and(|start| start <= checking_since)),
         None => alive(process.pid),
     };
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         if !still_there() {
             return true;
@@ -211,6 +217,26 @@ pub(crate) fn gone(process: &TaskProcess) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     !still_there()
+}
+
+/// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_ticks(pid: i64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Now, in clock ticks since boot (the clock of [`start_ticks`]).
+fn boot_ticks_now() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    now.tv_sec as u64 * hz + now.tv_nsec as u64 * hz / 1_000_000_000
 }
 
 /// The live host pids in the pid namespace `ns` (a `pid:[N]` link).
