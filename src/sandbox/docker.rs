@@ -476,6 +476,17 @@ const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
 impl DockerSession {
+    /// Writes a frame to the driver's stdin within `timeout`; false if it
+    /// could not (the container is gone, or does not read).
+    async fn send(&mut self, frame: &[u8], timeout: Duration) -> bool {
+        let wrote = tokio::time::timeout(timeout, async {
+            self.input.write_all(frame).await?;
+            self.input.flush().await
+        })
+        .await;
+        matches!(wrote, Ok(Ok(())))
+    }
+
     fn cpu_time(&self) -> Duration {
         self.cpu_counter
             .as_ref()
@@ -504,12 +515,7 @@ impl DockerSession {
         let mut stopped: Option<(tokio::time::Instant, Ending)> = None;
         let mut answered: Option<tokio::time::Instant> = None;
         let mut died = false;
-        let wrote = tokio::time::timeout(config.timeout, async {
-            self.input.write_all(&frame).await?;
-            self.input.flush().await
-        })
-        .await;
-        if !matches!(wrote, Ok(Ok(()))) {
+        if !self.send(&frame, config.timeout).await {
             died = true;
         }
         let mut poll = tokio::time::interval(Duration::from_millis(50));
@@ -559,12 +565,7 @@ impl DockerSession {
                         let reply = reply_frame(&header, seq, &host.dispatch(request));
                         self.carry[0].drain(..taken);
                         streams[0].resume(&mark, &mut self.carry[0]);
-                        let wrote = tokio::time::timeout(config.timeout, async {
-                            self.input.write_all(&reply).await?;
-                            self.input.flush().await
-                        })
-                        .await;
-                        if !matches!(wrote, Ok(Ok(()))) {
+                        if !self.send(&reply, config.timeout).await {
                             died = true;
                             break;
                         }

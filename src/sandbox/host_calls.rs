@@ -36,12 +36,16 @@ pub(crate) struct HostCalls {
 /// Whether an exec ran out of time in a host call: the code then got an
 /// exception from the call, perhaps before the tier saw its limit, and the
 /// exec's outcome must still be the timeout it was.
+/// (None for an exec without functions: it makes no host call, and a
+/// one-shot task on the wasm tier should not pay for the flag.)
 #[derive(Clone, Default)]
-pub(crate) struct OutOfTime(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub(crate) struct OutOfTime(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
 
 impl OutOfTime {
     fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(flag) = &self.0 {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Makes `result` the wall-clock timeout if the exec ran out of time in
@@ -56,7 +60,11 @@ impl OutOfTime {
             result.as_ref().map_err(crate::task::TaskError::kind),
             Err(ErrorKind::Timeout | ErrorKind::Cancelled | ErrorKind::MemoryLimit)
         );
-        if !self.0.load(std::sync::atomic::Ordering::Relaxed) || limited {
+        let out = self
+            .0
+            .as_ref()
+            .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::Relaxed));
+        if !out || limited {
             return false;
         }
         *result = Err(crate::task::TaskError::wall_timeout(config.timeout));
@@ -113,7 +121,7 @@ impl HostCalls {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 32)),
             cancel: Some(cancel.clone()),
             serving: None,
-            out_of_time: OutOfTime::default(),
+            out_of_time: OutOfTime(Some(Default::default())),
         }
     }
 

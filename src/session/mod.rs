@@ -184,6 +184,8 @@ struct Shared {
     config: SandboxConfig,
     idle_timeout: Duration,
     host_functions: Option<HostFunctions>,
+    /// Their names, as every request carries them (made once).
+    host_names: Option<Value>,
     /// The thread running one of its host functions now, if any.
     serving: ServingThread,
 }
@@ -251,6 +253,7 @@ impl SessionBuilder {
             config,
             idle_timeout: self.idle_timeout,
             host_functions: self.host_functions.clone(),
+            host_names: HostCalls::names(self.host_functions.as_ref()),
             serving: ServingThread::default(),
         };
         // Counted before the (slow) open, so concurrent opens can't pass the cap.
@@ -466,8 +469,8 @@ impl Session {
         if let Some(allowed) = &self.shared.config.allowed_imports {
             request.insert("allowed_imports".into(), json!(allowed));
         }
-        if let Some(names) = HostCalls::names(self.shared.host_functions.as_ref()) {
-            request.insert("functions".into(), names);
+        if let Some(names) = &self.shared.host_names {
+            request.insert("functions".into(), names.clone());
         }
         request
     }

@@ -77,6 +77,36 @@ pub(crate) fn attack_code(body: &str) -> String {
     )
 }
 
+/// Every tier (each has sessions).
+pub(crate) const ALL_TIERS: [SandboxLevel; 5] = [
+    SandboxLevel::Wasm,
+    SandboxLevel::None,
+    SandboxLevel::Subprocess,
+    SandboxLevel::Seccomp,
+    SandboxLevel::Docker,
+];
+
+/// The configuration the session suites open sessions under.
+pub(crate) fn session_config(level: SandboxLevel) -> SandboxConfig {
+    SandboxConfig {
+        level,
+        timeout: Duration::from_secs(20),
+        max_memory_mb: 256,
+        ..SandboxConfig::default()
+    }
+}
+
+/// A session call's value, or a panic that shows the whole reply.
+pub(crate) fn reply_value(reply: &lattice::session::Reply) -> Value {
+    match &reply.result {
+        Ok(value) => value.clone(),
+        Err(error) => panic!(
+            "expected a value, got {error:?} (stdout {:?}, stderr {:?})",
+            reply.stdout, reply.stderr
+        ),
+    }
+}
+
 /// The result, or a panic that shows the whole outcome.
 pub(crate) fn ok(outcome: &TaskOutcome) -> Value {
     match &outcome.result {

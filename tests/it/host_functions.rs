@@ -12,22 +12,7 @@ use lattice::session::{Call, Session, SessionState};
 use lattice::task::{ErrorKind, HostError, HostFunctions, HostLimits, TaskError, TaskSubmission};
 use serde_json::{json, Value};
 
-const TIERS: [SandboxLevel; 5] = [
-    SandboxLevel::Wasm,
-    SandboxLevel::None,
-    SandboxLevel::Subprocess,
-    SandboxLevel::Seccomp,
-    SandboxLevel::Docker,
-];
-
-fn config(level: SandboxLevel) -> SandboxConfig {
-    SandboxConfig {
-        level,
-        timeout: Duration::from_secs(20),
-        max_memory_mb: 256,
-        ..SandboxConfig::default()
-    }
-}
+use crate::common::{reply_value as value, session_config as config, ALL_TIERS as TIERS};
 
 /// `add(*numbers)`, `echo(*args, **kwargs)` (what it was called with),
 /// `fail()` (a host error), `boom()` (a panic), `later(**kwargs)` (async).
@@ -56,16 +41,6 @@ fn open(level: SandboxLevel, functions: HostFunctions) -> Session {
         .host_functions(functions)
         .open()
         .unwrap_or_else(|e| panic!("{level}: {e}"))
-}
-
-fn value(reply: &lattice::session::Reply) -> Value {
-    match &reply.result {
-        Ok(value) => value.clone(),
-        Err(error) => panic!(
-            "expected a value, got {error:?} (stdout {:?}, stderr {:?})",
-            reply.stdout, reply.stderr
-        ),
-    }
 }
 
 fn failure(reply: &lattice::session::Reply) -> (String, String, String) {

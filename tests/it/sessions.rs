@@ -12,39 +12,14 @@ use lattice::task::{ErrorKind, TaskError};
 use serde_json::{json, Value};
 
 /// Every tier has sessions.
-const TIERS: [SandboxLevel; 5] = [
-    SandboxLevel::Wasm,
-    SandboxLevel::None,
-    SandboxLevel::Subprocess,
-    SandboxLevel::Seccomp,
-    SandboxLevel::Docker,
-];
+use crate::common::{reply_value as value, session_config as config, ALL_TIERS as TIERS};
 
 /// The cap test changes a process-wide setting: the tests of this suite
 /// take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn config(level: SandboxLevel) -> SandboxConfig {
-    SandboxConfig {
-        level,
-        timeout: Duration::from_secs(20),
-        max_memory_mb: 256,
-        ..SandboxConfig::default()
-    }
-}
-
 fn open(level: SandboxLevel) -> Session {
     Session::open(config(level)).unwrap_or_else(|e| panic!("{level}: {e}"))
-}
-
-fn value(reply: &lattice::session::Reply) -> Value {
-    match &reply.result {
-        Ok(value) => value.clone(),
-        Err(error) => panic!(
-            "expected a value, got {error:?} (stderr {:?})",
-            reply.stderr
-        ),
-    }
 }
 
 #[test]

@@ -363,15 +363,8 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "host_reply_read",
         |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
-            let memory = guest_memory(&mut caller)?;
             let reply = std::mem::take(&mut caller.data_mut().host_reply);
-            let ptr = ptr as u32 as usize;
-            memory
-                .data_mut(&mut caller)
-                .get_mut(ptr..ptr.saturating_add(reply.len()))
-                .ok_or_else(|| wasmtime::format_err!("lattice: the reply buffer is out of bounds"))?
-                .copy_from_slice(&reply);
-            Ok(())
+            copy_to_guest(&mut caller, ptr, &reply, "reply")
         },
     )?;
     linker.func_wrap(
@@ -383,17 +376,8 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "request_read",
         |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
-            let memory = guest_memory(&mut caller)?;
             let request = std::mem::take(&mut caller.data_mut().request);
-            let ptr = ptr as u32 as usize;
-            memory
-                .data_mut(&mut caller)
-                .get_mut(ptr..ptr.saturating_add(request.len()))
-                .ok_or_else(|| {
-                    wasmtime::format_err!("lattice: the request buffer is out of bounds")
-                })?
-                .copy_from_slice(&request);
-            Ok(())
+            copy_to_guest(&mut caller, ptr, &request, "request")
         },
     )?;
     Ok(())
@@ -405,6 +389,24 @@ fn guest_memory(caller: &mut Caller<'_, TaskState>) -> wasmtime::Result<wasmtime
         .get_export("memory")
         .and_then(|export| export.into_memory())
         .ok_or_else(|| wasmtime::format_err!("the guest exports no memory"))
+}
+
+/// Copies `bytes` (the host's `what`) into the guest's memory at `ptr`,
+/// where the guest made room for them.
+fn copy_to_guest(
+    caller: &mut Caller<'_, TaskState>,
+    ptr: i32,
+    bytes: &[u8],
+    what: &str,
+) -> wasmtime::Result<()> {
+    let memory = guest_memory(caller)?;
+    let ptr = ptr as u32 as usize;
+    memory
+        .data_mut(caller)
+        .get_mut(ptr..ptr.saturating_add(bytes.len()))
+        .ok_or_else(|| wasmtime::format_err!("lattice: the {what} buffer is out of bounds"))?
+        .copy_from_slice(bytes);
+    Ok(())
 }
 
 /// WASI errno values used by [`poll_oneoff`].
