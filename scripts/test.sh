@@ -3,6 +3,10 @@
 # then runs lints, unit, integration and doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each stage says when it starts (seconds since this script started), so a
+# run's log shows where its time went.
+started=$(date +%s)
+stage() { echo "test.sh: [$(( $(date +%s) - started ))s] $*" >&2; }
 
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   . "$HOME/.cargo/env"
@@ -31,36 +35,51 @@ if [ "$(id -u)" = 0 ]; then
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   fi
 fi
+stage docker image
 docker image inspect lattice/python:3.11 >/dev/null 2>&1 || scripts/docker-image.sh
 
 # The Wasm component fixture of the tests is built for WASI preview 2.
+stage wasm32-wasip2 target
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+stage fmt
 cargo fmt --all -- --check
 # Builds the RustPython guest for wasm32-wasip1 too (build.rs installs the
 # rustup target if it is missing).
+stage clippy --all-targets
 cargo clippy --all-targets --locked -- -D warnings
 # The library alone (no cli, docker or ray feature) builds clean and passes
 # its unit and doc tests (the integration tests need the cli), and a
 # crate that depends on it gets the vendored wasmtime, offline, and runs a
 # task (scripts/dependent.sh; it shares target/).
+stage clippy --no-default-features
 cargo clippy --lib --locked --no-default-features -- -D warnings
+stage test --no-default-features
 cargo test --locked --no-default-features --quiet
+stage dependent crate
 ./scripts/dependent.sh
 # The wasm tier snapshots and compiles its guest once per machine (~30 s);
 # do it before the tests so none of them waits on it.
+stage doctor --warm
 cargo run --locked --quiet -- doctor --warm
 # Coverage-guided fuzzing of the task/result JSON decoders and the CLI's
 # argument grammar, 60 s per target from the committed corpus (fuzz/); its
 # build is separate (~8 min on 2 cores, once).
+stage fuzz
 ./scripts/fuzz.sh 60
 # The Ray executor's tests run on a two-node Ray cluster on this machine: a
 # venv with ray[default] in target/ray-venv (~35 s, once), ~20 s to start;
 # only that cluster is stopped on exit.
 # The `mcp` command is tested with the official MCP Python SDK as its
 # client, from a venv in target/mcp-venv (~15 s, once).
+stage mcp venv
 LATTICE_MCP_PYTHON=$(./scripts/mcp-venv.sh)
 export LATTICE_MCP_PYTHON
+stage ray cluster
 ./scripts/ray-cluster.sh start
 trap './scripts/ray-cluster.sh stop' EXIT
+stage cargo test: build
+cargo test --locked --no-run
+stage cargo test: run
 cargo test --locked --no-fail-fast
+stage done
