@@ -4,11 +4,7 @@
 )]
 
 use jiff::{Timestamp, Zoned, tz::TimeZone};
-use std::{
-    env, io,
-    process::Command,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{env, io, process::Command};
 
 fn main() {
     let frozen_libs = if cfg!(feature = "freeze-stdlib") {
@@ -20,7 +16,9 @@ fn main() {
         let display = entry.display();
         println!("cargo:rerun-if-changed={display}");
     }
-    println!("cargo:rerun-if-changed=../../Lib/importlib/_bootstrap.py");
+    // lattice-wasm patch: no `../../Lib/importlib/_bootstrap.py` here (this
+    // is not a RustPython checkout); a path that does not exist made cargo
+    // rerun this script, and rebuild the VM, on every build.
 
     // = 3.14.0alpha
     python_version(3, 14, 0, "alpha", 0);
@@ -57,13 +55,8 @@ fn git_hash() -> String {
 }
 
 fn git_timestamp() -> String {
-    git(&["log", "-1", "--format=%ct"]).unwrap_or_else(|_| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            .to_string()
-    })
+    // lattice-wasm patch: a fixed time, not the build's (reproducible).
+    git(&["log", "-1", "--format=%ct"]).unwrap_or_else(|_| "0".into())
 }
 
 fn git_tag() -> String {
@@ -76,7 +69,11 @@ fn git_branch() -> String {
 }
 
 fn git(args: &[&str]) -> io::Result<String> {
-    command("git", args)
+    // lattice-wasm patch: the repository around this vendored copy is not
+    // RustPython's; its commit and dirty state would change the VM's build
+    // (and the guest's hash) with every commit of ours.
+    let _ = args;
+    Err(io::Error::other("not a RustPython checkout"))
 }
 
 #[must_use]
