@@ -24,6 +24,8 @@ fn task_json(c: &mut Criterion) {
         tier: Some(lattice::sandbox::SandboxLevel::Subprocess),
         node_id: Some("local".into()),
         duration: Duration::from_micros(900),
+        exit_code: None,
+        files: Default::default(),
     };
     c.bench_function("result_json_encode", |b| {
         b.iter(|| outcome_to_json(&outcome))

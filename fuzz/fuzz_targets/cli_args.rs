@@ -33,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
         Command::Run(args) => {
             enforceable(&args.limits.config());
             let input_file = args.input_file.as_ref().map(|_| "[1]");
-            let _ = args.task(b"def f(x):\n    return x\n".to_vec(), input_file);
+            let stdin = args.script.then(|| b"1 2\n".to_vec());
+            let _ = args.task(b"def f(x):\n    return x\n".to_vec(), input_file, stdin);
         }
         Command::Batch(args) => {
             enforceable(&args.limits.config());
@@ -45,6 +46,12 @@ fuzz_target!(|data: &[u8]| {
         }
         Command::Repl(args) => enforceable(&args.session.config()),
         Command::Mcp(args) => enforceable(&args.config()),
+        Command::Serve(args) => {
+            let config = args.limits.config();
+            enforceable(&config);
+            let _ = args.policy.policy(&config);
+            let _ = args.ray.options();
+        }
         Command::Doctor(_) | Command::Bench(_) => {}
     }
 });

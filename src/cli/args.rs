@@ -45,6 +45,49 @@ pub(super) enum Command {
     /// A Model Context Protocol server on stdio with one tool, `run_python`,
     /// which runs code in the connection's session (state kept across calls).
     Mcp(SessionArgs),
+    /// An HTTP service: tasks (/v1/run, /v1/batch), sessions (/v1/sessions),
+    /// a SandboxFusion-compatible judge endpoint (/run_code), health,
+    /// resources and Prometheus metrics.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub(super) struct ServeArgs {
+    /// The address to listen on. Beyond loopback, --token-file is required.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub addr: std::net::SocketAddr,
+    /// A file holding the bearer token every request must carry
+    /// (`Authorization: Bearer TOKEN`).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Tasks run at once (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
+    pub concurrency: Option<u64>,
+    /// Tasks accepted but not finished before new ones are refused (429).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_queue: u64,
+    /// The largest request body (a /v1/batch line each), in bytes (413 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
+    pub max_body_bytes: u64,
+    /// Sessions open at once.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_sessions: u64,
+    /// A session unused this long is closed.
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_seconds)]
+    pub session_idle_timeout: Duration,
+    /// On SIGTERM or SIGINT: stop accepting, let running requests finish
+    /// this long, then cancel what is left.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    pub grace: Duration,
+    /// Where tasks run: local or ray.
+    #[arg(long, default_value = "local", value_parser = parse_value::<ExecutorType>)]
+    pub executor: ExecutorType,
+    #[command(flatten)]
+    pub ray: RayArgs,
 }
 
 #[derive(Args)]
@@ -171,6 +214,14 @@ pub(super) struct RunArgs {
     /// Keyword arguments, as a JSON object.
     #[arg(long, value_name = "JSON")]
     pub kwargs: Option<String>,
+    /// Script mode: run the .py file as a program (`__main__`) with this
+    /// command's stdin as its stdin; the result JSON has its exit_code, and
+    /// the command exits with it.
+    #[arg(long, conflicts_with_all = ["input", "input_file", "entry", "args", "kwargs"])]
+    pub script: bool,
+    /// Script mode: the program's stdin from this file, not this command's.
+    #[arg(long, value_name = "PATH", requires = "script")]
+    pub stdin_file: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -192,14 +243,21 @@ pub(super) struct AccessArgs {
 }
 
 impl RunArgs {
-    /// The task these flags describe, given the bytes of `file` and, with
-    /// `--input-file`, the text of that file.
+    /// The task these flags describe, given the bytes of `file`, with
+    /// `--input-file` the text of that file, and with `--script` the
+    /// program's stdin.
     pub(super) fn task(
         self,
         source: Vec<u8>,
         input_file_text: Option<&str>,
+        script_stdin: Option<Vec<u8>>,
     ) -> Result<TaskSubmission, UsageError> {
         let is_wasm = self.file.extension().is_some_and(|ext| ext == "wasm");
+        if is_wasm && self.script {
+            return Err(UsageError(
+                "--script runs Python programs; a Wasm module already reads its stdin".into(),
+            ));
+        }
         let mut task = if is_wasm {
             TaskSubmission::wasm(WasmSource::Bytes(source.into()))
         } else {
@@ -207,6 +265,12 @@ impl RunArgs {
                 .map_err(|_| UsageError(format!("{} is not UTF-8 text", self.file.display())))?;
             TaskSubmission::python(code)
         };
+        if self.script {
+            task.script = true;
+            let stdin = String::from_utf8(script_stdin.unwrap_or_default())
+                .map_err(|_| UsageError("the program's stdin is not UTF-8 text".into()))?;
+            task.stdin = Some(stdin);
+        }
         task.id = Some(Value::String(self.file.display().to_string()));
         task.entry = self.entry;
         task.input = match (&self.input, input_file_text) {
@@ -485,7 +549,9 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(args.limits.config().timeout, Duration::from_millis(1500));
-        let task = args.task(b"def f(a, b, k): pass".to_vec(), None).unwrap();
+        let task = args
+            .task(b"def f(a, b, k): pass".to_vec(), None, None)
+            .unwrap();
         assert_eq!(task.args.unwrap().len(), 2);
         assert!(task.sandbox.mounts.unwrap()[0].writable);
     }
@@ -511,7 +577,9 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
-        let error = args.task(b"def f(): pass".to_vec(), None).unwrap_err();
+        let error = args
+            .task(b"def f(): pass".to_vec(), None, None)
+            .unwrap_err();
         assert!(error.0.contains("--args must be a JSON array"), "{error}");
     }
 

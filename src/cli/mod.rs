@@ -1,5 +1,5 @@
 //! The `lattice-wasm` command line: `run`, `batch`, `exec`, `resources`, `doctor`, `bench`,
-//! `repl`, `mcp`.
+//! `repl`, `mcp`, `serve`.
 //!
 //! Exit codes: 0 ok, 1 a task failed, 2 usage error or invalid input.
 
@@ -8,6 +8,7 @@ mod batch;
 mod bench;
 mod mcp;
 mod repl;
+mod serve;
 mod signals;
 mod single;
 
@@ -45,6 +46,7 @@ pub(crate) fn main() -> i32 {
         Command::Bench(args) => bench::run(args),
         Command::Repl(args) => repl::run(args),
         Command::Mcp(args) => mcp::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

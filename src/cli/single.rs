@@ -22,12 +22,26 @@ pub(super) fn run(args: RunArgs) -> Result<i32> {
         ),
         _ => None,
     };
+    let script_stdin = match (&args.stdin_file, args.script) {
+        (Some(path), _) => Some(read_source(path)?),
+        (None, true) if args.file.as_os_str() == "-" => {
+            return Err(usage(
+                "--script with the program on stdin needs --stdin-file for the program's input",
+            ))
+        }
+        (None, true) => Some(read_source(&PathBuf::from("-"))?),
+        (None, false) => None,
+    };
     let config = args.limits.config();
-    let task = args.task(source, input_file_text.as_deref())?;
+    let task = args.task(source, input_file_text.as_deref(), script_stdin)?;
     super::prepare_wasm_if_cold(task.sandbox.tier.unwrap_or(config.level))?;
     let outcome = run_one(task, config);
     println!("{}", outcome_to_json(&outcome));
-    Ok(finished(&outcome))
+    Ok(match outcome.exit_code {
+        // A script's own exit code, as `python prog.py` would exit.
+        Some(code) if signals::received().is_none() => code,
+        _ => finished(&outcome),
+    })
 }
 
 pub(super) fn exec(args: ExecArgs) -> Result<i32> {

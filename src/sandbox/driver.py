@@ -25,7 +25,7 @@ from json.encoder import encode_basestring as _encode_str
 
 # What the driver uses after the task's code ran, taken now: the task may
 # replace the builtins (it shares them), and the driver must still answer.
-_str, _type, _len, _callable, _getattr = str, type, len, callable, getattr
+_str, _type, _len, _callable, _getattr, _open = str, type, len, callable, getattr, open
 _CoroutineType = _types.CoroutineType
 
 TASK_FILENAME = "<task>"
@@ -199,7 +199,7 @@ def _guarded_builtins(allowed):
 
 
 def _is_user_file(filename):
-    return filename == TASK_FILENAME or filename.startswith("<cell ")
+    return filename == TASK_FILENAME or filename == SCRIPT_FILENAME or filename.startswith("<cell ")
 
 
 _linecache = []
@@ -387,6 +387,8 @@ def run_request(request_text):
         if op is not None:
             return _session_op(op, request)
         code = request["code"]
+        if request.get("script"):
+            return _run_script(code, request)
     except RecursionError:
         return _error("invalid_task", "ValueError", "the task input is nested too deeply")
     except Exception as exc:
@@ -441,6 +443,182 @@ def run_request(request_text):
 
     namespace.clear()
     return _result_answer(result)
+
+
+# Script mode: the code is a program, run as ``__main__`` with the request's
+# "stdin" as its standard input, as ``python prog.py < stdin`` runs it. Its
+# answer is ``{"exit_code": n}``, with the uncaught exception as "error"
+# ({"type", "message", "traceback"}) when there was one; the traceback is
+# also printed on its stderr as CPython prints it.
+
+SCRIPT_FILENAME = "<script>"
+
+# Set by the CPython entries: fd 0 can carry the script's stdin there
+# (``open(0)``, ``os.read(0, n)``); RustPython's tasks read ``sys.stdin``.
+_fd0 = {"real": False}
+
+
+def _run_script(code, request):
+    import io
+
+    workdir = _put_files(request.get("files"))
+    if _type(workdir) is tuple:
+        return workdir  # the files could not be written
+    data = _str(request.get("stdin") or "").encode("utf-8", "surrogatepass")
+    module = _types.ModuleType("__main__")
+    module.__dict__["__file__"] = SCRIPT_FILENAME
+    module.__dict__["__builtins__"] = (
+        _guarded_builtins(request["allowed_imports"]) if request.get("allowed_imports") is not None else __builtins__
+    )
+    _install_host_functions(module.__dict__, request.get("functions"))
+    saved = (sys.stdin, sys.argv, sys.modules.get("__main__"))
+    restore_fd0 = None
+    if _fd0["real"]:
+        restore_fd0 = _stdin_on_fd0(data)
+        stdin = open(0, "r", encoding="utf-8", errors="surrogateescape", newline="\n", closefd=False)
+    else:
+        stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape", newline="\n")
+    sys.stdin, sys.argv, sys.modules["__main__"] = stdin, [SCRIPT_FILENAME], module
+    error = None
+    try:
+        _remember_source(code, SCRIPT_FILENAME)
+        exec(compile(code, SCRIPT_FILENAME, "exec"), module.__dict__)
+        exit_code = 0
+    except SystemExit as exc:
+        exit_code = _exit_status(exc.code)
+    except MemoryError:
+        module.__dict__.clear()
+        exit_code, error = 1, ("MemoryError", "out of memory", "")
+    except BaseException as exc:
+        exit_code = 1
+        text = _format_exception(exc)
+        error = (_type(exc).__name__, _exception_message(exc), text)
+        try:
+            sys.stderr.write(text)
+        except Exception:
+            pass
+    finally:
+        _flush_user_output()
+        sys.stdin, sys.argv = saved[0], saved[1]
+        if saved[2] is not None:
+            sys.modules["__main__"] = saved[2]
+        if restore_fd0 is not None:
+            restore_fd0()
+        module.__dict__.clear()
+    answer = '{"exit_code":' + _int_repr(exit_code)
+    fetched = _fetch_files(workdir, request.get("fetch_files"))
+    if fetched:
+        answer += ',"files":' + _encode(fetched)
+    if error is not None:
+        type_name, message, text = error
+        answer += (
+            ',"error":{"type":' + _encode_str(_cut(type_name)) + ',"message":' + _encode_str(_cut(message))
+            + ',"traceback":' + _encode_str(_cut(text)) + "}"
+        )
+    return ("ok", answer + "}")
+
+
+def _put_files(files):
+    """Writes the request's files (path -> base64) into the working
+    directory; returns that directory, or the answer saying why not."""
+    import os
+
+    try:
+        workdir = os.getcwd()
+    except Exception:
+        workdir = "."
+    if not files:
+        return workdir
+    import base64
+
+    for name, content in files.items():
+        path = os.path.join(workdir, name)
+        try:
+            folder = os.path.dirname(path)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            with _open(path, "wb") as handle:
+                handle.write(base64.b64decode(content))
+        except Exception as exc:
+            return _error(
+                "invalid_task",
+                _type(exc).__name__,
+                "can't write the task's file %r in its working directory (%s): on this tier it may have "
+                "none it can write" % (name, _exception_message(exc)),
+            )
+    return workdir
+
+
+def _fetch_files(workdir, names):
+    """The files ``names`` (relative to ``workdir``) that exist, path -> base64."""
+    if not names:
+        return None
+    import base64
+    import os
+
+    fetched = {}
+    for name in names:
+        try:
+            with _open(os.path.join(workdir, _str(name)), "rb") as handle:
+                fetched[_str(name)] = base64.b64encode(handle.read()).decode("ascii")
+        except Exception:
+            pass  # as SandboxFusion does: a file that isn't there is left out
+    return fetched
+
+
+def _exit_status(code):
+    """The process exit status of ``sys.exit(code)``, as CPython makes it
+    (a message other than an int is printed on stderr: status 1)."""
+    if code is None:
+        return 0
+    if _type(code) is int or _type(code) is bool:
+        return int(code) & 0xFF
+    try:
+        sys.stderr.write(_str(code) + "\n")
+    except Exception:
+        pass
+    return 1
+
+
+def _stdin_on_fd0(data):
+    """Makes fd 0 read ``data`` then end (a pipe, fed by a thread when it
+    holds more than the pipe does); returns what puts fd 0 back."""
+    import os
+
+    try:
+        saved = os.dup(0)
+    except OSError:
+        saved = None  # closed (the one-shot entry closes it)
+    read_end, write_end = os.pipe()
+    if read_end != 0:
+        os.dup2(read_end, 0)
+        os.close(read_end)
+
+    def feed(rest):
+        try:
+            while rest:
+                rest = rest[os.write(write_end, rest):]
+        except OSError:
+            pass
+        finally:
+            os.close(write_end)
+
+    if _len(data) <= 65536:
+        feed(data)  # fits in the pipe: no thread
+    else:
+        import threading
+
+        threading.Thread(target=feed, args=(data,), daemon=True).start()
+
+    def restore():
+        # Closing the read end also ends a feeder still blocked (EPIPE).
+        if saved is None:
+            os.close(0)
+        else:
+            os.dup2(saved, 0)
+            os.close(saved)
+
+    return restore
 
 
 def _result_answer(result):
@@ -648,6 +826,7 @@ def main_stdio():
     """
     import os
 
+    _fd0["real"] = True
     pid = os.getpid()
     mark = None
     if "--mark-on-stdin" in sys.argv:
@@ -692,6 +871,7 @@ def main_session():
     import signal
 
     answer_on_stdout = "--answer-on-stdout" in sys.argv
+    _fd0["real"] = True
     pid = os.getpid()
     frames = os.fdopen(os.dup(0), "rb", buffering=0)
     null = os.open(os.devnull, os.O_RDONLY)

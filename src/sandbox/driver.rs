@@ -6,6 +6,8 @@
 //! decides, see `outcome`). So results and errors look the same whichever
 //! interpreter ran the code.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use super::SandboxConfig;
@@ -21,8 +23,44 @@ pub(crate) fn request(
     task: &TaskSubmission,
     config: &SandboxConfig,
 ) -> Result<String, TaskError> {
+    crate::task::json::check_script(
+        task.script,
+        true,
+        task.stdin.is_some() || !task.files.is_empty() || !task.fetch_files.is_empty(),
+        task.entry.is_some()
+            || task.input.is_some()
+            || task.args.is_some()
+            || task.kwargs.is_some(),
+    )?;
     let mut request = Map::new();
     request.insert("code".into(), Value::String(code.to_string()));
+    if task.script {
+        request.insert("script".into(), Value::Bool(true));
+        let stdin = task.stdin.clone().unwrap_or_default();
+        request.insert("stdin".into(), Value::String(stdin));
+        if !task.files.is_empty() {
+            let files = task
+                .files
+                .iter()
+                .map(|(path, bytes)| {
+                    (
+                        path.clone(),
+                        Value::String(crate::task::json::base64_encode(bytes)),
+                    )
+                })
+                .collect();
+            request.insert("files".into(), Value::Object(files));
+        }
+        if !task.fetch_files.is_empty() {
+            let names = task
+                .fetch_files
+                .iter()
+                .cloned()
+                .map(Value::String)
+                .collect();
+            request.insert("fetch_files".into(), Value::Array(names));
+        }
+    }
     if let Some(entry) = &task.entry {
         request.insert("entry".into(), Value::String(entry.clone()));
     }
@@ -51,6 +89,75 @@ pub(crate) fn request(
     }
     serde_json::to_string(&request)
         .map_err(|e| TaskError::invalid(format!("the task's input can't be encoded: {e}")))
+}
+
+/// How a script ended.
+pub(crate) struct ScriptEnd {
+    /// Ok (null) only for exit code 0; else the uncaught exception, or
+    /// `SystemExit`, as a task error; a limit or a cancel as it was.
+    pub result: Result<Value, TaskError>,
+    /// Its exit code, if it ended by itself.
+    pub exit_code: Option<i32>,
+    /// The files it was asked to send back.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// How a script ended, from the driver's answer `{"exit_code": n, "error"?:
+/// {"type", "message", "traceback"}, "files"?: {path: base64}}` (any other
+/// result, a limit say, passes through).
+pub(crate) fn script_end(result: Result<Value, TaskError>) -> ScriptEnd {
+    let mut end = match result {
+        Ok(Value::Object(end)) => end,
+        result => {
+            return ScriptEnd {
+                result,
+                exit_code: None,
+                files: BTreeMap::new(),
+            }
+        }
+    };
+    let malformed = |what: &str| ScriptEnd {
+        result: Err(TaskError::internal(format!(
+            "the driver's answer for a script {what}"
+        ))),
+        exit_code: None,
+        files: BTreeMap::new(),
+    };
+    let Some(code) = end
+        .get("exit_code")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok())
+    else {
+        return malformed("has no exit code");
+    };
+    let mut files = BTreeMap::new();
+    if let Some(Value::Object(sent)) = end.remove("files") {
+        for (path, content) in sent {
+            match content.as_str().map(crate::task::json::base64_decode) {
+                Some(Ok(bytes)) => files.insert(path, bytes),
+                _ => return malformed("has a file that is not base64"),
+            };
+        }
+    }
+    let text = |error: &Value, field: &str| error[field].as_str().unwrap_or_default().to_string();
+    let result = match end.get("error") {
+        Some(error) => Err(TaskError::Failed {
+            type_name: text(error, "type"),
+            message: text(error, "message"),
+            traceback: text(error, "traceback"),
+        }),
+        None if code == 0 => Ok(Value::Null),
+        None => Err(TaskError::Failed {
+            type_name: "SystemExit".into(),
+            message: format!("the program exited with code {code}"),
+            traceback: String::new(),
+        }),
+    };
+    ScriptEnd {
+        result,
+        exit_code: Some(code),
+        files,
+    }
 }
 
 /// The stdin of a Wasm module or a command: the task's input as JSON

@@ -369,17 +369,29 @@ impl SandboxExecutor {
             },
             _ => (Some(config.level), run_in_tier(task, &config, cancel)),
         };
+        let end = match task.payload {
+            Payload::Code(_) if task.script => driver::script_end(output.result),
+            _ => driver::ScriptEnd {
+                result: output.result,
+                exit_code: None,
+                files: Default::default(),
+            },
+        };
         let mut outcome = TaskOutcome {
             id: task.id.clone(),
-            result: output.result,
+            result: end.result,
             stdout: output.stdout,
             stderr: output.stderr,
             tier: level,
             node_id: None,
             duration: started.elapsed(),
+            exit_code: end.exit_code,
+            files: end.files,
         };
         if cancel.is_cancelled() {
             outcome.result = Err(TaskError::Cancelled);
+            outcome.exit_code = None;
+            outcome.files.clear();
         }
         outcome
     }

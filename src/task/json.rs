@@ -14,6 +14,7 @@
 //! assert!(err.to_string().contains("unknown field `inptu`"));
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +89,19 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Run with this GPU visible (`CUDA_VISIBLE_DEVICES`).
     pub gpu_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Script mode: `code` is a program run as `__main__` (no entry is
+    /// called); the result line has its `exit_code`.
+    pub script: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A script's standard input.
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Files put in a script's working directory first: path -> base64.
+    pub files: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Files of a script's working directory sent back in the result's `files`.
+    pub fetch_files: Option<Vec<String>>,
 }
 
 /// A Wasm payload in JSON: a path, or `{"path": ...}`, or `{"base64": ...}`.
@@ -204,6 +218,21 @@ impl TaskSpec {
                 "give either \"input\" or \"args\"/\"kwargs\", not both",
             ));
         }
+        check_script(
+            self.script,
+            matches!(payload, Payload::Code(_)),
+            self.stdin.is_some() || self.files.is_some() || self.fetch_files.is_some(),
+            self.entry.is_some()
+                || self.input.is_some()
+                || self.args.is_some()
+                || self.kwargs.is_some(),
+        )?;
+        let mut files = BTreeMap::new();
+        for (path, content) in self.files.unwrap_or_default() {
+            let bytes = base64_decode(&content)
+                .map_err(|_| TaskError::invalid(format!("files[\"{path}\"] is not base64")))?;
+            files.insert(path, bytes);
+        }
         if let Some(entry) = &self.entry {
             if !is_identifier(entry) {
                 return Err(TaskError::invalid(format!(
@@ -237,6 +266,10 @@ impl TaskSpec {
                 mounts: self.mounts,
             },
             host_functions: None,
+            script: self.script,
+            stdin: self.stdin,
+            files,
+            fetch_files: self.fetch_files.unwrap_or_default(),
         })
     }
 
@@ -264,6 +297,10 @@ impl TaskSpec {
             resources: Some(task.resources.clone()).filter(|r| *r != Resources::default()),
             node_id: task.node_id.clone(),
             gpu_id: task.gpu_id,
+            script: task.script,
+            stdin: task.stdin.clone(),
+            files: Some(base64_files(&task.files)).filter(|files| !files.is_empty()),
+            fetch_files: Some(task.fetch_files.clone()).filter(|names| !names.is_empty()),
             ..TaskSpec::default()
         };
         match &task.payload {
@@ -307,6 +344,40 @@ impl WasmSpec {
     }
 }
 
+/// Files by path, their contents in base64.
+fn base64_files(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .map(|(path, bytes)| (path.clone(), base64_encode(bytes)))
+        .collect()
+}
+
+/// A script is Python code run as a program: it has no entry to call and
+/// takes its input on stdin; only a script has a stdin and files.
+pub(crate) fn check_script(
+    script: bool,
+    python: bool,
+    stdin: bool,
+    call: bool,
+) -> Result<(), TaskError> {
+    if script && !python {
+        return Err(TaskError::invalid(
+            "script mode is for Python code: a Wasm module or a command already reads its stdin",
+        ));
+    }
+    if script && call {
+        return Err(TaskError::invalid(
+            "a script runs as a program and calls no function: give its input as \"stdin\", not \"entry\", \"input\", \"args\" or \"kwargs\"",
+        ));
+    }
+    if stdin && !script {
+        return Err(TaskError::invalid(
+            "\"stdin\", \"files\" and \"fetch_files\" are a script's: set \"script\": true",
+        ));
+    }
+    Ok(())
+}
+
 fn check_resources(resources: &Resources) -> Result<(), TaskError> {
     for (name, value) in [("cpu", resources.cpu), ("gpu", resources.gpu)] {
         if let Some(v) = value {
@@ -329,7 +400,7 @@ pub(crate) fn is_identifier(name: &str) -> bool {
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64_encode(bytes: &[u8]) -> String {
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -349,7 +420,7 @@ fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
-fn base64_decode(text: &str) -> Result<Vec<u8>, TaskError> {
+pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, TaskError> {
     let bad = || TaskError::invalid("\"wasm\".base64 is not valid base64");
     let text: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     if !text.len().is_multiple_of(4) {
@@ -398,6 +469,12 @@ pub struct ResultRecord {
     pub node_id: Option<String>,
     /// Submit to outcome, milliseconds.
     pub duration_ms: f64,
+    /// A script's exit code (script mode, when the program ended by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The files a script sent back (`fetch_files`): path -> base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
 }
 
 /// `"ok"` or `"error"`.
@@ -426,6 +503,8 @@ impl From<&TaskOutcome> for ResultRecord {
             tier: outcome.tier,
             node_id: outcome.node_id.clone(),
             duration_ms: duration_to_ms(outcome.duration),
+            exit_code: outcome.exit_code,
+            files: Some(base64_files(&outcome.files)).filter(|files| !files.is_empty()),
         }
     }
 }
@@ -455,6 +534,19 @@ impl ResultRecord {
             tier: self.tier,
             node_id: self.node_id,
             duration: duration_from_ms(self.duration_ms)?,
+            exit_code: self.exit_code,
+            files: {
+                let mut files = BTreeMap::new();
+                for (path, content) in self.files.unwrap_or_default() {
+                    let bytes = base64_decode(&content).map_err(|_| {
+                        TaskError::internal(format!(
+                            "malformed result JSON: files[\"{path}\"] is not base64"
+                        ))
+                    })?;
+                    files.insert(path, bytes);
+                }
+                files
+            },
         })
     }
 }

@@ -8,6 +8,7 @@ mod host;
 pub mod json;
 mod tier;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -163,6 +164,19 @@ pub struct TaskSubmission {
     /// Functions of this process the code may call (Python tasks, local
     /// executor only).
     pub host_functions: Option<HostFunctions>,
+    /// Script mode: the Python code is a program, run as `__main__` with
+    /// [`stdin`](Self::stdin) on its standard input; the outcome carries its
+    /// exit code (see [`TaskSubmission::script`]).
+    pub script: bool,
+    /// A script's standard input (script mode only).
+    pub stdin: Option<String>,
+    /// Files written to a script's working directory before it runs, by
+    /// path relative to it (script mode only; on a tier whose working
+    /// directory the task may write: not wasm).
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Files of a script's working directory to send back after it ends
+    /// (those that exist), in [`TaskOutcome::files`].
+    pub fetch_files: Vec<String>,
 }
 
 impl TaskSubmission {
@@ -180,12 +194,45 @@ impl TaskSubmission {
             gpu_id: None,
             sandbox: SandboxOverrides::default(),
             host_functions: None,
+            script: false,
+            stdin: None,
+            files: BTreeMap::new(),
+            fetch_files: Vec::new(),
         }
     }
 
     /// A Python task.
     pub fn python(code: impl Into<String>) -> Self {
         Self::new(Payload::Code(code.into()))
+    }
+
+    /// A Python program (script mode): run as `__main__` as `python prog.py`
+    /// runs it, with [`with_stdin`](Self::with_stdin)'s text on its standard
+    /// input (`input()`, `sys.stdin`; on the process tiers fd 0 too). It
+    /// ends `ok` with exit code 0; `sys.exit(n)` with another code, or an
+    /// uncaught exception (exit code 1, the traceback on its stderr as
+    /// CPython prints it), ends as a task error whose outcome still has the
+    /// exit code. Limits end it as they end a function.
+    ///
+    /// ```no_run
+    /// use lattice::sandbox::SandboxExecutor;
+    /// use lattice::task::{CancelToken, TaskSubmission};
+    ///
+    /// let program = TaskSubmission::script("n = int(input())\nprint(n * 2)\n").with_stdin("21\n");
+    /// let outcome = SandboxExecutor::new(Default::default()).run(&program, &CancelToken::new());
+    /// assert_eq!((outcome.exit_code, outcome.stdout.as_str()), (Some(0), "42\n"));
+    /// ```
+    pub fn script(code: impl Into<String>) -> Self {
+        TaskSubmission {
+            script: true,
+            ..Self::python(code)
+        }
+    }
+
+    /// Sets a script's standard input.
+    pub fn with_stdin(mut self, stdin: impl Into<String>) -> Self {
+        self.stdin = Some(stdin.into());
+        self
     }
 
     /// A Wasm module or component task.
@@ -360,6 +407,12 @@ pub struct TaskOutcome {
     pub node_id: Option<String>,
     /// Submit (or start) to outcome.
     pub duration: Duration,
+    /// A script's exit code (script mode, when the program ended by itself:
+    /// not after a limit, a cancel or a crash).
+    pub exit_code: Option<i32>,
+    /// The files a script was asked to send back (`fetch_files`) that it
+    /// left, by path.
+    pub files: BTreeMap<String, Vec<u8>>,
 }
 
 impl TaskOutcome {
@@ -373,6 +426,8 @@ impl TaskOutcome {
             tier: None,
             node_id: None,
             duration: Duration::ZERO,
+            exit_code: None,
+            files: BTreeMap::new(),
         }
     }
 

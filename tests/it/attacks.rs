@@ -464,6 +464,8 @@ fn deep_input_outcome(level: SandboxLevel, code: &str) -> TaskOutcome {
             tier: Some(level),
             node_id: None,
             duration: Duration::ZERO,
+            exit_code: None,
+            files: Default::default(),
         };
     }
     let line: Value = serde_json::from_slice(&run.stdout).unwrap_or(Value::Null);
@@ -480,5 +482,7 @@ fn deep_input_outcome(level: SandboxLevel, code: &str) -> TaskOutcome {
         tier: Some(level),
         node_id: None,
         duration: Duration::ZERO,
+        exit_code: None,
+        files: Default::default(),
     }
 }

@@ -1134,6 +1134,50 @@ fn the_cli_runs_a_batch_and_lists_resources_on_the_cluster() {
 }
 
 #[test]
+fn serve_runs_requests_on_the_cluster() {
+    let _suite = crate::common::suite(module_path!());
+    let cluster = cluster();
+    let _serial = serial();
+    let (head, second) = node_ids(&cluster);
+    let server = crate::serve::Server::start_with(
+        &["--executor", "ray", "--ray-address", &cluster.dashboard],
+        None,
+        &[("LATTICE_RAY_PYTHON", &cluster.python)],
+    );
+    let (status, result) = server.post_json(
+        "/v1/run",
+        &json!({"code": "def f(x):\n    return x + 1\n", "input": 41, "node_id": second}),
+    );
+    assert_eq!(status, reqwest::StatusCode::OK, "{result}");
+    assert_eq!(result["result"], json!(42));
+    assert_eq!(result["node_id"], json!(second));
+    let (status, result) = server.post_json(
+        "/run_code",
+        &json!({"code": "print(int(input()) * 2)", "stdin": "21", "language": "python"}),
+    );
+    assert_eq!(status, reqwest::StatusCode::OK, "{result}");
+    assert_eq!(result["status"], "Success", "{result}");
+    assert_eq!(result["run_result"]["stdout"], "42\n");
+    let (_, result) = server.post_json(
+        "/v1/run",
+        &json!({"code": "def f():\n    return 1\n", "node_id": "n1"}),
+    );
+    assert_eq!(result["error"]["kind"], "invalid_task", "{result}");
+    let resources: Value = server.get("/v1/resources").json().unwrap();
+    let nodes: Vec<&str> = resources["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        nodes.contains(&head.as_str()) && nodes.contains(&second.as_str()),
+        "{resources}"
+    );
+    assert_eq!(server.terminate(std::time::Duration::from_secs(30)), 0);
+}
+
+#[test]
 fn a_binary_missing_on_the_nodes_is_sandbox_unavailable() {
     let _suite = crate::common::suite(module_path!());
     let cluster = cluster();

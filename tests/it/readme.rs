@@ -36,6 +36,41 @@ fn ray_python() -> Option<PathBuf> {
         .then_some(python)
 }
 
+/// A README line that ends in `&`: started here, and waited for until its
+/// port accepts connections.
+fn start_in_background(line: &str, dir: &Path, path: &str, port: &str) -> Background {
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("lattice-wasm"), "{line}");
+    let child = Command::new(env!("CARGO_BIN_EXE_lattice-wasm"))
+        .args(words)
+        .current_dir(dir)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line}: never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Background(child)
+}
+
+/// A README command's background process: killed if the test fails.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn every_readme_command_runs_as_shown() {
     let _suite = crate::common::suite(module_path!());
@@ -53,6 +88,15 @@ fn every_readme_command_runs_as_shown() {
         binary.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // The README's service block starts `serve ... &` on 8080; here on a
+    // free port instead, so the test cannot meet another server there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut background = Vec::new();
     let mut ran = 0;
     for command in &commands {
         // Not run here: the test command itself (this test is part of it),
@@ -63,11 +107,17 @@ fn every_readme_command_runs_as_shown() {
         let line = match command.strip_prefix("cargo run --release -- ") {
             Some(args) => format!("lattice-wasm {args}"),
             None => command.clone(),
-        };
+        }
+        .replace(":8080", &format!(":{port}"));
         assert!(
-            line.contains("lattice-wasm "),
+            line.contains("lattice-wasm ") || line.starts_with("curl -s localhost:"),
             "a README command this test does not know how to run: {command}"
         );
+        if let Some(server) = line.strip_suffix(" &") {
+            background.push(start_in_background(server, scratch.path(), &path, &port));
+            ran += 1;
+            continue;
+        }
         let mut shell = Command::new("bash");
         shell
             .args(["-o", "pipefail", "-c", &line])
@@ -100,9 +150,32 @@ fn every_readme_command_runs_as_shown() {
             Some(expected),
             "{command}\nstdout: {stdout}\nstderr: {stderr}"
         );
+        if line.starts_with("curl ") {
+            // Each answer is JSON: the example batch's seven result lines
+            // (three fail on purpose), else one answer that did not fail.
+            let answers: Vec<serde_json::Value> = stdout
+                .lines()
+                .map(|answer| {
+                    serde_json::from_str(answer)
+                        .unwrap_or_else(|e| panic!("{command}: {e}: {stdout}"))
+                })
+                .collect();
+            if line.contains("/v1/batch") {
+                assert_eq!(answers.len(), 7, "{command}: {stdout}");
+            } else {
+                assert_eq!(answers.len(), 1, "{command}: {stdout}");
+                assert_ne!(answers[0]["status"], "error", "{command}: {stdout}");
+            }
+        }
         ran += 1;
     }
     assert!(ran >= 10, "ran {ran} of {commands:?}");
+    for mut server in background {
+        // SAFETY: our child, not yet reaped.
+        unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+        let status = server.0.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "serve after SIGTERM: {status:?}");
+    }
     assert!(
         commands.contains(&"cargo run --release -- batch examples/tasks.jsonl".to_string()),
         "the README's main command is the example batch on the defaults: {commands:?}"

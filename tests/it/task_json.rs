@@ -107,6 +107,8 @@ fn results_have_exactly_the_documented_fields_and_round_trip() {
         tier: Some(lattice::sandbox::SandboxLevel::Subprocess),
         node_id: Some("local".into()),
         duration: Duration::from_micros(1500),
+        exit_code: None,
+        files: Default::default(),
     };
     let text = outcome_to_json(&ok);
     assert!(
