@@ -484,6 +484,9 @@ pub(super) enum WorkloadKind {
     Raises,
     /// `x + 1` in an open session: a call's latency, not a task's.
     Session,
+    /// Trivial tasks over HTTP (`serve`, 64 keep-alive connections) beside
+    /// `batch` of the same tasks, on the first tier.
+    Http,
 }
 
 /// A usage error: bad flags or flag values (the CLI exits with code 2).

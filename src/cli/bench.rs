@@ -10,6 +10,7 @@
 //! since a benchmark of wrong answers is worthless.
 
 mod contender;
+mod http;
 mod memory;
 mod monty;
 mod report;
@@ -106,7 +107,25 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
     let mut rows = Vec::new();
     let mut sessions = Vec::new();
     let mut snapshots = None;
+    let mut http = None;
     for &kind in &plan.workloads {
+        if kind == WorkloadKind::Http {
+            let tier = plan
+                .tiers
+                .iter()
+                .copied()
+                .find(|&level| check_available(level).is_ok());
+            http = tier.map(|tier| {
+                let requests = plan.tasks.unwrap_or(http::DEFAULT_REQUESTS);
+                eprintln!("bench: http: {requests} requests on the {tier} tier");
+                http::measure(tier, requests, plan.concurrency)
+            });
+            if let Some(Err(error)) = &http {
+                // Like a tier's wrong answer: the run is worthless.
+                anyhow::bail!("bench: http: {error}");
+            }
+            continue;
+        }
         if kind == WorkloadKind::Session {
             let tiers: Vec<SandboxLevel> = plan
                 .tiers
@@ -135,6 +154,7 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
         rows,
         sessions,
         snapshots,
+        http,
         wall: started.elapsed(),
     };
     eprintln!("bench: done in {:.1} s", report.wall.as_secs_f64());

@@ -162,3 +162,39 @@ fn a_missing_monty_python_is_reported_not_fatal() {
     );
     assert!(table.contains("== trivial"), "{table}");
 }
+
+#[test]
+fn the_http_workload_compares_serve_with_batch_on_checked_answers() {
+    let _suite = crate::common::suite(module_path!());
+    let output = bench(&[
+        "--tiers",
+        "wasm",
+        "--tasks",
+        "300",
+        "--concurrency",
+        "2",
+        "--workloads",
+        "http",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let http = &report["http"];
+    assert_eq!(http["tier"], "wasm", "{report:#}");
+    assert_eq!(http["requests"], 300);
+    assert_eq!(http["connections"], 64);
+    assert_eq!(http["workers"], 2);
+    for field in [
+        "http_per_s",
+        "batch_per_s",
+        "vs_batch",
+        "p50_ms",
+        "sequential_p50_ms",
+        "library_p50_ms",
+    ] {
+        positive(&http[field], field);
+    }
+    assert!(http["p99_ms"].as_f64().unwrap() >= http["p50_ms"].as_f64().unwrap());
+    // What HTTP adds is a difference of medians: a number, maybe noise-small.
+    assert!(http["overhead_p50_ms"].is_number(), "{http}");
+}

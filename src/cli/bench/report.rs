@@ -246,6 +246,8 @@ pub(super) struct Report {
     pub sessions: Vec<super::session::SessionRow>,
     /// The session workload's snapshot numbers (wasm).
     pub snapshots: Option<Result<super::session::SnapshotRow, String>>,
+    /// The http workload's numbers (failures end the run instead).
+    pub http: Option<Result<super::http::HttpRow, String>>,
     pub wall: Duration,
 }
 
@@ -296,6 +298,7 @@ impl Report {
             "references": self.references,
             "results": self.rows,
             "sessions": self.snapshots.as_ref().map(|snapshots| super::session::to_json(&self.sessions, snapshots)),
+            "http": self.http.as_ref().and_then(|http| http.as_ref().ok()),
             "harness_resident_mb": round(self.harness_resident_mb, 1),
             "method": method(self.concurrency, self.harness_resident_mb).join(" "),
         })
@@ -309,6 +312,11 @@ impl Report {
             if *workload == WorkloadKind::Session {
                 let _ = writeln!(out, "\n== {}: {} ==", workload.name(), workload.describe());
                 out.push_str(&self.session_section());
+                continue;
+            }
+            if *workload == WorkloadKind::Http {
+                let _ = writeln!(out, "\n== {}: {} ==", workload.name(), workload.describe());
+                out.push_str(&self.http_section());
                 continue;
             }
             let rows: Vec<&ResultRow> = self
@@ -334,6 +342,46 @@ impl Report {
         {
             let _ = writeln!(out, "[{}] {note}", i + 1);
         }
+        out
+    }
+
+    fn http_section(&self) -> String {
+        let Some(Ok(row)) = &self.http else {
+            return "no tier available\n".into();
+        };
+        let mut out = render(&[
+            vec![
+                "tier".to_string(),
+                "requests".into(),
+                "req/s".into(),
+                "p50 ms".into(),
+                "p99 ms".into(),
+                "batch tasks/s".into(),
+                "vs batch".into(),
+                "1-at-a-time p50 ms".into(),
+                "library p50 ms".into(),
+                "overhead p50 ms".into(),
+            ],
+            vec![
+                row.tier.clone(),
+                row.requests.to_string(),
+                format!("{:.0}", row.http_per_s),
+                number(Some(row.p50_ms)),
+                number(Some(row.p99_ms)),
+                format!("{:.0}", row.batch_per_s),
+                format!("{:.2}x", row.vs_batch),
+                format!("{:.3}", row.sequential_p50_ms),
+                format!("{:.3}", row.library_p50_ms),
+                format!("{:.3}", row.overhead_p50_ms),
+            ],
+        ]);
+        let _ = writeln!(
+            out,
+            "{} connections, {} workers (serve --concurrency = batch --concurrency); p50/p99: client-side, queueing \
+             included; overhead: one request at a time on one connection, p50, less the p50 of the same task through \
+             the library's LocalExecutor (1 worker) in this process, the two interleaved",
+            row.connections, row.workers
+        );
         out
     }
 

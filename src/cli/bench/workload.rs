@@ -7,7 +7,7 @@ use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
 use serde_json::{json, Value};
 
 impl WorkloadKind {
-    pub(crate) const ALL: [WorkloadKind; 7] = [
+    pub(crate) const ALL: [WorkloadKind; 8] = [
         WorkloadKind::Trivial,
         WorkloadKind::Cpu,
         WorkloadKind::Sort,
@@ -15,6 +15,7 @@ impl WorkloadKind {
         WorkloadKind::Io,
         WorkloadKind::Raises,
         WorkloadKind::Session,
+        WorkloadKind::Http,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -26,6 +27,7 @@ impl WorkloadKind {
             WorkloadKind::Io => "io",
             WorkloadKind::Raises => "raises",
             WorkloadKind::Session => "session",
+            WorkloadKind::Http => "http",
         }
     }
 
@@ -39,6 +41,9 @@ impl WorkloadKind {
             WorkloadKind::Io => "1,000 strings of 1,000 chars in (~1 MB), reversed out",
             WorkloadKind::Raises => "raises ValueError (expected failure, kind checked)",
             WorkloadKind::Session => "exec `x + 1` in an open session, one call at a time",
+            WorkloadKind::Http => {
+                "def f(x): return x + 1 as POST /v1/run to `serve` from 64 keep-alive connections, beside `batch` of the same lines"
+            }
         }
     }
 }
@@ -146,7 +151,9 @@ impl Workload {
             WorkloadKind::Imports => (IMPORTS, imports_cases()),
             WorkloadKind::Io => (IO, io_cases()),
             WorkloadKind::Raises => (RAISES, raises_cases()),
-            WorkloadKind::Session => unreachable!("sessions are measured apart (bench/session.rs)"),
+            WorkloadKind::Session | WorkloadKind::Http => {
+                unreachable!("measured apart (bench/session.rs, bench/http.rs)")
+            }
         };
         Workload { kind, code, cases }
     }
@@ -171,7 +178,7 @@ impl Workload {
     }
 }
 
-const TRIVIAL: &str = "def f(x):\n    return x + 1\n";
+pub(super) const TRIVIAL: &str = "def f(x):\n    return x + 1\n";
 
 fn trivial_cases() -> Vec<Case> {
     (0..256)

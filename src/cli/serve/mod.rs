@@ -117,7 +117,12 @@ pub(super) fn run(args: ServeArgs) -> Result<i32> {
         sessions: sessions::Table::new(args.session_idle_timeout),
     });
 
+    // Few threads parse HTTP (one per four cores): tasks run on the
+    // executor's workers, and on a small machine a second runtime thread
+    // measurably adds a cross-thread wake-up to each request.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((cores / 4).max(1))
         .enable_all()
         .thread_name("lattice-serve")
         .build()
@@ -183,6 +188,11 @@ async fn serve(server: Shared, args: &ServeArgs) -> Result<()> {
         })
     };
     let app = router(server.clone());
+    // Answers and streamed result lines go out as soon as written (no
+    // Nagle wait behind a delayed ACK).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
