@@ -313,7 +313,7 @@ async fn run(job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskE
             // The envelope follows a mark line on stdout (attached streams
             // have no fd 3); the driver reads the mark from its stdin's
             // first line, so it is in no file the task could read.
-            Work::Python { request } => (
+            Work::Python { request, .. } => (
                 vec![
                     "python3".to_string(),
                     "-I".into(),

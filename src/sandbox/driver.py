@@ -543,8 +543,7 @@ def _put_files(files):
             return _error(
                 "invalid_task",
                 _type(exc).__name__,
-                "can't write the task's file %r in its working directory (%s): on this tier it may have "
-                "none it can write" % (name, _exception_message(exc)),
+                "can't write the task's file %r in its working directory: %s" % (name, _exception_message(exc)),
             )
     return workdir
 

@@ -50,7 +50,10 @@ pub(crate) struct Job<'a> {
 /// The payload of a [`Job`].
 pub(crate) enum Work<'a> {
     /// Python: the CodeRunner request for the driver (see [`crate::runner`]).
-    Python { request: &'a str },
+    /// `scratch`: the task writes files to, or fetches them from, its
+    /// working directory (script mode); a tier without a directory of its
+    /// own per task gives it one for the run.
+    Python { request: &'a str, scratch: bool },
     /// A Wasm module or component with the input JSON for its stdin.
     Wasm {
         source: &'a WasmSource,
@@ -503,7 +506,10 @@ fn run_in_tier(
             if let Some(functions) = task.host_functions.as_ref().filter(|f| !f.is_empty()) {
                 return run_with_host_functions(sandbox, &request, config, functions, cancel);
             }
-            Work::Python { request: &request }
+            Work::Python {
+                request: &request,
+                scratch: task.script && !(task.files.is_empty() && task.fetch_files.is_empty()),
+            }
         }
         Payload::Wasm(source) => {
             input_json = driver::stdin_input(task);

@@ -58,7 +58,7 @@ impl Sandbox for NoneSandbox {
 
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
         match &job.work {
-            Work::Python { request } => {
+            Work::Python { request, .. } => {
                 run_python(request, job.config, cancel).unwrap_or_else(SandboxOutput::error)
             }
             _ => ProcessTier {

@@ -110,7 +110,7 @@ impl ProcessTier {
     fn try_run(&self, job: &Job<'_>, cancel: &CancelToken) -> Result<SandboxOutput, TaskError> {
         let config = job.config;
         let (program, args, stdin, python) = match &job.work {
-            Work::Python { request } => {
+            Work::Python { request, .. } => {
                 let python = python_interpreter()?;
                 let args = vec!["-I".into(), "-c".into(), DRIVER.into()];
                 (python.to_path_buf(), args, request.as_bytes(), true)

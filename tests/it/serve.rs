@@ -636,14 +636,9 @@ fn sandbox_fusion_clients_work_unchanged() {
         );
         assert_eq!(case("cpp")["status"], "SandboxError");
         assert!(case("cpp")["message"].as_str().unwrap().contains("python"));
-        if tier == "subprocess" {
-            assert_eq!(case("files")["status"], "Success", "{}", case("files"));
-            assert_eq!(case("files")["stdout"], "hello\n");
-            assert_eq!(case("files")["files"], json!({"out.txt": "ZG9uZQ=="}));
-        } else {
-            // No directory a wasm task may write: the sandbox says so.
-            assert_eq!(case("files")["status"], "SandboxError", "{}", case("files"));
-        }
+        assert_eq!(case("files")["status"], "Success", "{}", case("files"));
+        assert_eq!(case("files")["stdout"], "hello\n");
+        assert_eq!(case("files")["files"], json!({"out.txt": "ZG9uZQ=="}));
     }
 }
 

@@ -773,6 +773,40 @@ impl Drop for PoolSlot {
     }
 }
 
+/// An empty directory the task sees as `/`, its working directory,
+/// writable under the mounts' write budget (files.rs): where a script's
+/// files go on a tier with no filesystem of its own. Removed when dropped.
+pub(super) struct ScratchRoot {
+    /// The task's configuration with the directory mounted.
+    pub config: SandboxConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchRoot {
+    pub(super) fn new(config: &SandboxConfig) -> Result<ScratchRoot, TaskError> {
+        let failed = |e: std::io::Error| {
+            TaskError::unavailable(format!("can't make the task's working directory: {e}"))
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("lattice-files-{}-", std::process::id()))
+            .tempdir()
+            .map_err(failed)?;
+        if AsNobody::applies() {
+            // The task reaches its mounts as nobody (see `AsNobody`).
+            std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).map_err(failed)?;
+        }
+        let mut config = config.clone();
+        if !config.mount_paths.iter().any(|mount| mount.guest == "/") {
+            config.mount_paths.push(crate::task::Mount {
+                host: dir.path().to_path_buf(),
+                guest: "/".into(),
+                writable: true,
+            });
+        }
+        Ok(ScratchRoot { config, _dir: dir })
+    }
+}
+
 /// The identity a Wasm task reaches its mounts with: while alive, the
 /// filesystem uid and gid of this thread are nobody's (65534) and it has no
 /// supplementary groups, so the kernel lets the task read and write only

@@ -53,7 +53,11 @@ impl Sandbox for WasmSandbox {
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
         let config = job.config;
         let ran = match &job.work {
-            Work::Python { request } => crate::sandbox::on_task_thread(|| {
+            Work::Python { request, scratch } => crate::sandbox::on_task_thread(|| {
+                let scratch = scratch
+                    .then(|| host::ScratchRoot::new(config))
+                    .transpose()?;
+                let config = scratch.as_ref().map_or(config, |root| &root.config);
                 guest::run(request, config, cancel).map(|report| python_outcome(report, config))
             }),
             Work::Wasm { source, input } => crate::sandbox::on_task_thread(|| {
