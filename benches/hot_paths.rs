@@ -54,7 +54,7 @@ fn trivial_python_task(c: &mut Criterion) {
     group.sample_size(20);
     for level in [SandboxLevel::Wasm, SandboxLevel::Subprocess] {
         let sandbox = SandboxExecutor::new(SandboxConfig {
-            level,
+            tier: level,
             ..SandboxConfig::default()
         });
         // Warm: the first wasm task loads (or prepares) the compiled guest.
@@ -78,7 +78,7 @@ fn host_call_round_trip(c: &mut Criterion) {
         SandboxLevel::Subprocess,
     ] {
         let session = Session::builder(SandboxConfig {
-            level,
+            tier: level,
             ..SandboxConfig::default()
         })
         .host_functions(

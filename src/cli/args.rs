@@ -122,8 +122,8 @@ impl SessionArgs {
         if !access.allow_imports.is_empty() {
             config.allowed_imports = Some(access.allow_imports.clone());
         }
-        config.mount_paths = access.mounts.clone();
-        config.network_enabled = access.network;
+        config.mounts = access.mounts.clone();
+        config.network = access.network;
         config
     }
 }
@@ -169,7 +169,7 @@ impl LimitArgs {
     pub(super) fn config(&self) -> SandboxConfig {
         let mut config = SandboxConfig::default();
         if let Some(tier) = self.tier {
-            config.level = tier;
+            config.tier = tier;
         }
         if let Some(timeout) = self.timeout {
             config.timeout = timeout;
@@ -346,8 +346,8 @@ impl PolicyArgs {
         let mut policy = Policy::for_config(config);
         if !self.allow_tiers.is_empty() {
             policy.allowed_tiers = self.allow_tiers.clone();
-            if !policy.allowed_tiers.contains(&config.level) {
-                policy.allowed_tiers.push(config.level);
+            if !policy.allowed_tiers.contains(&config.tier) {
+                policy.allowed_tiers.push(config.tier);
             }
         }
         policy.allow_network |= self.allow_network;

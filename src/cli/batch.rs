@@ -97,7 +97,7 @@ pub(super) fn run(args: BatchArgs) -> Result<i32> {
     }
     executor.initialize()?;
     if args.executor == ExecutorType::Local {
-        super::prepare_wasm_if_cold(args.limits.config().level)?;
+        super::prepare_wasm_if_cold(args.limits.config().tier)?;
     }
 
     let started = Instant::now();

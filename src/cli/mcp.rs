@@ -126,7 +126,7 @@ impl Server {
                         "serverInfo": {"name": "lattice-wasm", "version": env!("CARGO_PKG_VERSION")},
                         "instructions": format!(
                             "run_python runs Python code in a sandboxed session ({} tier); variables, functions and imports persist across calls.",
-                            self.args.config().level
+                            self.args.config().tier
                         ),
                     }),
                 );
@@ -244,7 +244,7 @@ impl Server {
         }
         let reopened = session.is_some();
         let config = self.args.config();
-        if config.level == lattice::sandbox::SandboxLevel::Wasm {
+        if config.tier == lattice::sandbox::SandboxLevel::Wasm {
             lattice::sandbox::wasm::warm()?;
         }
         let opened = Arc::new(Session::open_with_idle_timeout(

@@ -47,7 +47,7 @@ pub(super) fn run(args: ReplArgs) -> Result<i32> {
 /// and ends the command.
 fn open(args: &SessionArgs, snapshot: Option<&[u8]>) -> Result<std::sync::Arc<Session>> {
     let config = args.config();
-    super::prepare_wasm_if_cold(config.level)?;
+    super::prepare_wasm_if_cold(config.tier)?;
     let idle = args.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
     let session = match snapshot {
         Some(bytes) => Session::restore_with_idle_timeout(config, bytes, idle),

@@ -34,7 +34,7 @@ pub(super) fn run(args: RunArgs) -> Result<i32> {
     };
     let config = args.limits.config();
     let task = args.task(source, input_file_text.as_deref(), script_stdin)?;
-    super::prepare_wasm_if_cold(task.sandbox.tier.unwrap_or(config.level))?;
+    super::prepare_wasm_if_cold(task.sandbox.tier.unwrap_or(config.tier))?;
     let outcome = run_one(task, config);
     println!("{}", outcome_to_json(&outcome));
     Ok(match outcome.exit_code {

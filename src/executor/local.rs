@@ -220,7 +220,7 @@ impl ExecutorBackend for LocalExecutor {
             level: match task.sandbox.tier {
                 _ if native => SandboxLevel::None,
                 Some(level) => level,
-                None => config.level,
+                None => config.tier,
             },
             task: Mutex::new(Some(task)),
             config,

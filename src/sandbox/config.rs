@@ -16,7 +16,7 @@ use crate::task::{Mount, SandboxLevel, SandboxOverrides};
 /// use std::time::Duration;
 ///
 /// let config = SandboxConfig {
-///     level: SandboxLevel::Subprocess,
+///     tier: SandboxLevel::Subprocess,
 ///     timeout: Duration::from_secs(10),
 ///     max_memory_mb: 512,
 ///     ..SandboxConfig::default()
@@ -34,7 +34,7 @@ use crate::task::{Mount, SandboxLevel, SandboxOverrides};
 ///
 /// let config: SandboxConfig =
 ///     serde_json::from_str(r#"{"tier": "subprocess", "timeout_s": 2.5}"#).unwrap();
-/// assert_eq!(config.level, SandboxLevel::Subprocess);
+/// assert_eq!(config.tier, SandboxLevel::Subprocess);
 /// assert_eq!(config.timeout.as_millis(), 2500);
 /// let again: SandboxConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
 /// assert_eq!(again, config);
@@ -43,8 +43,7 @@ use crate::task::{Mount, SandboxLevel, SandboxOverrides};
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// The tier tasks run in (default: wasm).
-    #[serde(rename = "tier")]
-    pub level: SandboxLevel,
+    pub tier: SandboxLevel,
     /// Wall-clock limit per task.
     #[serde(rename = "timeout_s", with = "seconds")]
     pub timeout: Duration,
@@ -58,11 +57,9 @@ pub struct SandboxConfig {
     /// The image of the docker tier.
     pub docker_image: String,
     /// Whether the task may use the network (tiers that can block it do).
-    #[serde(rename = "network")]
-    pub network_enabled: bool,
+    pub network: bool,
     /// Host paths visible to the task.
-    #[serde(rename = "mounts")]
-    pub mount_paths: Vec<Mount>,
+    pub mounts: Vec<Mount>,
     /// Syscall numbers that replace the seccomp tier's allowlist.
     pub allowed_syscalls: Option<Vec<i64>>,
     /// Seccomp tier: kill the task (SIGSYS) on a forbidden system call
@@ -82,14 +79,14 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 << 20;
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
-            level: SandboxLevel::DEFAULT,
+            tier: SandboxLevel::DEFAULT,
             timeout: Duration::from_secs(300),
             max_memory_mb: 2048,
             max_cpu_time: Duration::from_secs(300),
             allowed_imports: None,
             docker_image: "python:3.11-slim".into(),
-            network_enabled: false,
-            mount_paths: Vec::new(),
+            network: false,
+            mounts: Vec::new(),
             allowed_syscalls: None,
             seccomp_kill: false,
             max_output_bytes: 1 << 20,
@@ -103,7 +100,7 @@ impl SandboxConfig {
     pub fn with_overrides(&self, overrides: &SandboxOverrides) -> SandboxConfig {
         let mut config = self.clone();
         if let Some(tier) = overrides.tier {
-            config.level = tier;
+            config.tier = tier;
         }
         if let Some(timeout) = overrides.timeout {
             config.timeout = timeout;
@@ -118,10 +115,10 @@ impl SandboxConfig {
             config.allowed_imports = Some(imports.clone());
         }
         if let Some(network) = overrides.network {
-            config.network_enabled = network;
+            config.network = network;
         }
         if let Some(mounts) = &overrides.mounts {
-            config.mount_paths = mounts.clone();
+            config.mounts = mounts.clone();
         }
         config
     }

@@ -369,7 +369,7 @@ async fn create(
         attach_stderr: Some(true),
         open_stdin: Some(true),
         stdin_once: Some(stdin_once),
-        network_disabled: Some(!config.network_enabled),
+        network_disabled: Some(!config.network),
         labels: Some(owner_labels()),
         host_config: Some(host_config),
         ..Default::default()
@@ -912,14 +912,7 @@ fn host_config(config: &SandboxConfig) -> HostConfig {
         pids_limit: Some(MAX_PROCESSES),
         readonly_rootfs: Some(true),
         tmpfs: Some(HashMap::from([("/tmp".to_string(), TMPFS.to_string())])),
-        network_mode: Some(
-            if config.network_enabled {
-                "bridge"
-            } else {
-                "none"
-            }
-            .into(),
-        ),
+        network_mode: Some(if config.network { "bridge" } else { "none" }.into()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         cap_drop: Some(vec!["ALL".into()]),
         // SIGXCPU at the soft limit, SIGKILL a second later, as the process tiers.
@@ -931,7 +924,7 @@ fn host_config(config: &SandboxConfig) -> HostConfig {
         ]),
         binds: Some(
             config
-                .mount_paths
+                .mounts
                 .iter()
                 .map(|m| {
                     let mode = if m.writable { "rw" } else { "ro" };

@@ -105,7 +105,7 @@ pub(crate) trait Sandbox: Send + Sync {
         config: &SandboxConfig,
         _snapshot: &[u8],
     ) -> Result<Box<dyn session::TierSession>, TaskError> {
-        Err(session::no_snapshots(config.level))
+        Err(session::no_snapshots(config.tier))
     }
 }
 
@@ -178,9 +178,9 @@ pub(crate) fn reject_unsupported(
     mounts: bool,
     syscalls: bool,
 ) -> Result<(), TaskError> {
-    if !mounts && !config.mount_paths.is_empty() {
+    if !mounts && !config.mounts.is_empty() {
         return Err(TaskError::invalid(format!(
-            "the {level} tier can't restrict or remap paths, so mount_paths can't be honoured: use the wasm, seccomp or docker tier"
+            "the {level} tier can't restrict or remap paths, so mounts can't be honoured: use the wasm, seccomp or docker tier"
         )));
     }
     if !syscalls && config.allowed_syscalls.is_some() {
@@ -292,7 +292,7 @@ pub(crate) fn on_task_thread<R: Send>(work: impl FnOnce() -> R + Send) -> Result
 /// use serde_json::json;
 ///
 /// let executor = SandboxExecutor::new(SandboxConfig {
-///     level: SandboxLevel::Subprocess,
+///     tier: SandboxLevel::Subprocess,
 ///     ..SandboxConfig::default()
 /// });
 /// let outcome = executor.execute(Some("def f(x):\n    return x * 2\n"), None, Some(json!(21)));
@@ -370,7 +370,7 @@ impl SandboxExecutor {
                     run_native(function.as_ref(), task, cancel),
                 ),
             },
-            _ => (Some(config.level), run_in_tier(task, &config, cancel)),
+            _ => (Some(config.tier), run_in_tier(task, &config, cancel)),
         };
         let end = match task.payload {
             Payload::Code(_) if task.script => driver::script_end(output.result),
@@ -417,7 +417,7 @@ fn resolve_mounts(config: &SandboxConfig) -> Result<Vec<Mount>, TaskError> {
     let forbidden =
         |path: &std::path::Path| path == std::path::Path::new("/") || under_system_tree(path);
     config
-        .mount_paths
+        .mounts
         .iter()
         .map(|mount| {
             // As written first (a path under /proc may not even resolve
@@ -474,7 +474,7 @@ fn run_in_tier(
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> SandboxOutput {
-    let sandbox = tier(config.level);
+    let sandbox = tier(config.tier);
     if let Err(error) = sandbox.check_available() {
         return SandboxOutput::error(error);
     }
@@ -485,7 +485,7 @@ fn run_in_tier(
         Ok(mounts) if mounts.is_empty() => config,
         Ok(mounts) => {
             resolved = SandboxConfig {
-                mount_paths: mounts,
+                mounts,
                 ..config.clone()
             };
             &resolved
@@ -539,7 +539,7 @@ fn run_in_tier(
         Ok(output) => output,
         Err(panic) => SandboxOutput::error(TaskError::internal(format!(
             "the {} tier panicked: {}",
-            config.level,
+            config.tier,
             panic_message(&*panic)
         ))),
     }
@@ -570,7 +570,7 @@ fn run_with_host_functions(
         Ok(Err(error)) => SandboxOutput::error(error),
         Err(panic) => SandboxOutput::error(TaskError::internal(format!(
             "the {} tier panicked: {}",
-            config.level,
+            config.tier,
             panic_message(&*panic)
         ))),
     }

@@ -79,7 +79,7 @@ impl Policy {
             .into_iter()
             .filter(|&level| level != SandboxLevel::None)
             .collect();
-        if config.level == SandboxLevel::None {
+        if config.tier == SandboxLevel::None {
             allowed_tiers.insert(0, SandboxLevel::None);
         }
         Policy {
@@ -87,7 +87,7 @@ impl Policy {
             max_timeout: config.timeout,
             max_cpu_time: config.max_cpu_time,
             max_memory_mb: config.max_memory_mb,
-            allow_network: config.network_enabled,
+            allow_network: config.network,
             allowed_mounts: Vec::new(),
         }
     }
@@ -114,7 +114,7 @@ impl Policy {
     /// bounds; else `invalid_task` naming the one it crosses.
     pub fn check(&self, task: &TaskSubmission, config: &SandboxConfig) -> Result<(), TaskError> {
         let asked = &task.sandbox;
-        let tier = asked.tier.unwrap_or(config.level);
+        let tier = asked.tier.unwrap_or(config.tier);
         if matches!(task.payload, Payload::Native(_)) {
             return Err(TaskError::invalid(
                 "a native closure can't come from a task line",

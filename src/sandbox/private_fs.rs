@@ -5,7 +5,7 @@
 //! subprocess tier the rest of the host's tree is read-only, so nothing the
 //! task writes outlives it (the seccomp tier's Landlock rules confine its
 //! writes already). The host paths the task must still reach under the
-//! tmpfs's (its program, its `mount_paths`) are bound back with the host's
+//! tmpfs's (its program, its `mounts`) are bound back with the host's
 //! flags (the subprocess tier, whose root is read-only, takes no mounts).
 //!
 //! The plan is made before the child exists; the child only makes system

@@ -47,11 +47,7 @@ impl Sandbox for SeccompSandbox {
 
     fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError> {
         reject_unsupported(SandboxLevel::Seccomp, config, true, true)?;
-        if let Some(mount) = config
-            .mount_paths
-            .iter()
-            .find(|m| m.host != Path::new(&m.guest))
-        {
+        if let Some(mount) = config.mounts.iter().find(|m| m.host != Path::new(&m.guest)) {
             return Err(TaskError::invalid(format!(
                 "the seccomp tier can grant paths but not remap them: mount {} at the same path ({0}:{0}), or use the wasm or docker tier",
                 mount.host.display()
@@ -274,7 +270,7 @@ fn filters(config: &SandboxConfig, exec_path: u64) -> Result<Vec<BpfProgram>, Ta
         Some(calls) => calls.clone(),
         None => {
             let mut calls = allowlist();
-            if config.network_enabled {
+            if config.network {
                 calls.extend_from_slice(NETWORK);
             }
             calls
@@ -441,7 +437,7 @@ fn path_rules(
     let program = std::fs::canonicalize(plan.program).unwrap_or(plan.program.to_path_buf());
     wanted.push((program, EXECUTE | READ_FILE));
     wanted.push((dynamic_loader(), EXECUTE | READ_FILE));
-    for mount in &config.mount_paths {
+    for mount in &config.mounts {
         let access = if mount.writable {
             all & !EXECUTE & !MAKE_SPECIAL
         } else {

@@ -79,7 +79,7 @@ pub(crate) trait TierSession: Send {
 
     /// An independent copy of the session, under `config` (wasm tier only).
     fn fork(&mut self, config: &SandboxConfig) -> Result<Box<dyn TierSession>, TaskError> {
-        Err(no_snapshots(config.level))
+        Err(no_snapshots(config.tier))
     }
 }
 
@@ -97,10 +97,10 @@ pub(crate) fn open(
     config: &SandboxConfig,
     snapshot: Option<&[u8]>,
 ) -> Result<(Box<dyn TierSession>, SandboxConfig), TaskError> {
-    let sandbox = tier(config.level);
+    let sandbox = tier(config.tier);
     sandbox.check_available()?;
     let config = SandboxConfig {
-        mount_paths: resolve_mounts(config)?,
+        mounts: resolve_mounts(config)?,
         ..config.clone()
     };
     sandbox.check_config(&config)?;

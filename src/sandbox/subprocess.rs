@@ -220,7 +220,7 @@ impl ProcessTier {
         let private_fs = match uid {
             Some(uid) => {
                 let mut keep = vec![program.as_path()];
-                keep.extend(config.mount_paths.iter().map(|mount| mount.host.as_path()));
+                keep.extend(config.mounts.iter().map(|mount| mount.host.as_path()));
                 Some(PrivateFs::plan(
                     workdir.path(),
                     uid,
@@ -240,7 +240,7 @@ impl ProcessTier {
         };
         // The subprocess tier without the network: no socket but its own
         // namespace's (no host unix socket by path, no vsock).
-        let filter = (self.level == SandboxLevel::Subprocess && !config.network_enabled)
+        let filter = (self.level == SandboxLevel::Subprocess && !config.network)
             .then(socket_filter)
             .transpose()?;
         let mut rlimits = rlimits(config, self.isolate, uid.is_some(), cgroup.is_some());
@@ -298,7 +298,7 @@ impl PreparedChild {
             result_channel: true,
             rlimits: std::mem::take(&mut self.rlimits),
             uid: self.uid,
-            new_netns: self.isolate && !config.network_enabled,
+            new_netns: self.isolate && !config.network,
             own_namespaces: self.isolate,
             private_fs: self.private_fs.take(),
             cgroup: self.cgroup.take(),

@@ -364,7 +364,7 @@ impl Session {
 
     /// The tier the session runs on.
     pub fn tier(&self) -> SandboxLevel {
-        self.shared.config.level
+        self.shared.config.tier
     }
 
     /// The configuration the session runs under.

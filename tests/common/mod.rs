@@ -47,7 +47,7 @@ impl Drop for Suite {
 /// A sandbox executor on `level` with a short timeout.
 pub(crate) fn sandbox(level: SandboxLevel) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
-        level,
+        tier: level,
         timeout: Duration::from_secs(20),
         max_memory_mb: 512,
         ..SandboxConfig::default()
@@ -89,7 +89,7 @@ pub(crate) const ALL_TIERS: [SandboxLevel; 5] = [
 /// The configuration the session suites open sessions under.
 pub(crate) fn session_config(level: SandboxLevel) -> SandboxConfig {
     SandboxConfig {
-        level,
+        tier: level,
         timeout: Duration::from_secs(20),
         max_memory_mb: 256,
         ..SandboxConfig::default()

@@ -168,7 +168,7 @@ fn check(expected: &str, outcome: &TaskOutcome) -> Result<(), String> {
 
 fn config(level: SandboxLevel) -> SandboxConfig {
     SandboxConfig {
-        level,
+        tier: level,
         timeout: Duration::from_secs(10),
         max_memory_mb: 256,
         max_output_bytes: 64 << 10,

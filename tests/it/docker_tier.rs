@@ -17,7 +17,7 @@ const TIER: SandboxLevel = SandboxLevel::Docker;
 /// The settings of these tests: the docker tier, 30 s, 256 MiB.
 fn base() -> SandboxConfig {
     SandboxConfig {
-        level: TIER,
+        tier: TIER,
         timeout: Duration::from_secs(30),
         max_memory_mb: 256,
         ..SandboxConfig::default()
@@ -26,7 +26,7 @@ fn base() -> SandboxConfig {
 
 fn docker(config: SandboxConfig) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
-        level: TIER,
+        tier: TIER,
         ..config
     })
 }
@@ -115,7 +115,7 @@ fn mounts_are_read_only_unless_marked() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("data.txt"), "shared").unwrap();
     let config = SandboxConfig {
-        mount_paths: vec![Mount::new(dir.path(), "/data", false).unwrap()],
+        mounts: vec![Mount::new(dir.path(), "/data", false).unwrap()],
         ..base()
     };
     let code = "def f(x):\n    data = open('/data/data.txt').read()\n    try:\n        open('/data/new.txt', 'w')\n    except OSError:\n        return [data, 'read-only']\n    return [data, 'writable']\n";

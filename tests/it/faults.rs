@@ -121,7 +121,7 @@ impl Drop for EngineStopped {
 
 fn docker_config() -> SandboxConfig {
     SandboxConfig {
-        level: SandboxLevel::Docker,
+        tier: SandboxLevel::Docker,
         timeout: Duration::from_secs(180),
         max_cpu_time: Duration::from_secs(600),
         max_memory_mb: 128,
@@ -362,7 +362,7 @@ fn a_task_that_ignores_sigterm_is_still_stopped_on_every_process_tier() {
         SandboxLevel::Docker,
     ] {
         let config = SandboxConfig {
-            level,
+            tier: level,
             timeout: Duration::from_secs(3),
             ..SandboxConfig::default()
         };

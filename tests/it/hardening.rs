@@ -55,7 +55,7 @@ fn message(outcome: &Value) -> &str {
 
 fn wasm_with(config: SandboxConfig) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
-        level: SandboxLevel::Wasm,
+        tier: SandboxLevel::Wasm,
         ..config
     })
 }
@@ -335,8 +335,8 @@ fn mounts_of_the_hosts_system_trees_are_refused_on_every_tier() {
     for level in ISOLATING_TIERS {
         for (host, guest, writable) in &refused {
             let config = SandboxConfig {
-                level,
-                mount_paths: vec![Mount::new(host, guest, *writable).unwrap()],
+                tier: level,
+                mounts: vec![Mount::new(host, guest, *writable).unwrap()],
                 ..SandboxConfig::default()
             };
             let outcome = SandboxExecutor::new(config).run(
@@ -372,7 +372,7 @@ fn wasm_tasks_reach_their_mounts_as_nobody() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(dir.path().join("public"), "for all").unwrap();
     let executor = wasm_with(SandboxConfig {
-        mount_paths: vec![Mount::new(dir.path(), "/data", false).unwrap()],
+        mounts: vec![Mount::new(dir.path(), "/data", false).unwrap()],
         ..SandboxConfig::default()
     });
     let outcome = run_on(
@@ -393,7 +393,7 @@ fn wasm_tasks_reach_their_mounts_as_nobody() {
     // Not the directory's owner either: a read-write mount of root's 0755
     // directory can't be written.
     let writable = wasm_with(SandboxConfig {
-        mount_paths: vec![Mount::new(dir.path(), "/data", true).unwrap()],
+        mounts: vec![Mount::new(dir.path(), "/data", true).unwrap()],
         ..SandboxConfig::default()
     });
     let outcome = run_on(
@@ -414,7 +414,7 @@ fn what_a_wasm_task_writes_to_its_mounts_is_capped() {
     let _suite = crate::common::suite(module_path!());
     let dir = nobodys_dir();
     let executor = wasm_with(SandboxConfig {
-        mount_paths: vec![Mount::new(dir.path(), "/data", true).unwrap()],
+        mounts: vec![Mount::new(dir.path(), "/data", true).unwrap()],
         max_memory_mb: 64,
         timeout: Duration::from_secs(60),
         ..SandboxConfig::default()
@@ -480,7 +480,7 @@ fn special_files_never_block_a_wasm_task_past_its_limits() {
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o666) }, 0);
     let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("socket")).unwrap();
     let executor = wasm_with(SandboxConfig {
-        mount_paths: vec![Mount::new(dir.path(), "/data", false).unwrap()],
+        mounts: vec![Mount::new(dir.path(), "/data", false).unwrap()],
         timeout: Duration::from_secs(2),
         ..SandboxConfig::default()
     });
@@ -542,7 +542,7 @@ fn a_wasm_task_has_an_fd_budget_and_its_files_do_not_reach_other_tasks() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(dir.path().join("f"), "x").unwrap();
     let executor = wasm_with(SandboxConfig {
-        mount_paths: vec![Mount::new(dir.path(), "/data", false).unwrap()],
+        mounts: vec![Mount::new(dir.path(), "/data", false).unwrap()],
         ..SandboxConfig::default()
     });
     let hoarder = std::thread::spawn(move || {

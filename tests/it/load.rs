@@ -105,7 +105,7 @@ fn run_mix(workers: usize) {
     let executor = LocalExecutor::new(
         Some(workers),
         Some(SandboxConfig {
-            level: SandboxLevel::Wasm,
+            tier: SandboxLevel::Wasm,
             ..SandboxConfig::default()
         }),
     );
@@ -214,7 +214,7 @@ fn a_cancel_storm_gives_every_task_one_outcome() {
     let executor = LocalExecutor::new(
         Some(4),
         Some(SandboxConfig {
-            level: SandboxLevel::Wasm,
+            tier: SandboxLevel::Wasm,
             ..SandboxConfig::default()
         }),
     );

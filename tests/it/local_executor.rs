@@ -15,7 +15,7 @@ fn executor(workers: usize) -> LocalExecutor {
     LocalExecutor::new(
         Some(workers),
         Some(SandboxConfig {
-            level: SandboxLevel::Subprocess,
+            tier: SandboxLevel::Subprocess,
             timeout: Duration::from_secs(60),
             ..SandboxConfig::default()
         }),
@@ -37,7 +37,7 @@ fn results_come_back_through_the_trait_object() {
         ExecutorOptions {
             max_workers: Some(2),
             sandbox: Some(SandboxConfig {
-                level: SandboxLevel::Subprocess,
+                tier: SandboxLevel::Subprocess,
                 ..SandboxConfig::default()
             }),
             ..ExecutorOptions::default()
@@ -289,7 +289,7 @@ fn the_process_wide_config_is_used_when_none_is_given() {
     // one (same process) get the default back.
     let _restore = RestoreDefaultConfig;
     let config = SandboxConfig {
-        level: SandboxLevel::Subprocess,
+        tier: SandboxLevel::Subprocess,
         timeout: Duration::from_millis(700),
         ..SandboxConfig::default()
     };

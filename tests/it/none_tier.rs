@@ -13,7 +13,7 @@ const TIER: SandboxLevel = SandboxLevel::None;
 
 fn none(config: SandboxConfig) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
-        level: TIER,
+        tier: TIER,
         ..config
     })
 }

@@ -594,7 +594,7 @@ fn settings_without_a_task_field_reach_the_nodes() {
     let mut calls = lattice::sandbox::seccomp_allowlist();
     calls.retain(|&c| c != libc::SYS_getcwd);
     let seccomp = with(SandboxConfig {
-        level: SandboxLevel::Seccomp,
+        tier: SandboxLevel::Seccomp,
         allowed_syscalls: Some(calls),
         ..SandboxConfig::default()
     });
@@ -609,7 +609,7 @@ fn settings_without_a_task_field_reach_the_nodes() {
         ("lattice/no-such-image:0", Err("lattice/no-such-image:0")),
     ] {
         let docker = with(SandboxConfig {
-            level: SandboxLevel::Docker,
+            tier: SandboxLevel::Docker,
             docker_image: image.into(),
             ..SandboxConfig::default()
         });

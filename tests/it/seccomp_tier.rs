@@ -15,7 +15,7 @@ const TIER: SandboxLevel = SandboxLevel::Seccomp;
 
 fn seccomp(config: SandboxConfig) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
-        level: TIER,
+        tier: TIER,
         timeout: Duration::from_secs(20),
         max_memory_mb: 512,
         ..config
@@ -124,9 +124,7 @@ fn writes_outside_the_temp_dir_and_host_reads_are_refused() {
     // Unless it is mounted (read-only: no writes), also from under /tmp.
     let (dir, secret) = world_readable(tempfile::tempdir().unwrap());
     let mounted = SandboxConfig {
-        mount_paths: vec![
-            Mount::new(dir.path(), &dir.path().display().to_string(), false).unwrap(),
-        ],
+        mounts: vec![Mount::new(dir.path(), &dir.path().display().to_string(), false).unwrap()],
         ..SandboxConfig::default()
     };
     let code = format!(
@@ -157,7 +155,7 @@ fn a_writable_mount_under_tmp_reaches_the_host() {
     )
     .unwrap();
     let config = SandboxConfig {
-        mount_paths: vec![Mount::new(dir.path(), &dir.path().display().to_string(), true).unwrap()],
+        mounts: vec![Mount::new(dir.path(), &dir.path().display().to_string(), true).unwrap()],
         ..SandboxConfig::default()
     };
     let code = format!(

@@ -14,7 +14,7 @@ const TIER: SandboxLevel = SandboxLevel::Subprocess;
 
 fn limited(timeout_s: f64, memory_mb: u64, cpu_s: f64) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
-        level: TIER,
+        tier: TIER,
         timeout: Duration::from_secs_f64(timeout_s),
         max_memory_mb: memory_mb,
         max_cpu_time: Duration::from_secs_f64(cpu_s),
@@ -109,7 +109,7 @@ fn memory_bombs_are_memory_limits() {
 fn stdout_floods_are_capped_and_marked() {
     let _suite = crate::common::suite(module_path!());
     let executor = SandboxExecutor::new(SandboxConfig {
-        level: TIER,
+        tier: TIER,
         max_output_bytes: 10_000,
         ..SandboxConfig::default()
     });
@@ -455,7 +455,7 @@ fn settings_the_tier_cannot_honour_are_errors() {
     ));
     // A syscall allowlist only means something on the seccomp tier.
     let outcome = SandboxExecutor::new(SandboxConfig {
-        level: TIER,
+        tier: TIER,
         allowed_syscalls: Some(vec![0]),
         ..SandboxConfig::default()
     })

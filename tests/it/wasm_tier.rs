@@ -15,7 +15,7 @@ const TIER: SandboxLevel = SandboxLevel::Wasm;
 
 fn wasm(config: SandboxConfig) -> SandboxExecutor {
     SandboxExecutor::new(SandboxConfig {
-        level: TIER,
+        tier: TIER,
         ..config
     })
 }
@@ -102,7 +102,7 @@ fn mounts_are_read_only_unless_marked_and_do_not_leak_their_parent() {
     // must be nobody's to write to.
     std::os::unix::fs::chown(&mounted, Some(NOBODY), Some(NOBODY)).unwrap();
     let read_only = wasm(SandboxConfig {
-        mount_paths: vec![Mount::new(&mounted, "/data", false).unwrap()],
+        mounts: vec![Mount::new(&mounted, "/data", false).unwrap()],
         ..SandboxConfig::default()
     });
     assert_eq!(
@@ -136,7 +136,7 @@ fn mounts_are_read_only_unless_marked_and_do_not_leak_their_parent() {
     assert!(!mounted.join("new.txt").exists());
 
     let writable = wasm(SandboxConfig {
-        mount_paths: vec![Mount::new(&mounted, "/data", true).unwrap()],
+        mounts: vec![Mount::new(&mounted, "/data", true).unwrap()],
         ..SandboxConfig::default()
     });
     let outcome = run_with(
@@ -350,7 +350,7 @@ fn tasks_never_share_random_streams_or_state() {
 fn settings_the_tier_cannot_honour_are_errors() {
     let _suite = crate::common::suite(module_path!());
     let networked = wasm(SandboxConfig {
-        network_enabled: true,
+        network: true,
         ..SandboxConfig::default()
     });
     assert!(matches!(

@@ -76,7 +76,7 @@ pub(super) struct TierContender {
 impl TierContender {
     pub(super) fn new(level: SandboxLevel, concurrency: usize) -> Result<TierContender> {
         let config = SandboxConfig {
-            level,
+            tier: level,
             timeout: TASK_TIMEOUT,
             ..SandboxConfig::default()
         };

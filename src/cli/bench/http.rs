@@ -169,7 +169,7 @@ impl Library {
             ExecutorOptions {
                 max_workers: Some(1),
                 sandbox: Some(SandboxConfig {
-                    level: tier,
+                    tier,
                     ..SandboxConfig::default()
                 }),
                 ..ExecutorOptions::default()

@@ -37,7 +37,7 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
         .iter()
         .map(|&level| {
             let opened = Session::builder(SandboxConfig {
-                level,
+                tier: level,
                 timeout: Duration::from_secs(30),
                 ..SandboxConfig::default()
             })

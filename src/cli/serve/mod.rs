@@ -100,7 +100,7 @@ pub(super) fn run(args: ServeArgs) -> Result<i32> {
     )?);
     executor.initialize()?;
     if args.executor == ExecutorType::Local {
-        super::prepare_wasm_if_cold(config.level)?;
+        super::prepare_wasm_if_cold(config.tier)?;
     }
     lattice::session::set_max_sessions(usize::try_from(args.max_sessions).unwrap_or(usize::MAX));
     let server = Arc::new(Server {
@@ -145,7 +145,7 @@ async fn serve(server: Shared, args: &ServeArgs) -> Result<()> {
         "lattice-wasm: serving on http://{} ({} executor, {} tier{})",
         listener.local_addr()?,
         server.executor_type,
-        server.config.level,
+        server.config.tier,
         if server.token.is_some() {
             ", bearer token required"
         } else {
@@ -262,7 +262,7 @@ async fn health(State(server): State<Shared>) -> Response {
     axum::Json(json!({
         "status": "ok",
         "executor": server.executor_type,
-        "tier": server.config.level,
+        "tier": server.config.tier,
         "tasks_in_flight": server.in_flight.load(Ordering::Relaxed),
         "sessions": server.sessions.len(),
     }))

@@ -429,7 +429,7 @@ impl RayExecutor {
         let prepared = Prepared {
             task: serde_json::to_string(&spec).map_err(|e| encode("task", e))?,
             config: serde_json::to_string(&config).map_err(|e| encode("configuration", e))?,
-            level: config.level,
+            level: config.tier,
         };
 
         let default_cpus = self.shared.options.default_cpus;

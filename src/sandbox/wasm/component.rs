@@ -29,7 +29,7 @@ pub(super) fn run(
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> Result<SandboxOutput, TaskError> {
-    if let Some(mount) = config.mount_paths.iter().find(|m| m.writable) {
+    if let Some(mount) = config.mounts.iter().find(|m| m.writable) {
         return Err(TaskError::invalid(format!(
             "a Wasm component gets its mounts read-only (the write budget of Wasm tasks is kept on WASI preview 1, which Python and modules use): mount {} without :rw",
             mount.host.display()
@@ -40,7 +40,7 @@ pub(super) fn run(
     let _slot = PoolSlot::acquire(&watchdog_limits, config)?;
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
-    let mounts = !config.mount_paths.is_empty();
+    let mounts = !config.mounts.is_empty();
     let as_task = mounts.then(AsNobody::enter);
     let state = host::component_state(config, &stdout, &stderr);
     drop(as_task);

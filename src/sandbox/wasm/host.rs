@@ -545,7 +545,7 @@ fn wasi_context(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    for mount in &config.mount_paths {
+    for mount in &config.mounts {
         let perms = if mount.writable {
             FsPerms::ReadWrite
         } else {
@@ -721,7 +721,7 @@ pub(super) fn run(
     let _slot = PoolSlot::acquire(&limits, config)?;
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
-    let as_task = (!config.mount_paths.is_empty()).then(AsNobody::enter);
+    let as_task = (!config.mounts.is_empty()).then(AsNobody::enter);
     let state = task_state(stdin, config, &stdout, &stderr);
     drop(as_task);
     let mut store = guarded_store(pre.module().engine(), state?, config, cancel);
@@ -729,7 +729,7 @@ pub(super) fn run(
         .instantiate(&mut store)
         .map_err(|e| TaskError::unavailable(format!("can't instantiate the Wasm module: {e:#}")))?;
     let call = {
-        let _as_task = (!config.mount_paths.is_empty()).then(AsNobody::enter);
+        let _as_task = (!config.mounts.is_empty()).then(AsNobody::enter);
         // Epochs stop Wasm code; the watchdog wakes a host call that blocks.
         let _watch = Watch::start(limits::next_token(), limits, None);
         instance
@@ -796,8 +796,8 @@ impl ScratchRoot {
             std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).map_err(failed)?;
         }
         let mut config = config.clone();
-        if !config.mount_paths.iter().any(|mount| mount.guest == "/") {
-            config.mount_paths.push(crate::task::Mount {
+        if !config.mounts.iter().any(|mount| mount.guest == "/") {
+            config.mounts.push(crate::task::Mount {
                 host: dir.path().to_path_buf(),
                 guest: "/".into(),
                 writable: true,

@@ -42,7 +42,7 @@ impl Sandbox for WasmSandbox {
 
     fn check_config(&self, config: &SandboxConfig) -> Result<(), TaskError> {
         reject_unsupported(SandboxLevel::Wasm, config, true, false)?;
-        if config.network_enabled {
+        if config.network {
             return Err(TaskError::invalid(
                 "the wasm tier has no network at all, so network can't be enabled: use the subprocess or docker tier",
             ));

@@ -135,7 +135,7 @@ fn instance(config: &SandboxConfig) -> Result<WasmSession, TaskError> {
     let slot = PoolSlot::acquire(&limits, config)?;
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
-    let as_nobody = !config.mount_paths.is_empty();
+    let as_nobody = !config.mounts.is_empty();
     let as_task = as_nobody.then(AsNobody::enter);
     let state = host::task_state(Vec::new(), config, &stdout, &stderr);
     drop(as_task);
