@@ -47,7 +47,7 @@ cargo fmt --all -- --check
 # Builds the RustPython guest for wasm32-wasip1 too (build.rs installs the
 # rustup target if it is missing).
 stage clippy --all-targets
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The library alone (no cli, docker or ray feature) builds clean and passes
 # its unit tests (the integration tests need the cli; the doc tests run
 # below with the default features: here they cost ~5 min of links), and a
@@ -81,6 +81,14 @@ stage ray cluster
 trap './scripts/ray-cluster.sh stop' EXIT
 stage cargo test: build
 cargo test --locked --no-run
+# The Python package (python/): its abi3 wheel, built in the dev profile so
+# it links the artifacts just built, installed into a fresh venv; its pytest
+# suite (the wasm tier and a process tier, the Ray tests on the cluster
+# above, the README's Python block) and doc tests.
+stage python package
+LATTICE_TEST_PYTHON=$(./scripts/python-package.sh)
+LATTICE_BINARY=$PWD/target/debug/lattice-wasm "$(dirname "$LATTICE_TEST_PYTHON")/pytest" -q \
+  python/tests --doctest-modules --pyargs lattice_wasm
 stage cargo test: run
 cargo test --locked --no-fail-fast
 stage done

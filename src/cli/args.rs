@@ -458,6 +458,10 @@ pub(super) struct BenchArgs {
     /// A Python that has pydantic-monty installed (default: python3 on PATH).
     #[arg(long, value_name = "PATH")]
     pub monty_python: Option<PathBuf>,
+    /// A Python that has the lattice_wasm package installed: adds the
+    /// python workload to the default set (pip install ./python).
+    #[arg(long, value_name = "PATH")]
+    pub lattice_python: Option<PathBuf>,
     /// Seconds the measured tasks should take in all, when --tasks is not
     /// given: shared evenly by the workloads, and within a workload by the
     /// contenders, the fast ones' leftover going to the slow ones (warm-up,
@@ -487,6 +491,9 @@ pub(super) enum WorkloadKind {
     /// Trivial tasks over HTTP (`serve`, 64 keep-alive connections) beside
     /// `batch` of the same tasks, on the first tier.
     Http,
+    /// `lattice_wasm.map` of trivial tasks in the Python package (needs
+    /// --lattice-python) beside `batch` of the same tasks, on the first tier.
+    Python,
 }
 
 /// A usage error: bad flags or flag values (the CLI exits with code 2).

@@ -13,6 +13,7 @@ mod contender;
 mod http;
 mod memory;
 mod monty;
+mod python;
 mod report;
 mod session;
 mod workload;
@@ -65,6 +66,7 @@ struct Plan {
     concurrency: usize,
     time_budget: Duration,
     monty_python: Option<PathBuf>,
+    lattice_python: Option<PathBuf>,
 }
 
 impl Plan {
@@ -77,7 +79,11 @@ impl Plan {
                 args.tiers
             }),
             workloads: without_repeats(if args.workloads.is_empty() {
-                WorkloadKind::ALL.to_vec()
+                let mut all = WorkloadKind::ALL.to_vec();
+                if args.lattice_python.is_some() {
+                    all.push(WorkloadKind::Python);
+                }
+                all
             } else {
                 args.workloads
             }),
@@ -85,8 +91,17 @@ impl Plan {
             concurrency: args.concurrency.map_or(cores, |n| n as usize),
             time_budget: args.time_budget,
             monty_python: args.monty_python,
+            lattice_python: args.lattice_python,
         }
     }
+}
+
+/// The first of `tiers` this host can run.
+fn first_available(tiers: &[SandboxLevel]) -> Option<SandboxLevel> {
+    tiers
+        .iter()
+        .copied()
+        .find(|&level| check_available(level).is_ok())
 }
 
 fn without_repeats<T: PartialEq>(items: Vec<T>) -> Vec<T> {
@@ -108,13 +123,25 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
     let mut sessions = Vec::new();
     let mut snapshots = None;
     let mut http = None;
+    let mut python = None;
     for &kind in &plan.workloads {
+        if kind == WorkloadKind::Python {
+            let Some(interpreter) = &plan.lattice_python else {
+                anyhow::bail!("bench: the python workload needs --lattice-python (a Python with lattice_wasm installed)");
+            };
+            let tier = first_available(&plan.tiers);
+            python = tier.map(|tier| {
+                let tasks = plan.tasks.unwrap_or(python::DEFAULT_TASKS);
+                eprintln!("bench: python: {tasks} tasks on the {tier} tier");
+                python::measure(interpreter, tier, tasks, plan.concurrency)
+            });
+            if let Some(Err(error)) = &python {
+                anyhow::bail!("bench: python: {error}");
+            }
+            continue;
+        }
         if kind == WorkloadKind::Http {
-            let tier = plan
-                .tiers
-                .iter()
-                .copied()
-                .find(|&level| check_available(level).is_ok());
+            let tier = first_available(&plan.tiers);
             http = tier.map(|tier| {
                 let requests = plan.tasks.unwrap_or(http::DEFAULT_REQUESTS);
                 eprintln!("bench: http: {requests} requests on the {tier} tier");
@@ -155,6 +182,7 @@ pub(super) fn run(args: BenchArgs) -> Result<i32> {
         sessions,
         snapshots,
         http,
+        python,
         wall: started.elapsed(),
     };
     eprintln!("bench: done in {:.1} s", report.wall.as_secs_f64());

@@ -109,7 +109,7 @@ pub(super) fn measure(
 /// Tasks per second of `batch` on `lines`: its wall time on all of them
 /// less its wall time on one (process start, engine load), so both sides
 /// count task work only.
-fn batch_rate(
+pub(super) fn batch_rate(
     binary: &Path,
     tier: SandboxLevel,
     workers: usize,

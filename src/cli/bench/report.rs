@@ -248,6 +248,8 @@ pub(super) struct Report {
     pub snapshots: Option<Result<super::session::SnapshotRow, String>>,
     /// The http workload's numbers (failures end the run instead).
     pub http: Option<Result<super::http::HttpRow, String>>,
+    /// The python workload's numbers (failures end the run instead).
+    pub python: Option<Result<super::python::PythonRow, String>>,
     pub wall: Duration,
 }
 
@@ -299,6 +301,7 @@ impl Report {
             "results": self.rows,
             "sessions": self.snapshots.as_ref().map(|snapshots| super::session::to_json(&self.sessions, snapshots)),
             "http": self.http.as_ref().and_then(|http| http.as_ref().ok()),
+            "python": self.python.as_ref().and_then(|python| python.as_ref().ok()),
             "harness_resident_mb": round(self.harness_resident_mb, 1),
             "method": method(self.concurrency, self.harness_resident_mb).join(" "),
         })
@@ -317,6 +320,11 @@ impl Report {
             if *workload == WorkloadKind::Http {
                 let _ = writeln!(out, "\n== {}: {} ==", workload.name(), workload.describe());
                 out.push_str(&self.http_section());
+                continue;
+            }
+            if *workload == WorkloadKind::Python {
+                let _ = writeln!(out, "\n== {}: {} ==", workload.name(), workload.describe());
+                out.push_str(&self.python_section());
                 continue;
             }
             let rows: Vec<&ResultRow> = self
@@ -342,6 +350,35 @@ impl Report {
         {
             let _ = writeln!(out, "[{}] {note}", i + 1);
         }
+        out
+    }
+
+    fn python_section(&self) -> String {
+        let Some(Ok(row)) = &self.python else {
+            return "no tier available\n".into();
+        };
+        let mut out = render(&[
+            vec![
+                "tier".to_string(),
+                "tasks".into(),
+                "map tasks/s".into(),
+                "batch tasks/s".into(),
+                "vs batch".into(),
+            ],
+            vec![
+                row.tier.clone(),
+                row.tasks.to_string(),
+                format!("{:.0}", row.map_per_s),
+                format!("{:.0}", row.batch_per_s),
+                format!("{:.2}x", row.vs_batch),
+            ],
+        ]);
+        let _ = writeln!(
+            out,
+            "{} workers (map concurrency = batch --concurrency); medians of 3 interleaved rounds; map: the wall time of \
+             one call, Result objects made and checked; batch: its wall time less a one-task run's (process start)",
+            row.workers
+        );
         out
     }
 

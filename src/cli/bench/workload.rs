@@ -28,6 +28,7 @@ impl WorkloadKind {
             WorkloadKind::Raises => "raises",
             WorkloadKind::Session => "session",
             WorkloadKind::Http => "http",
+            WorkloadKind::Python => "python",
         }
     }
 
@@ -43,6 +44,9 @@ impl WorkloadKind {
             WorkloadKind::Session => "exec `x + 1` in an open session, one call at a time",
             WorkloadKind::Http => {
                 "def f(x): return x + 1 as POST /v1/run to `serve` from 64 keep-alive connections, beside `batch` of the same lines"
+            }
+            WorkloadKind::Python => {
+                "def f(x): return x + 1 through one lattice_wasm.map call in Python, beside `batch` of the same tasks"
             }
         }
     }
@@ -151,8 +155,8 @@ impl Workload {
             WorkloadKind::Imports => (IMPORTS, imports_cases()),
             WorkloadKind::Io => (IO, io_cases()),
             WorkloadKind::Raises => (RAISES, raises_cases()),
-            WorkloadKind::Session | WorkloadKind::Http => {
-                unreachable!("measured apart (bench/session.rs, bench/http.rs)")
+            WorkloadKind::Session | WorkloadKind::Http | WorkloadKind::Python => {
+                unreachable!("measured apart (bench/session.rs, bench/http.rs, bench/python.rs)")
             }
         };
         Workload { kind, code, cases }
