@@ -272,7 +272,7 @@ def _dispatcher(
         try:
             value = table[name](*json.loads(args_json), **json.loads(kwargs_json))
             return True, json.dumps(_settle(value, loop), allow_nan=False)
-        except BaseException as e:  # noqa: BLE001 - every failure goes back to the code
+        except Exception as e:  # every failure of the function goes back to the code
             return False, f"{type(e).__name__}: {e}"
 
     return list(table), dispatch
@@ -280,20 +280,27 @@ def _dispatcher(
 
 # ------------------------------------------------------------- executors
 
+#: Local executors by concurrency (None: one task per core), made on first
+#: use; the least recently made go beyond a few.
 _executors: Dict[Optional[int], Any] = {}
 _executors_lock = threading.Lock()
+_EXECUTORS_KEPT = 4
 
 
 def _local_executor(concurrency: Optional[int] = None) -> Any:
-    """The process's local executor running ``concurrency`` tasks at once
-    (None: one per core), made on first use."""
-    if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
+    """The process's local executor running ``concurrency`` tasks at once."""
+    if concurrency is not None and (
+        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+    ):
         raise InvalidTaskError(f"concurrency must be a positive int, not {concurrency!r}")
     with _executors_lock:
         executor = _executors.get(concurrency)
         if executor is None:
             executor = _lattice.Executor("local", json.dumps({"max_workers": concurrency}))
             _executors[concurrency] = executor
+            while len(_executors) > _EXECUTORS_KEPT:
+                # Shut down once no call holds it any more.
+                del _executors[next(iter(_executors))]
         return executor
 
 
@@ -410,12 +417,11 @@ async def run_async(code: str, input: Any = _MISSING, **options: Any) -> Result:
     executor = _local_executor()
     handle = executor.submit(task, names, dispatch)
     try:
-        line = await loop.run_in_executor(_waiter_pool(), executor.result, handle, None)
+        # The waiting thread forgets the task once it has ended, also after a cancel.
+        line = await loop.run_in_executor(_waiter_pool(), executor.take, handle)
     except asyncio.CancelledError:
         executor.cancel(handle)
         raise
-    finally:
-        executor.release(handle)
     return Result._from_line(line)
 
 
@@ -474,7 +480,9 @@ class Session:
     calls a function defined earlier. ``functions`` are host functions the
     code calls by name (sync or async callables; an exception they raise is
     raised inside the sandbox as ``HostError``). Limits: ``timeout_s`` and
-    ``max_cpu_time_s`` per call, ``max_memory_mb`` over the session's life.
+    ``max_cpu_time_s`` per call, ``max_memory_mb`` over the session's life;
+    what is not given comes from the process-wide sandbox configuration
+    (:func:`lattice_wasm.executor.set_sandbox_config`).
     On the wasm tier a session can be saved (``snapshot``), reopened in
     another process (``Session.restore``) and copied (``fork``). Close it
     (or use it as a context manager): its interpreter, process or container
@@ -507,7 +515,7 @@ class Session:
         if _native is not None:
             self._native = _native
             return
-        config = json.loads(_lattice.default_sandbox_config())
+        config = json.loads(_lattice.get_sandbox_config())
         config.update(
             task_fields(
                 tier=tier,

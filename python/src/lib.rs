@@ -4,16 +4,17 @@
 //! once. The Python layer (`python/lattice_wasm`) turns that JSON into
 //! objects and typed exceptions.
 //!
-//! Every blocking call releases the GIL, and waits in short slices so that
-//! Ctrl-C (a pending Python signal) stops it: the task is cancelled and the
-//! `KeyboardInterrupt` raised.
+//! Every blocking call releases the GIL. Waiting for tasks and session
+//! calls is done in short slices so that Ctrl-C (a pending Python signal)
+//! stops it: the task or call is cancelled and the `KeyboardInterrupt`
+//! raised.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use lattice::executor::{create_executor, ExecutorBackend, ExecutorOptions, RayOptions};
-use lattice::sandbox::SandboxConfig;
+use lattice::sandbox::{CancelToken, SandboxConfig};
 use lattice::session::{Call, HostError, HostFunctions, Reply, Session as LatticeSession};
 use lattice::task::json::{outcome_to_json, parse_task};
 use lattice::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
@@ -64,7 +65,18 @@ fn host_functions(
                     .call1(py, (call.name.as_str(), args, kwargs))
                     .and_then(|answer| answer.extract(py))
             })
-            .map_err(|e| HostError::new(format!("the host's dispatcher failed: {e}")))?;
+            .map_err(|e| {
+                // Ctrl-C (or SystemExit) while the host function ran: the
+                // code gets an error, and the signal stays pending for the
+                // thread that waits on the call (which cancels it).
+                Python::attach(|py| {
+                    if !e.is_instance_of::<pyo3::exceptions::PyException>(py) {
+                        // SAFETY: called with the GIL held; only sets a flag.
+                        unsafe { pyo3::ffi::PyErr_SetInterrupt() };
+                    }
+                });
+                HostError::new(format!("the host function was interrupted: {e}"))
+            })?;
             if ok {
                 serde_json::from_str(&text).map_err(|e| HostError::new(e.to_string()))
             } else {
@@ -121,36 +133,83 @@ impl Executor {
         }
     }
 
-    /// The outcome of `handle` as its result line, waiting for it (up to
-    /// `timeout`, then None).
+    /// Waits up to `timeout` seconds (None: no limit) until every handle
+    /// is done, the GIL released, Ctrl-C checked between slices (it runs
+    /// `on_interrupt`); (done, pending).
+    fn wait_for(
+        &self,
+        py: Python<'_>,
+        handles: &[TaskHandle],
+        timeout: Option<f64>,
+        on_interrupt: impl FnOnce(),
+    ) -> PyResult<(Vec<TaskHandle>, Vec<TaskHandle>)> {
+        let deadline = deadline(timeout);
+        let backend = &self.backend;
+        wait_interruptibly(
+            py,
+            |slice| {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let (done, pending) = backend.wait(handles, left.map_or(slice, |l| l.min(slice)));
+                (pending.is_empty() || left.is_some_and(|l| l <= slice)).then_some((done, pending))
+            },
+            on_interrupt,
+        )
+    }
+
+    /// The result line of `handle`, waiting for it (up to `timeout`, then
+    /// None). Ctrl-C cancels the task.
     fn outcome(
         &self,
         py: Python<'_>,
         handle: &TaskHandle,
         timeout: Option<f64>,
     ) -> PyResult<Option<String>> {
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-        let backend = &self.backend;
-        let done = wait_interruptibly(
-            py,
-            |slice| {
-                let slice = match deadline {
-                    Some(deadline) => slice.min(deadline.saturating_duration_since(Instant::now())),
-                    None => slice,
-                };
-                let (done, _) = backend.wait(std::slice::from_ref(handle), slice);
-                let expired = deadline.is_some_and(|d| Instant::now() >= d);
-                (!done.is_empty() || expired).then_some(!done.is_empty())
-            },
-            || {
-                backend.cancel(handle);
-            },
-        )?;
-        if !done {
+        let (done, _) = self.wait_for(py, std::slice::from_ref(handle), timeout, || {
+            self.backend.cancel(handle);
+        })?;
+        if done.is_empty() {
             return Ok(None);
         }
-        let outcome = py.detach(|| backend.get_result(handle));
+        let outcome = py.detach(|| self.backend.get_result(handle));
         Ok(Some(outcome_to_json(&outcome)))
+    }
+
+    /// Cancels tasks and forgets them once they have ended (a running
+    /// one ends promptly when cancelled).
+    fn discard(&self, py: Python<'_>, handles: &[TaskHandle]) {
+        py.detach(|| {
+            for handle in handles {
+                self.backend.cancel(handle);
+            }
+            for handle in handles {
+                self.backend.get_result(handle);
+                self.backend.release(handle);
+            }
+        })
+    }
+}
+
+/// The instant `timeout` seconds from now (None: none, also for a timeout
+/// too large to have one); a negative or NaN timeout is now.
+fn deadline(timeout: Option<f64>) -> Option<Instant> {
+    let seconds = timeout?;
+    let seconds = if seconds.is_nan() {
+        0.0
+    } else {
+        seconds.max(0.0)
+    };
+    Instant::now().checked_add(Duration::try_from_secs_f64(seconds).ok()?)
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Shutting down joins the workers; one may be in a host function
+        // waiting for the GIL.
+        Python::attach(|py| {
+            py.detach(|| {
+                let _ = self.backend.shutdown();
+            })
+        });
     }
 }
 
@@ -266,6 +325,22 @@ impl Executor {
         self.outcome(py, &self.handle(handle_id), timeout)
     }
 
+    /// The result line of a task, waiting until it ends, and forgets the
+    /// task. Ctrl-C cancels it (and it is forgotten once it has ended).
+    fn take(&self, py: Python<'_>, handle_id: u64) -> PyResult<String> {
+        let handle = self.handle(handle_id);
+        match self.outcome(py, &handle, None) {
+            Ok(line) => {
+                self.backend.release(&handle);
+                Ok(line.expect("no deadline: the task has ended"))
+            }
+            Err(interrupted) => {
+                self.discard(py, std::slice::from_ref(&handle));
+                Err(interrupted)
+            }
+        }
+    }
+
     /// Runs a task line to its result line (submit, wait, forget).
     #[pyo3(signature = (task_json, function_names=None, dispatch=None))]
     fn run(
@@ -276,10 +351,7 @@ impl Executor {
         dispatch: Option<Py<PyAny>>,
     ) -> PyResult<String> {
         let id = self.submit(py, task_json, function_names, dispatch)?;
-        let handle = self.handle(id);
-        let line = self.outcome(py, &handle, None)?;
-        self.backend.release(&handle);
-        Ok(line.expect("no deadline: the task has ended"))
+        self.take(py, id)
     }
 
     /// Runs `template_json` once per input (each a JSON text), all queued
@@ -323,10 +395,8 @@ impl Executor {
         let mut lines = Vec::with_capacity(handles.len());
         let mut next = 0;
         let cancel_rest = |from: usize| {
-            for handle in handles[from..].iter().flatten() {
-                backend.cancel(handle);
-                backend.release(handle);
-            }
+            let rest: Vec<TaskHandle> = handles[from..].iter().flatten().cloned().collect();
+            self.discard(py, &rest);
         };
         while next < handles.len() {
             let finished = wait_interruptibly(
@@ -371,22 +441,8 @@ impl Executor {
         timeout: Option<f64>,
     ) -> PyResult<(Vec<u64>, Vec<u64>)> {
         let handles: Vec<TaskHandle> = handle_ids.iter().map(|&id| self.handle(id)).collect();
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-        let backend = &self.backend;
-        let ids = |list: Vec<TaskHandle>| list.into_iter().map(|h| h.handle_id).collect::<Vec<_>>();
-        let (done, pending) = wait_interruptibly(
-            py,
-            |slice| {
-                let slice = match deadline {
-                    Some(deadline) => slice.min(deadline.saturating_duration_since(Instant::now())),
-                    None => slice,
-                };
-                let (done, pending) = backend.wait(&handles, slice);
-                let expired = deadline.is_some_and(|d| Instant::now() >= d);
-                (pending.is_empty() || expired).then_some((done, pending))
-            },
-            || {},
-        )?;
+        let (done, pending) = self.wait_for(py, &handles, timeout, || {})?;
+        let ids = |list: Vec<TaskHandle>| list.into_iter().map(|h| h.handle_id).collect();
         Ok((ids(done), ids(pending)))
     }
 
@@ -422,8 +478,63 @@ struct Session {
     session: LatticeSession,
 }
 
-fn reply_json(reply: &Reply) -> String {
-    reply.to_json().to_string()
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Closing waits for the interpreter, process or container to go;
+        // a call's host function may be waiting for the GIL meanwhile.
+        Python::attach(|py| py.detach(|| self.session.close()));
+    }
+}
+
+/// Runs a session call with the GIL released, as its reply's JSON. On the
+/// main thread (where Python handles Ctrl-C) it runs on a helper thread
+/// while this one looks for a pending signal: Ctrl-C cancels the call (the
+/// session is interrupted, as by a limit) and raises KeyboardInterrupt.
+fn interruptible_call(
+    py: Python<'_>,
+    call: impl FnOnce(&CancelToken) -> Reply + Send,
+) -> PyResult<String> {
+    let cancel = CancelToken::new();
+    // SAFETY: getpid and gettid only read the calling process's and thread's ids.
+    let on_main_thread = unsafe { libc::gettid() == libc::getpid() };
+    if !on_main_thread {
+        return Ok(py.detach(|| call(&cancel)).to_json().to_string());
+    }
+    std::thread::scope(|scope| {
+        let (sender, mut replies) = mpsc::channel();
+        let token = &cancel;
+        scope.spawn(move || {
+            let _ = sender.send(call(token));
+        });
+        let mut interrupted = None;
+        loop {
+            // The receiver travels into the GIL-free closure and back (it is not Sync).
+            let (back, received) = py.detach(move || {
+                let received = replies.recv_timeout(SIGNAL_POLL);
+                (replies, received)
+            });
+            replies = back;
+            match received {
+                Ok(reply) => {
+                    return match interrupted {
+                        Some(interrupt) => Err(interrupt),
+                        None => Ok(reply.to_json().to_string()),
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupted.is_none() {
+                        if let Err(interrupt) = py.check_signals() {
+                            cancel.cancel();
+                            interrupted = Some(interrupt);
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err("the session call's thread failed"))
+                }
+            }
+        }
+    })
 }
 
 #[pymethods]
@@ -438,7 +549,7 @@ impl Session {
         idle_timeout_s: Option<f64>,
         function_names: Option<Vec<String>>,
         dispatch: Option<Py<PyAny>>,
-        snapshot: Option<Vec<u8>>,
+        snapshot: Option<&[u8]>,
     ) -> PyResult<Session> {
         let config: SandboxConfig = serde_json::from_str(config_json).map_err(|e| {
             raise(
@@ -462,7 +573,7 @@ impl Session {
             builder = builder.host_functions(functions);
         }
         let session = py
-            .detach(|| match &snapshot {
+            .detach(|| match snapshot {
                 Some(bytes) => builder.restore(bytes),
                 None => builder.open(),
             })
@@ -471,8 +582,8 @@ impl Session {
     }
 
     /// Runs code in the session's namespace; the reply as JSON.
-    fn exec(&self, py: Python<'_>, code: &str) -> String {
-        py.detach(|| reply_json(&self.session.exec(code)))
+    fn exec(&self, py: Python<'_>, code: &str) -> PyResult<String> {
+        interruptible_call(py, |cancel| self.session.exec_cancellable(code, cancel))
     }
 
     /// Calls a function the session defined, with a call JSON
@@ -503,7 +614,9 @@ impl Session {
                 ))
             }
         };
-        Ok(py.detach(|| reply_json(&self.session.call(entry, call))))
+        interruptible_call(py, |cancel| {
+            self.session.call_cancellable(entry, call, cancel)
+        })
     }
 
     /// The session as bytes (wasm tier).
@@ -535,8 +648,8 @@ impl Session {
     }
 
     #[getter]
-    fn is_open(&self) -> bool {
-        self.session.is_open()
+    fn is_open(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.session.is_open())
     }
 
     #[getter]
@@ -570,10 +683,11 @@ fn set_sandbox_config(py: Python<'_>, config_json: &str) -> PyResult<()> {
     Ok(())
 }
 
-/// The defaults of a sandbox configuration, as JSON.
+/// The process-wide sandbox configuration (the defaults until set), as JSON.
 #[pyfunction]
-fn default_sandbox_config() -> String {
-    serde_json::to_string(&SandboxConfig::default()).expect("a configuration serialises")
+fn get_sandbox_config() -> String {
+    serde_json::to_string(&lattice::sandbox::get_sandbox_config())
+        .expect("a configuration serialises")
 }
 
 #[pymodule]
@@ -581,7 +695,7 @@ fn _lattice(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Executor>()?;
     m.add_class::<Session>()?;
     m.add_function(wrap_pyfunction!(set_max_sessions, m)?)?;
-    m.add_function(wrap_pyfunction!(default_sandbox_config, m)?)?;
+    m.add_function(wrap_pyfunction!(get_sandbox_config, m)?)?;
     m.add_function(wrap_pyfunction!(set_sandbox_config, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

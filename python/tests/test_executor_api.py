@@ -107,14 +107,38 @@ def test_lambdas_and_closures_are_clear_errors():
 
 def test_handles_of_another_executor_are_refused():
     first, second = create_executor(ExecutorType.LOCAL), create_executor("local")
-    handle = first.submit(TaskSubmission(add, args=(1, 1)))
-    assert first.get_result(handle) == 2
+    mine = first.submit(TaskSubmission(add, args=(1, 1)))
+    theirs = second.submit(TaskSubmission(add, args=(5, 5)))
+    assert mine.handle_id == theirs.handle_id  # each executor numbers its own
+    assert first.get_result(mine) == 2
     with pytest.raises(errors.InvalidTaskError):
-        second.get_result(TaskHandle(handle.handle_id + 1000, ExecutorType.LOCAL))
+        first.get_result(theirs)
     with pytest.raises(errors.InvalidTaskError):
-        first.get_result(TaskHandle(handle.handle_id, ExecutorType.RAY))
+        first.get_result(TaskHandle(mine.handle_id, ExecutorType.RAY))
+    with pytest.raises(errors.InvalidTaskError):
+        second.get_result(TaskHandle(mine.handle_id + 1000, ExecutorType.LOCAL))
+    # A handle made by hand is looked up by its id.
+    assert second.get_result(TaskHandle(theirs.handle_id, ExecutorType.LOCAL)) == 10
+    with pytest.raises(errors.InvalidTaskError):
+        create_executor("teleport")
     first.shutdown()
     second.shutdown()
+
+
+def registered(func):
+    """A decorator of this module (the sandbox has no such name)."""
+    return func
+
+
+@registered
+def triple(n):
+    return n * 3
+
+
+def test_a_decorated_function_ships_without_its_decorators():
+    executor = create_executor(ExecutorType.LOCAL)
+    assert executor.get_result(executor.submit(TaskSubmission(triple, args=(4,)))) == 12
+    executor.shutdown()
 
 
 def test_sandbox_config_executor_and_code_runner():
@@ -140,9 +164,11 @@ def test_sandbox_config_executor_and_code_runner():
         code_str="def f(x):\n    while True:\n        pass\n", task_input_data=0
     )
     assert wasm["status"] == "error" and wasm["error"]["kind"] == "timeout"
+    # A Wasm module (its bytes) runs; this one writes no result JSON.
     wat = b"(module (func (export \"_start\")))"
-    invalid = SandboxExecutor().execute(serialized_code=wat, task_input_data=None)
-    assert invalid["status"] == "error"
+    silent = SandboxExecutor().execute(serialized_code=wat, task_input_data=None)
+    assert silent["status"] == "error" and "no result" in silent["error"]["message"], silent
+    assert silent["tier"] == "wasm"
 
 
 def test_mount_paths_are_read_only_by_default():
@@ -155,7 +181,8 @@ def test_mount_paths_are_read_only_by_default():
     reader = "def f(x):\n    return open('/data/data.txt').read()\n"
     assert SandboxExecutor(config).execute(code_str=reader, task_input_data=0)["result"] == "mounted"
     writer = "def f(x):\n    open('/data/new.txt', 'w').write('x')\n"
-    assert SandboxExecutor(config).execute(code_str=writer, task_input_data=0)["status"] == "error"
+    refused = SandboxExecutor(config).execute(code_str=writer, task_input_data=0)
+    assert refused["status"] == "error" and refused["error"]["type"] in ("PermissionError", "OSError"), refused
     assert not (tmp_path / "new.txt").exists()
     shutil.rmtree(tmp_path)
 

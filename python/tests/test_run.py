@@ -216,3 +216,52 @@ def test_run_async_runs_concurrently_and_cancel_stops_the_task():
     asyncio.run(main())
     # The cancelled task's CPython process is gone.
     assert wait_until(lambda: not descendants()), descendants()
+
+
+def test_map_with_host_functions():
+    results = lw.map("def f(x):\n    return scale(x)\n", [1, 2, 3], functions={"scale": lambda x: x * 10})
+    assert [r.unwrap() for r in results] == [10, 20, 30]
+
+
+def test_host_function_names_and_values_are_checked():
+    for name in ("not valid", "_private", "class", ""):
+        with pytest.raises(lw.InvalidTaskError):
+            lw.run("def f(x):\n    return x\n", 1, functions={name: lambda: 1}).unwrap()
+    with pytest.raises(lw.InvalidTaskError):
+        lw.run("def f(x):\n    return x\n", 1, functions={"fine": 42})
+    not_json = lw.run(
+        "def f(x):\n    try:\n        odd()\n    except Exception as e:\n        return str(e)\n",
+        0,
+        functions={"odd": lambda: {1, 2}},
+    )
+    assert "not JSON serializable" in not_json.unwrap()
+
+
+def test_ctrl_c_cancels_a_blocked_call_and_leaves_no_process():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import lattice_wasm as lw, sys\n"
+        "print('started', flush=True)\n"
+        "try:\n"
+        "    lw.run('def f(x):\\n    while True:\\n        pass\\n', 0, tier=sys.argv[1])\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    for tier in TIERS:
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, tier], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout.readline().strip() == "started"
+            time.sleep(1.5)
+            child.send_signal(signal.SIGINT)
+            out, _ = child.communicate(timeout=30)
+        finally:
+            child.kill()
+        assert out.strip() == "interrupted", (tier, out)
+        assert child.returncode == 0
+        assert wait_until(lambda: not descendants()), descendants()

@@ -144,3 +144,56 @@ def test_closing_a_process_session_leaves_no_process():
     session.close()
     session.close()  # closing again does nothing
     assert wait_until(lambda: not descendants()), descendants()
+
+
+def test_async_host_functions_from_code_running_inside_an_event_loop():
+    async def double(x):
+        await asyncio.sleep(0)
+        return 2 * x
+
+    async def main():
+        # A blocking exec inside a running loop: the coroutine is awaited on a loop of its own.
+        with lw.Session(functions={"double": double}) as session:
+            return session.exec("double(21)").unwrap()
+
+    assert asyncio.run(main()) == 42
+
+
+def test_the_session_can_be_inspected_from_its_own_host_function():
+    holder = {}
+
+    def describe():
+        return [holder["session"].is_open, repr(holder["session"])]
+
+    with lw.Session(functions={"describe": describe}) as session:
+        holder["session"] = session
+        is_open, text = session.exec("describe()").unwrap()
+        assert is_open is True and "open" in text
+
+
+def test_ctrl_c_interrupts_a_session_call_and_the_session_goes_on():
+    import signal
+    import time
+
+    script = (
+        "import lattice_wasm as lw, sys\n"
+        "s = lw.Session(sys.argv[1])\n"
+        "s.exec('x = 1')\n"
+        "print('started', flush=True)\n"
+        "try:\n"
+        "    s.exec('while True:\\n    x += 1')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', isinstance(s.exec('x').unwrap(), int), flush=True)\n"
+        "s.close()\n"
+    )
+    for tier in TIERS:
+        child = subprocess.Popen([sys.executable, "-c", script, tier], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "started"
+            time.sleep(1.5)
+            child.send_signal(signal.SIGINT)
+            out, _ = child.communicate(timeout=60)
+        finally:
+            child.kill()
+        assert out.strip() == "interrupted True", (tier, out)
+        assert child.returncode == 0

@@ -375,7 +375,16 @@ impl Session {
     /// True until the session is closed (by [`Session::close`], its idle
     /// timeout, or a call its interpreter could not survive).
     pub fn is_open(&self) -> bool {
-        lock(&self.shared.inner).tier.is_some()
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A call in flight holds the session (and may be asking from one of
+        // its host functions): the session is open while it runs.
+        match self.shared.inner.try_lock() {
+            Ok(inner) => inner.tier.is_some(),
+            Err(std::sync::TryLockError::Poisoned(inner)) => inner.into_inner().tier.is_some(),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        }
     }
 
     /// Runs `code` in the session's namespace, as a REPL does: if its last

@@ -346,6 +346,26 @@ fn a_session_used_from_two_threads_serves_one_host_call_at_a_time() {
 }
 
 #[test]
+fn a_host_function_may_ask_whether_its_session_is_open() {
+    let _suite = crate::common::suite(module_path!());
+    // The session is held by the exec that calls the function: asking must
+    // not wait for it (which would never end).
+    let slot: Arc<std::sync::Mutex<std::sync::Weak<Session>>> = Arc::default();
+    let seen = slot.clone();
+    let functions = HostFunctions::new().register("alive", move |_| {
+        let session = seen.lock().unwrap().upgrade();
+        Ok(json!(session.is_some_and(|s| s.is_open())))
+    });
+    for level in [SandboxLevel::Wasm, SandboxLevel::Subprocess] {
+        let session = Arc::new(open(level, functions.clone()));
+        *slot.lock().unwrap() = Arc::downgrade(&session);
+        assert_eq!(value(&session.exec("alive()")), json!(true), "{level}");
+        session.close();
+        assert!(!session.is_open());
+    }
+}
+
+#[test]
 fn one_shot_tasks_call_host_functions_on_every_tier() {
     let _suite = crate::common::suite(module_path!());
     for level in TIERS {

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import textwrap
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -62,6 +63,8 @@ class TaskHandle:
 
     handle_id: Any
     executor_type: ExecutorType
+    #: The executor that issued it (handles of two executors may share an id).
+    owner: Any = field(default=None, compare=False, repr=False)
 
 
 def function_source(func: Union[Callable[..., Any], str]) -> Tuple[str, Optional[str]]:
@@ -84,10 +87,16 @@ def function_source(func: Union[Callable[..., Any], str]) -> Tuple[str, Optional
             "sandbox: define it at module level (and import what it needs inside it)"
         )
     try:
-        source = inspect.getsource(func)
+        lines, _ = inspect.getsourcelines(func)
     except (OSError, TypeError) as e:
         raise InvalidTaskError(f"the source of {name} is not available ({e}): pass it as text") from None
-    return textwrap.dedent(source), name
+    # From the `def` line on: decorators name things of the caller's module.
+    source = textwrap.dedent("".join(lines))
+    tree = ast.parse(source)
+    definition = tree.body[0]
+    if definition.decorator_list:
+        source = "\n".join(source.splitlines()[definition.lineno - 1 :]) + "\n"
+    return source, name
 
 
 class ExecutorBackend(ABC):

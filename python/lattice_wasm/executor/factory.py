@@ -17,9 +17,10 @@ def create_executor(executor_type: ExecutorType, **kwargs: Any) -> ExecutorBacke
     (:class:`LocalExecutor`: ``max_workers``, ``sandbox_config``;
     :class:`RayExecutor`: ``ray_head_port``, ``start_ray``, ``address``,
     ``python``, ``binary``, ``sandbox_config``, ...)."""
-    executor_type = ExecutorType(executor_type)
+    try:
+        executor_type = ExecutorType(executor_type)
+    except ValueError:
+        raise InvalidTaskError(f"Unknown executor type: {executor_type!r}") from None
     if executor_type == ExecutorType.RAY:
         return RayExecutor(**kwargs)
-    if executor_type == ExecutorType.LOCAL:
-        return LocalExecutor(**kwargs)
-    raise InvalidTaskError(f"Unknown executor type: {executor_type}")
+    return LocalExecutor(**kwargs)

@@ -44,14 +44,20 @@ class NativeExecutor(ExecutorBackend):
         if submission.gpu_id is not None:
             task["gpu_id"] = submission.gpu_id
         handle_id = self._native.submit(_json("the task", task), None, None)
-        return TaskHandle(handle_id=handle_id, executor_type=self._type)
+        return TaskHandle(handle_id=handle_id, executor_type=self._type, owner=self._native)
 
     def _id(self, handle: TaskHandle) -> int:
-        if not isinstance(handle, TaskHandle) or handle.executor_type != self._type:
+        if (
+            not isinstance(handle, TaskHandle)
+            or handle.executor_type != self._type
+            or handle.owner not in (None, self._native)
+        ):
             raise InvalidTaskError(f"{handle!r} is not a handle of this {self._type.value} executor")
         return handle.handle_id
 
     def get_result(self, handle: TaskHandle) -> Any:
+        """The task's value (or its typed exception raised); asking again
+        gives it again until :meth:`release`."""
         return Result._from_line(self._native.result(self._id(handle))).unwrap()
 
     def get_outcome(self, handle: TaskHandle, timeout: Optional[float] = None) -> Optional[Result]:

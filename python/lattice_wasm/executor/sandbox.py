@@ -89,10 +89,11 @@ _config_lock = threading.Lock()
 def set_sandbox_config(config: SandboxConfig) -> None:
     """Sets the process-wide configuration (executors made without one of
     their own use it)."""
-    global _config
-    _lattice.set_sandbox_config(config.to_json())
+    global _config, _default_executor
     with _config_lock:
+        _lattice.set_sandbox_config(config.to_json())
         _config = config
+        _default_executor = None
 
 
 def get_sandbox_config() -> SandboxConfig:
@@ -102,11 +103,13 @@ def get_sandbox_config() -> SandboxConfig:
 
 
 class SandboxExecutor:
-    """Runs code in the tier its configuration names, one call at a time."""
+    """Runs code in the tier its configuration names (on a local executor
+    of its own, one task per core)."""
 
     def __init__(self, config: Optional[SandboxConfig] = None) -> None:
         self.config = config or get_sandbox_config()
-        self._executor = _executor_for(self.config.to_json())
+        options = json.dumps({"sandbox": json.loads(self.config.to_json())})
+        self._executor = _lattice.Executor("local", options)
 
     def execute(
         self,
@@ -131,19 +134,14 @@ class SandboxExecutor:
         return json.loads(line)
 
 
-_executors: Dict[str, Any] = {}
-
-
-def _executor_for(config_json: str) -> Any:
-    """The local executor of one configuration (made once per process)."""
-    with _config_lock:
-        executor = _executors.get(config_json)
-        if executor is None:
-            options = json.dumps({"sandbox": json.loads(config_json)})
-            executor = _executors[config_json] = _lattice.Executor("local", options)
-        return executor
+_default_executor: Optional[SandboxExecutor] = None
 
 
 def get_sandbox_executor() -> SandboxExecutor:
-    """A :class:`SandboxExecutor` with the process-wide configuration."""
-    return SandboxExecutor(get_sandbox_config())
+    """A :class:`SandboxExecutor` with the process-wide configuration (one,
+    made on first use and again after :func:`set_sandbox_config`)."""
+    global _default_executor
+    with _config_lock:
+        if _default_executor is None or _default_executor.config is not _config:
+            _default_executor = SandboxExecutor(_config)
+        return _default_executor
