@@ -244,7 +244,9 @@ def test_ctrl_c_cancels_a_blocked_call_and_leaves_no_process():
     import sys
 
     script = (
-        "import lattice_wasm as lw, sys\n"
+        # SIGINT as a terminal's Python has it (a background job inherits it ignored).
+        "import lattice_wasm as lw, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "print('started', flush=True)\n"
         "try:\n"
         "    lw.run('def f(x):\\n    while True:\\n        pass\\n', 0, tier=sys.argv[1])\n"
@@ -262,6 +264,7 @@ def test_ctrl_c_cancels_a_blocked_call_and_leaves_no_process():
             out, _ = child.communicate(timeout=30)
         finally:
             child.kill()
+            child.wait()
         assert out.strip() == "interrupted", (tier, out)
         assert child.returncode == 0
         assert wait_until(lambda: not descendants()), descendants()

@@ -176,7 +176,9 @@ def test_ctrl_c_interrupts_a_session_call_and_the_session_goes_on():
     import time
 
     script = (
-        "import lattice_wasm as lw, sys\n"
+        # SIGINT as a terminal's Python has it (a background job inherits it ignored).
+        "import lattice_wasm as lw, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "s = lw.Session(sys.argv[1])\n"
         "s.exec('x = 1')\n"
         "print('started', flush=True)\n"
@@ -195,5 +197,6 @@ def test_ctrl_c_interrupts_a_session_call_and_the_session_goes_on():
             out, _ = child.communicate(timeout=60)
         finally:
             child.kill()
+            child.wait()
         assert out.strip() == "interrupted True", (tier, out)
         assert child.returncode == 0
