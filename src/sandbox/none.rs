@@ -244,6 +244,13 @@ fn on_python_thread(
             "a Python thread of the none tier is gone",
         ));
     }
+    match super::receive_briefly(&output, super::REPLY_SPIN) {
+        Ok(output) => return Ok(output),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+            return Err(TaskError::internal("a Python thread of the none tier died"))
+        }
+        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+    }
     loop {
         match output.recv_timeout(TICK * 10) {
             Ok(output) => return Ok(output),
@@ -294,7 +301,7 @@ fn python_thread(library: &'static Library) -> Result<Sender<PythonJob>, TaskErr
         ))
         .stack_size(super::TASK_THREAD_STACK)
         .spawn(move || {
-            while let Ok(mut job) = jobs.recv() {
+            while let Some(mut job) = super::receive_soon(&jobs, super::NEXT_JOB_SPIN) {
                 let output = execute(library, &mut job);
                 if !job.keep {
                     // Idle before replying, so the caller's next task finds us.

@@ -429,6 +429,7 @@ impl Report {
             "p50 ms".into(),
             "p90 ms".into(),
             "p99 ms".into(),
+            "idle p50 ms".into(),
             "p50 vs wasm".into(),
             "host call µs".into(),
         ]];
@@ -439,6 +440,7 @@ impl Report {
                 number(row.p50_ms),
                 number(row.p90_ms),
                 number(row.p99_ms),
+                number(row.idle_p50_ms),
                 ratio(row.p50_vs_wasm, row.tier == "wasm"),
                 number(row.host_call_p50_us),
             ];

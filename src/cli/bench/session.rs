@@ -1,5 +1,5 @@
 //! The session workload: one session per tier, `x + 1` executed in it one
-//! call at a time — what a call of an open session costs (REPL, MCP,
+//! call at a time, in blocks of [`BLOCK`] calls per tier — what a call of an open session costs (REPL, MCP,
 //! agents), apart from what a fresh task costs — and the round trip of a
 //! host-function call from code in the session.
 
@@ -12,6 +12,8 @@ use serde_json::json;
 
 /// Calls per tier at most, and the share of the time budget they may take.
 const MAX_CALLS: usize = 2000;
+/// Calls per tier in a row; the p50 is over the calls after the first.
+const BLOCK: usize = 20;
 const BUDGET_SHARE: u32 = 10;
 
 /// One tier's session calls.
@@ -22,6 +24,9 @@ pub(super) struct SessionRow {
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// p50 of the first call of each block: after the session sat idle
+    /// (for the other tiers' blocks), its thread or process asleep.
+    pub idle_p50_ms: Option<f64>,
     /// The wasm tier's p50 over this p50: above 1 is faster.
     pub p50_vs_wasm: Option<f64>,
     /// One host-function call's round trip from code in the session, µs
@@ -56,27 +61,44 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
         .collect();
     let until = Instant::now() + budget / BUDGET_SHARE;
     let mut failures: Vec<Option<String>> = vec![None; sessions.len()];
-    for _ in 0..MAX_CALLS {
+    let mut idle: Vec<Vec<Duration>> = vec![Vec::new(); sessions.len()];
+    for _ in 0..MAX_CALLS / BLOCK {
         if Instant::now() >= until {
             break;
         }
-        for ((_, session, latencies), failure) in sessions.iter_mut().zip(failures.iter_mut()) {
-            let (Ok(session), None) = (session, &failure) else {
-                continue;
-            };
-            let started = Instant::now();
-            let reply = session.exec("x + 1");
-            latencies.push(started.elapsed());
-            if reply.result.as_ref().ok() != Some(&json!(2)) {
-                *failure = Some(format!("wrong answer: {:?}", reply.result));
+        // A block of calls per tier, back to back as a REPL's or a loop's
+        // come; the blocks interleaved, so that noise hits every tier alike.
+        for (((_, session, latencies), failure), idle) in sessions
+            .iter_mut()
+            .zip(failures.iter_mut())
+            .zip(idle.iter_mut())
+        {
+            for call in 0..BLOCK {
+                let (Ok(session), None) = (&*session, &failure) else {
+                    continue;
+                };
+                let started = Instant::now();
+                let reply = session.exec("x + 1");
+                let took = started.elapsed();
+                if call == 0 {
+                    // After the other tiers' blocks: the session sat idle.
+                    idle.push(took);
+                } else {
+                    latencies.push(took);
+                }
+                if reply.result.as_ref().ok() != Some(&json!(2)) {
+                    *failure = Some(format!("wrong answer: {:?}", reply.result));
+                }
             }
         }
     }
     let mut rows: Vec<SessionRow> = sessions
         .into_iter()
         .zip(failures)
-        .map(|((level, session, mut latencies), failure)| {
+        .zip(idle)
+        .map(|(((level, session, mut latencies), failure), mut idle)| {
             latencies.sort_unstable();
+            idle.sort_unstable();
             let host_call = session.as_ref().ok().and_then(host_call_round_trip);
             let error = session.err().or(failure);
             let p = |percent| super::report::percentile_ms(&latencies, percent);
@@ -86,6 +108,7 @@ pub(super) fn measure(tiers: &[SandboxLevel], budget: Duration) -> Vec<SessionRo
                 p50_ms: p(50).filter(|_| error.is_none()),
                 p90_ms: p(90).filter(|_| error.is_none()),
                 p99_ms: p(99).filter(|_| error.is_none()),
+                idle_p50_ms: super::report::percentile_ms(&idle, 50).filter(|_| error.is_none()),
                 p50_vs_wasm: None,
                 host_call_p50_us: host_call.filter(|_| error.is_none()),
                 error,

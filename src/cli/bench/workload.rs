@@ -41,7 +41,9 @@ impl WorkloadKind {
             WorkloadKind::Imports => "json, re, collections, datetime in the function",
             WorkloadKind::Io => "1,000 strings of 1,000 chars in (~1 MB), reversed out",
             WorkloadKind::Raises => "raises ValueError (expected failure, kind checked)",
-            WorkloadKind::Session => "exec `x + 1` in an open session, one call at a time",
+            WorkloadKind::Session => {
+                "exec `x + 1` in an open session, one call at a time, 20 in a row per tier (p50 over calls 2-20; idle: call 1, after the other tiers' blocks)"
+            }
             WorkloadKind::Http => {
                 "def f(x): return x + 1 as POST /v1/run to `serve` from 64 keep-alive connections, beside `batch` of the same lines"
             }

@@ -60,7 +60,9 @@ impl SessionThread {
         let (jobs, received) = std::sync::mpsc::channel::<Job>();
         let thread = crate::sandbox::spawn_task_thread("lattice-wasm-session".into(), move || {
             let mut session = session;
-            for job in received {
+            while let Some(job) =
+                crate::sandbox::receive_soon(&received, crate::sandbox::NEXT_JOB_SPIN)
+            {
                 job(&mut session);
             }
         })
@@ -85,9 +87,8 @@ impl SessionThread {
         if !matches!(sent, Some(Ok(()))) {
             return Err(TaskError::internal("the wasm session's thread is gone"));
         }
-        answer
-            .recv()
-            .map_err(|_| TaskError::internal("the wasm session's thread failed"))
+        crate::sandbox::receive_soon(&answer, crate::sandbox::REPLY_SPIN)
+            .ok_or_else(|| TaskError::internal("the wasm session's thread failed"))
     }
 }
 
