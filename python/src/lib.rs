@@ -66,11 +66,11 @@ fn host_functions(
                     .and_then(|answer| answer.extract(py))
             })
             .map_err(|e| {
-                // Ctrl-C (or SystemExit) while the host function ran: the
-                // code gets an error, and the signal stays pending for the
-                // thread that waits on the call (which cancels it).
+                // Ctrl-C while the host function ran: the code gets an
+                // error, and the signal stays pending for the thread that
+                // waits on the call (which cancels it).
                 Python::attach(|py| {
-                    if !e.is_instance_of::<pyo3::exceptions::PyException>(py) {
+                    if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) {
                         // SAFETY: called with the GIL held; only sets a flag.
                         unsafe { pyo3::ffi::PyErr_SetInterrupt() };
                     }
