@@ -1,6 +1,9 @@
 """Shared helpers of the package's tests (run on the installed wheel)."""
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,3 +70,24 @@ def cluster():
         pytest.skip("no Ray cluster (scripts/ray-cluster.sh start) or lattice-wasm binary")
     settings["binary"] = binary
     return settings
+
+
+def interrupted_child(body, tier, timeout=60):
+    """Runs ``body`` (Python source that prints ``started`` and then
+    blocks) in a child Python with the terminal's SIGINT handler (a
+    background job, as CI runs the suite, inherits SIGINT ignored), sends it
+    Ctrl-C 1.5 s later, and returns (its output, its exit code)."""
+    script = (
+        "import lattice_wasm as lw, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n" + body
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, tier], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "started"
+        time.sleep(1.5)
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=timeout)
+    finally:
+        child.kill()
+        child.wait()
+    return out.strip(), child.returncode

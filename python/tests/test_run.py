@@ -9,7 +9,7 @@ import pytest
 import lattice_wasm as lw
 from lattice_wasm import errors
 
-from conftest import TIERS, descendants, wait_until
+from conftest import TIERS, descendants, interrupted_child, wait_until
 
 DOUBLE = "def double(x):\n    return 2 * x\n"
 
@@ -238,15 +238,7 @@ def test_host_function_names_and_values_are_checked():
 
 
 def test_ctrl_c_cancels_a_blocked_call_and_leaves_no_process():
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    script = (
-        # SIGINT as a terminal's Python has it (a background job inherits it ignored).
-        "import lattice_wasm as lw, signal, sys\n"
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    body = (
         "print('started', flush=True)\n"
         "try:\n"
         "    lw.run('def f(x):\\n    while True:\\n        pass\\n', 0, tier=sys.argv[1])\n"
@@ -254,17 +246,5 @@ def test_ctrl_c_cancels_a_blocked_call_and_leaves_no_process():
         "    print('interrupted', flush=True)\n"
     )
     for tier in TIERS:
-        child = subprocess.Popen(
-            [sys.executable, "-c", script, tier], stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert child.stdout.readline().strip() == "started"
-            time.sleep(1.5)
-            child.send_signal(signal.SIGINT)
-            out, _ = child.communicate(timeout=30)
-        finally:
-            child.kill()
-            child.wait()
-        assert out.strip() == "interrupted", (tier, out)
-        assert child.returncode == 0
+        assert interrupted_child(body, tier, timeout=30) == ("interrupted", 0), tier
         assert wait_until(lambda: not descendants()), descendants()

@@ -9,7 +9,7 @@ import pytest
 
 import lattice_wasm as lw
 
-from conftest import TIERS, descendants, wait_until
+from conftest import TIERS, descendants, interrupted_child, wait_until
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -172,13 +172,7 @@ def test_the_session_can_be_inspected_from_its_own_host_function():
 
 
 def test_ctrl_c_interrupts_a_session_call_and_the_session_goes_on():
-    import signal
-    import time
-
-    script = (
-        # SIGINT as a terminal's Python has it (a background job inherits it ignored).
-        "import lattice_wasm as lw, signal, sys\n"
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    body = (
         "s = lw.Session(sys.argv[1])\n"
         "s.exec('x = 1')\n"
         "print('started', flush=True)\n"
@@ -189,14 +183,4 @@ def test_ctrl_c_interrupts_a_session_call_and_the_session_goes_on():
         "s.close()\n"
     )
     for tier in TIERS:
-        child = subprocess.Popen([sys.executable, "-c", script, tier], stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout.readline().strip() == "started"
-            time.sleep(1.5)
-            child.send_signal(signal.SIGINT)
-            out, _ = child.communicate(timeout=60)
-        finally:
-            child.kill()
-            child.wait()
-        assert out.strip() == "interrupted True", (tier, out)
-        assert child.returncode == 0
+        assert interrupted_child(body, tier) == ("interrupted True", 0), tier
