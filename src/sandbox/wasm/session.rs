@@ -236,7 +236,10 @@ fn interrupt(instance: &Instance, store: &mut Store<TaskState>) -> Option<Interr
 impl TierSession for WasmSession {
     fn snapshot(&mut self) -> Result<Vec<u8>, TaskError> {
         let memory = self.memory.data(&self.store);
-        with_base(|base| snapshot::encode(guest::GUEST_HASH, memory, base))
+        // Both memories are instances of the one guest module, mapped from
+        // its image: only the pages this one holds privately can differ.
+        let candidates = snapshot::private_pages(memory);
+        with_base(|base| snapshot::encode(guest::GUEST_HASH, memory, base, candidates))
     }
 
     fn fork(&mut self, config: &SandboxConfig) -> Result<Box<dyn TierSession>, TaskError> {
