@@ -151,7 +151,7 @@ pub(super) fn private_pages(memory: &[u8]) -> Option<Vec<u32>> {
         entries(at + offset, 1).is_some_and(|entry| private(entry[0]))
     });
     let start = memory.as_ptr() as usize;
-    if !trusted || start % PAGE != 0 {
+    if !trusted || !start.is_multiple_of(PAGE) {
         return None;
     }
     let pages = memory.len().div_ceil(PAGE);
