@@ -3,12 +3,9 @@
 //! wasm tier's guest) and as a native shared library (the none tier's
 //! in-process Python).
 //!
-//! The guest is its own cargo workspace, built into `<target>/guest` (wasm)
-//! and `<target>/guest-native`: target dirs of their own, so the nested
-//! cargos never wait on our lock or each other's, and the two builds run at
-//! once (on 2 cores that took ~10 of the ~15 minutes one after the other:
-//! much of each is one crate's single-threaded front end). Cargo's
-//! freshness check means an unchanged guest is not rebuilt. The
+//! The guest is its own cargo workspace, built into `<target>/guest` (a
+//! separate target dir, so the nested cargo never waits on our own lock).
+//! Cargo's freshness check means an unchanged guest is not rebuilt. The
 //! `wasm32-wasip1` target is installed with rustup when missing.
 //! `LATTICE_GUEST_WASM=/path/to/lattice-guest.wasm` and
 //! `LATTICE_NATIVE_PYTHON=/path/to/liblattice_guest.so` skip the builds.
@@ -30,35 +27,27 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LATTICE_GUEST_WASM");
     println!("cargo:rerun-if-env-changed=LATTICE_NATIVE_PYTHON");
     let wasm = match env::var_os("LATTICE_GUEST_WASM") {
-        Some(path) => GuestBuild::Given(PathBuf::from(path)),
+        Some(path) => PathBuf::from(path),
         None => {
             ensure_wasm_target();
-            GuestBuild::start(
+            build_guest(
                 "wasm32-wasip1",
-                "guest",
                 &["build", "--bin", "lattice-guest"],
                 "lattice-guest.wasm",
             )
         }
     };
+    export("LATTICE_GUEST", &wasm);
     let host = env::var("TARGET").expect("cargo sets TARGET");
     let native = match env::var_os("LATTICE_NATIVE_PYTHON") {
-        Some(path) => GuestBuild::Given(PathBuf::from(path)),
-        None => GuestBuild::start(
+        Some(path) => PathBuf::from(path),
+        None => build_guest(
             &host,
-            "guest-native",
             &["rustc", "--lib", "--crate-type", "cdylib"],
             "liblattice_guest.so",
         ),
     };
-    // Both are waited for before either fails the build, so that no nested
-    // cargo is left running.
-    let (wasm, native) = (wasm.finish(), native.finish());
-    export("LATTICE_GUEST", &wasm.unwrap_or_else(|e| panic!("{e}")));
-    export(
-        "LATTICE_NATIVE_PYTHON",
-        &native.unwrap_or_else(|e| panic!("{e}")),
-    );
+    export("LATTICE_NATIVE_PYTHON", &native);
 }
 
 /// Tells the crate where `artifact` is (`<NAME>_PATH`) and its content hash
@@ -70,58 +59,13 @@ fn export(name: &str, artifact: &Path) {
     println!("cargo:rustc-env={name}_HASH={:016x}", fnv1a(&bytes));
 }
 
-/// A guest artifact: given by the environment, or being built.
-enum GuestBuild {
-    Given(PathBuf),
-    Running {
-        child: std::process::Child,
-        target: String,
-        artifact: PathBuf,
-    },
-}
-
-impl GuestBuild {
-    /// Starts `cargo <how>` on the guest for `target`, in `<target>/<dir>`,
-    /// to make `artifact`.
-    fn start(target: &str, dir: &str, how: &[&str], artifact: &str) -> GuestBuild {
-        let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
-        let target_dir = env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"))
-            .join(dir);
-        let child = guest_cargo(&root, &target_dir, target, how)
-            .spawn()
-            .unwrap_or_else(|e| panic!("can't run cargo to build the guest: {e}"));
-        GuestBuild::Running {
-            child,
-            target: target.to_string(),
-            artifact: target_dir.join(target).join("release").join(artifact),
-        }
-    }
-
-    /// The artifact, once its build has ended well.
-    fn finish(self) -> Result<PathBuf, String> {
-        match self {
-            GuestBuild::Given(path) => Ok(path),
-            GuestBuild::Running {
-                mut child,
-                target,
-                artifact,
-            } => match child.wait() {
-                Ok(status) if status.success() => Ok(artifact),
-                Ok(status) => Err(format!(
-                    "building the RustPython guest (guest/) for {target} failed: {status}"
-                )),
-                Err(e) => Err(format!(
-                    "can't wait for the guest's build for {target}: {e}"
-                )),
-            },
-        }
-    }
-}
-
-/// `cargo <how>` on the guest for `target`, into `target_dir`.
-fn guest_cargo(root: &Path, target_dir: &Path, target: &str, how: &[&str]) -> Command {
+/// Runs `cargo <how>` on the guest for `target` and returns `artifact`.
+fn build_guest(target: &str, how: &[&str], artifact: &str) -> PathBuf {
+    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("guest");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -131,7 +75,7 @@ fn guest_cargo(root: &Path, target_dir: &Path, target: &str, how: &[&str]) -> Co
         .arg("--manifest-path")
         .arg(root.join("guest/Cargo.toml"))
         .arg("--target-dir")
-        .arg(target_dir);
+        .arg(&target_dir);
     // The outer build's settings are not the guest's.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
@@ -143,7 +87,13 @@ fn guest_cargo(root: &Path, target_dir: &Path, target: &str, how: &[&str]) -> Co
             command.env_remove(key.as_ref());
         }
     }
-    command
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("can't run cargo to build the guest: {e}"));
+    if !status.success() {
+        panic!("building the RustPython guest (guest/) for {target} failed: {status}");
+    }
+    target_dir.join(target).join("release").join(artifact)
 }
 
 fn ensure_wasm_target() {

@@ -14,7 +14,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --ver
 # takes these instead of building them again).
 host="$(rustc -vV | sed -n 's/^host: //p')"
 export LATTICE_GUEST_WASM="$PWD/target/guest/wasm32-wasip1/release/lattice-guest.wasm"
-export LATTICE_NATIVE_PYTHON="$PWD/target/guest-native/$host/release/liblattice_guest.so"
+export LATTICE_NATIVE_PYTHON="$PWD/target/guest/$host/release/liblattice_guest.so"
 if ! [ -f "$LATTICE_GUEST_WASM" ] || ! [ -f "$LATTICE_NATIVE_PYTHON" ]; then
   echo "fuzz.sh: build the crate first (cargo build): the guests are missing" >&2
   exit 1

@@ -44,10 +44,21 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 
 stage fmt
 cargo fmt --all -- --check
-# Builds the RustPython guest for wasm32-wasip1 too (build.rs installs the
-# rustup target if it is missing).
-stage clippy --all-targets
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# Clippy lints the workspace's crates while they are compiled for the tests:
+# clippy-driver is the workspace's rustc wrapper in every build below, with
+# -D warnings, as `cargo clippy` runs it. A `cargo clippy` of its own
+# checked every dependency once more besides building it (~5 min on 2
+# cores). The Python package's crate is linted the same way when the wheel
+# is built (maturin runs cargo under this environment).
+RUSTC_WORKSPACE_WRAPPER="$(dirname "$(rustup which rustc)")/clippy-driver"
+[ -x "$RUSTC_WORKSPACE_WRAPPER" ] || { echo "test.sh: clippy is missing: rustup component add clippy" >&2; exit 1; }
+CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+# Every target (the lib, the binary, the tests, the benches, the examples),
+# linted. It builds the RustPython guest for wasm32-wasip1 and natively too
+# (build.rs installs the rustup target if it is missing).
+stage build and lint
+cargo test --locked --no-run --all-targets
 # The library alone (no cli, docker or ray feature) builds clean.
 stage clippy --no-default-features
 cargo clippy --lib --locked --no-default-features -- -D warnings
@@ -60,13 +71,14 @@ cargo run --locked --quiet -- doctor --warm
 # and the guest compiled just above). That is the library's build without
 # features; its unit tests are the ones `cargo test` runs below (a second
 # build of every dependency without the features' settings cost ~6 min).
+# Neither it nor the fuzz targets belong to this workspace: no lint wrapper.
 stage dependent crate
-./scripts/dependent.sh
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/dependent.sh
 # Coverage-guided fuzzing of the task/result JSON decoders and the CLI's
 # argument grammar, 60 s per target from the committed corpus (fuzz/); its
 # build is separate (~8 min on 2 cores, once).
 stage fuzz
-./scripts/fuzz.sh 60
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/fuzz.sh 60
 # The Ray executor's tests run on a two-node Ray cluster on this machine: a
 # venv with ray[default] in target/ray-venv (~35 s, once), ~20 s to start;
 # only that cluster is stopped on exit.
@@ -79,7 +91,7 @@ stage ray cluster
 ./scripts/ray-cluster.sh start
 trap './scripts/ray-cluster.sh stop' EXIT
 stage cargo test: build
-cargo test --locked --no-run
+cargo test --locked --no-run --all-targets
 # The Python package (python/): its abi3 wheel, built in the dev profile so
 # it links the artifacts just built, installed into a fresh venv; its pytest
 # suite (the wasm tier and a process tier, the Ray tests on the cluster
