@@ -95,6 +95,31 @@ fn exceptions_carry_type_message_and_a_traceback_in_user_lines() {
         }
         let zero = run_code(level, "def f(x):\n    return 1 / x\n", json!(0));
         assert_eq!(failed_type(&zero), "ZeroDivisionError");
+        // Carets under the failing expression, on every tier (CPython 3.11
+        // may mark the operator with `~`; RustPython's are plain).
+        let TaskError::Failed { traceback, .. } = err(&zero) else {
+            unreachable!("failed_type checked it")
+        };
+        let lines: Vec<&str> = traceback.lines().collect();
+        let at = lines
+            .iter()
+            .position(|line| line.trim() == "return 1 / x")
+            .unwrap_or_else(|| panic!("{traceback}"));
+        let carets = lines[at + 1];
+        assert_eq!(
+            carets.trim_start().len(),
+            "1 / x".len(),
+            "{level}: {traceback}"
+        );
+        assert!(
+            carets.trim().chars().all(|c| c == '^' || c == '~') && carets.contains('^'),
+            "{level}: {traceback}"
+        );
+        assert_eq!(
+            carets.find(|c: char| c != ' '),
+            lines[at].find('1'),
+            "{level}: {traceback}"
+        );
         let exit = run_code(level, "import sys\ndef f(x):\n    sys.exit(3)\n", json!(0));
         assert_eq!(failed_type(&exit), "SystemExit");
     });
