@@ -35,8 +35,8 @@ pub(super) enum Command {
     Resources(ResourcesArgs),
     /// Check which sandbox tiers work on this host, and how to fix the others.
     Doctor(DoctorArgs),
-    /// Compare the sandbox tiers (and a bare CPython, and pydantic-monty when
-    /// installed) on the same workloads, side by side, with ratios.
+    /// Compare the sandbox tiers (and CPython, and pydantic-monty and eryx
+    /// when installed) on the same workloads, side by side, with ratios.
     Bench(BenchArgs),
     /// An interactive Python session in a sandbox tier (state kept between
     /// statements). With stdin not a terminal, runs the whole input
@@ -458,6 +458,10 @@ pub(super) struct BenchArgs {
     /// A Python that has pydantic-monty installed (default: python3 on PATH).
     #[arg(long, value_name = "PATH")]
     pub monty_python: Option<PathBuf>,
+    /// A Python (>= 3.12) that has eryx installed, `pip install pyeryx`
+    /// (default: python3 on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub eryx_python: Option<PathBuf>,
     /// A Python that has the lattice_wasm package installed: adds the
     /// python workload to the default set (pip install ./python).
     #[arg(long, value_name = "PATH")]

@@ -1,6 +1,8 @@
-//! `bench`: the same Python workloads on several sandbox tiers, and on two
-//! outside references, in one run: latency, throughput and memory side by
-//! side, with ratios against the subprocess tier.
+//! `bench`: the same Python workloads on several sandbox tiers, and on
+//! outside references (a bare CPython per task, CPython in-process,
+//! pydantic-monty, eryx), in one run: latency, throughput and memory side
+//! by side, with ratios against the subprocess tier and against CPython's
+//! own compute.
 //!
 //! Contenders are measured interleaved: each workload runs in rounds, and
 //! every round gives each contender its share of the tasks, so a noisy
@@ -12,8 +14,8 @@
 mod contender;
 mod http;
 mod memory;
-mod monty;
 mod python;
+mod reference;
 mod report;
 mod session;
 mod workload;
@@ -29,7 +31,7 @@ use lattice::sandbox::{check_available, SandboxLevel};
 use super::args::{BenchArgs, WorkloadKind};
 use contender::{Contender, PythonReference, TierContender, PYTHON_REFERENCE};
 use memory::{own_resident, MemoryProbe};
-use monty::{MontyReference, MONTY_REFERENCE};
+use reference::{Package, PackageReference, CPYTHON, ERYX, MONTY};
 use report::{fill_ratios, Availability, Machine, Report, ResultRow, Samples};
 use workload::Workload;
 
@@ -66,6 +68,7 @@ struct Plan {
     concurrency: usize,
     time_budget: Duration,
     monty_python: Option<PathBuf>,
+    eryx_python: Option<PathBuf>,
     lattice_python: Option<PathBuf>,
 }
 
@@ -91,6 +94,7 @@ impl Plan {
             concurrency: args.concurrency.map_or(cores, |n| n as usize),
             time_budget: args.time_budget,
             monty_python: args.monty_python,
+            eryx_python: args.eryx_python,
             lattice_python: args.lattice_python,
         }
     }
@@ -244,7 +248,9 @@ impl Lineup {
             lineup.add_tier(level, plan.concurrency)?;
         }
         lineup.add_bare_python(plan.concurrency);
-        lineup.add_monty(plan.monty_python.as_deref(), plan.concurrency);
+        lineup.add_package(&CPYTHON, Some(Path::new(BARE_PYTHON)), plan.concurrency);
+        lineup.add_package(&MONTY, plan.monty_python.as_deref(), plan.concurrency);
+        lineup.add_package(&ERYX, plan.eryx_python.as_deref(), plan.concurrency);
         Ok(lineup)
     }
 
@@ -287,18 +293,23 @@ impl Lineup {
         }
     }
 
-    fn add_monty(&mut self, python: Option<&Path>, concurrency: usize) {
-        let started = monty::probe(python).and_then(|(python, version)| {
-            MontyReference::start(&python, concurrency)
+    fn add_package(
+        &mut self,
+        package: &'static Package,
+        python: Option<&Path>,
+        concurrency: usize,
+    ) {
+        let started = package.probe(python).and_then(|(python, version)| {
+            PackageReference::start(package, &python, concurrency)
                 .map(|driver| (driver, version))
                 .map_err(|e| format!("can't start its driver: {e:#}"))
         });
         match started {
             Ok((driver, version)) => {
-                self.add_reference(MONTY_REFERENCE, Ok(version));
+                self.add_reference(package.name, Ok(version));
                 self.entries.push(Entry::new(driver));
             }
-            Err(reason) => self.add_reference(MONTY_REFERENCE, Err(reason)),
+            Err(reason) => self.add_reference(package.name, Err(reason)),
         }
     }
 

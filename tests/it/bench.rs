@@ -99,6 +99,19 @@ fn compares_wasm_and_subprocess_with_checked_answers() {
             row(&report, workload, "subprocess")["ratio_vs_subprocess"],
             1.0
         );
+        // Each tier's p50 against CPython's own compute (in-process, no
+        // sandbox): a sandboxed task costs more than a bare call.
+        for tier in ["wasm", "subprocess"] {
+            let times = positive(
+                &row(&report, workload, tier)["p50_vs_cpython"],
+                &format!("{tier} {workload} vs cpython"),
+            );
+            assert!(times > 1.0, "{tier} {workload}: {times}");
+        }
+        assert_eq!(
+            row(&report, workload, "cpython in-process")["p50_vs_cpython"],
+            1.0
+        );
     }
 
     // Each reference is measured or says why not.
@@ -107,9 +120,16 @@ fn compares_wasm_and_subprocess_with_checked_answers() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["python3 -c", "pydantic-monty"]);
+    assert_eq!(
+        names,
+        ["python3 -c", "cpython in-process", "pydantic-monty", "eryx"]
+    );
     for reference in references {
         let name = reference["name"].as_str().unwrap();
+        // Debian's python3 is installed by the test command.
+        if name.starts_with("python3") || name == "cpython in-process" {
+            assert_eq!(reference["available"], true, "{reference}");
+        }
         if reference["available"] == true {
             let row = row(&report, "trivial", name);
             assert_eq!(row["reference"], true);
@@ -140,7 +160,7 @@ fn an_unknown_tier_or_workload_is_a_usage_error() {
 }
 
 #[test]
-fn a_missing_monty_python_is_reported_not_fatal() {
+fn a_missing_reference_python_is_reported_not_fatal() {
     let _suite = crate::common::suite(module_path!());
     let output = bench(&[
         "--tiers",
@@ -153,11 +173,17 @@ fn a_missing_monty_python_is_reported_not_fatal() {
         "trivial",
         "--monty-python",
         "/nonexistent/python",
+        "--eryx-python",
+        "/nonexistent/python3.12",
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
         table.contains("pydantic-monty: unavailable: not installed (pip install pydantic-monty): /nonexistent/python"),
+        "{table}"
+    );
+    assert!(
+        table.contains("eryx: unavailable: not installed (pip install pyeryx, into a Python >= 3.12): /nonexistent/python3.12 can't import eryx"),
         "{table}"
     );
     assert!(table.contains("== trivial"), "{table}");

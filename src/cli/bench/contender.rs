@@ -1,5 +1,6 @@
 //! What the benchmark compares: lattice's sandbox tiers, and the outside
-//! references (a bare CPython per task, pydantic-monty) behind one trait.
+//! references (a bare CPython per task; the package references in
+//! reference.rs) behind one trait.
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -10,6 +10,9 @@ use crate::cli::args::WorkloadKind;
 
 /// The name of the tier every ratio is taken against.
 pub(super) const BASELINE: &str = "subprocess";
+/// The reference compute is compared with: CPython running the task in its
+/// own process, no sandbox and no process start.
+pub(super) const COMPUTE_BASELINE: &str = super::reference::CPYTHON.name;
 
 /// What was measured of one contender on one workload.
 #[derive(Default)]
@@ -45,6 +48,9 @@ pub(super) struct ResultRow {
     /// This throughput over the baseline's: above 1 is faster.
     pub throughput_c1_vs_subprocess: Option<f64>,
     pub throughput_cn_vs_subprocess: Option<f64>,
+    /// This p50 over CPython's in-process p50: how many times CPython's own
+    /// compute this took (above 1 is slower).
+    pub p50_vs_cpython: Option<f64>,
     /// Why a reference has no numbers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -108,6 +114,7 @@ impl ResultRow {
             ratio_vs_subprocess: None,
             throughput_c1_vs_subprocess: None,
             throughput_cn_vs_subprocess: None,
+            p50_vs_cpython: None,
             error: None,
         }
     }
@@ -140,20 +147,28 @@ impl ResultRow {
     }
 }
 
-/// Sets each row's ratios against the baseline tier's row of its workload.
+/// Sets each row's ratios against the baseline tier's row of its workload,
+/// and its p50 against CPython's in-process one.
 pub(super) fn fill_ratios(rows: &mut [ResultRow]) {
-    let baselines: Vec<(&'static str, Speed)> = rows
-        .iter()
-        .filter(|row| row.tier == BASELINE && !row.reference)
-        .map(|row| (row.workload, row.speed()))
-        .collect();
+    let speeds = |tier: &str, reference: bool| -> Vec<(&'static str, Speed)> {
+        rows.iter()
+            .filter(|row| row.tier == tier && row.reference == reference)
+            .map(|row| (row.workload, row.speed()))
+            .collect()
+    };
+    let (baselines, computes) = (speeds(BASELINE, false), speeds(COMPUTE_BASELINE, true));
+    let of = |speeds: &[(&'static str, Speed)], workload: &str| {
+        speeds.iter().find(|(w, _)| *w == workload).map(|&(_, s)| s)
+    };
     for row in rows.iter_mut() {
-        let Some(&(_, base)) = baselines.iter().find(|(w, _)| *w == row.workload) else {
-            continue;
-        };
-        row.ratio_vs_subprocess = divide(base.p50_ms, row.p50_ms);
-        row.throughput_c1_vs_subprocess = divide(row.throughput_c1, base.c1);
-        row.throughput_cn_vs_subprocess = divide(row.throughput_cn, base.cn);
+        if let Some(base) = of(&baselines, row.workload) {
+            row.ratio_vs_subprocess = divide(base.p50_ms, row.p50_ms);
+            row.throughput_c1_vs_subprocess = divide(row.throughput_c1, base.c1);
+            row.throughput_cn_vs_subprocess = divide(row.throughput_cn, base.cn);
+        }
+        if let Some(compute) = of(&computes, row.workload) {
+            row.p50_vs_cpython = divide(row.p50_ms, compute.p50_ms);
+        }
     }
 }
 
@@ -258,8 +273,10 @@ fn method(concurrency: usize, harness_resident_mb: f64) -> Vec<String> {
     vec![
         format!(
             "Latency: wall time of one task, submit to checked result, one at a time: tiers through lattice's LocalExecutor \
-             (1 worker); python3 -c from spawn to exit; pydantic-monty as checkout() + feed_run() of a fresh session on a \
-             warm worker pool, timed inside its Python driver. tasks/s c=1 = tasks / the sum of those latencies; \
+             (1 worker); python3 -c from spawn to exit; the package references timed inside their Python driver: \
+             cpython in-process as exec of the task's module in a fresh namespace and the call of its f (no sandbox, \
+             no process start: CPython's own compute), pydantic-monty as checkout() + feed_run() of a fresh session on \
+             a warm worker pool, eryx as execute() on a fresh eryx.Sandbox(). tasks/s c=1 = tasks / the sum of those latencies; \
              c={concurrency} = the same tasks run {concurrency} at a time (LocalExecutor with {concurrency} workers, \
              {} in flight; {concurrency} threads for the references), over their wall time.",
             2 * concurrency
@@ -275,7 +292,7 @@ fn method(concurrency: usize, harness_resident_mb: f64) -> Vec<String> {
              engine code and pooled instance memory resident between tasks, so that is already in the starting \
              level: it is listed apart as what the tier keeps resident (this process's growth during the tier's \
              runs, over the whole benchmark). Not measured for docker (containers are the Docker daemon's \
-             children) nor pydantic-monty (its workers are its driver's children)."
+             children) nor the package references (their sandboxes live in their driver or its children)."
         ),
         format!(
             "Process tiers start their children from this process, which also hosts the in-process tiers \
@@ -284,7 +301,8 @@ fn method(concurrency: usize, harness_resident_mb: f64) -> Vec<String> {
         ),
         format!(
             "Ratios are against the {BASELINE} tier: p50 latency ({BASELINE} p50 / this p50) and throughput \
-             (this / {BASELINE}). Every answer is checked against one computed by the harness; a wrong answer from \
+             (this / {BASELINE}); \"p50 vs CPython\" is this p50 over {COMPUTE_BASELINE}'s (how many times \
+             CPython's own compute it took). Every answer is checked against one computed by the harness; a wrong answer from \
              a tier stops the run (exit 1)."
         ),
     ]
@@ -483,6 +501,7 @@ impl Report {
             "MB/sandbox".into(),
             "p50 vs subprocess".into(),
             format!("c={c} vs subprocess"),
+            "p50 vs CPython".into(),
         ];
         let mut lines = vec![header.to_vec()];
         for row in rows {
@@ -538,6 +557,11 @@ fn table_cells(row: &ResultRow) -> Vec<String> {
         number(row.peak_rss_mb_per_sandbox),
         ratio(row.ratio_vs_subprocess, baseline),
         ratio(row.throughput_cn_vs_subprocess, baseline),
+        match row.p50_vs_cpython {
+            _ if row.reference && row.tier == COMPUTE_BASELINE => "baseline".into(),
+            Some(r) if r > 0.0 => times(r),
+            _ => "-".into(),
+        },
     ]
 }
 

@@ -114,7 +114,7 @@ impl Expect {
         }
     }
 
-    /// The JSON the monty driver checks against.
+    /// The JSON the reference drivers check against.
     pub(super) fn to_json(&self) -> Value {
         match self {
             Expect::Value(value) => json!({ "value": value }),

@@ -1,16 +1,21 @@
-"""Runs pydantic-monty for `lattice-wasm bench` and times it from inside Python.
+"""Runs a Python package's sandbox for `lattice-wasm bench` and times it from inside Python.
 
-Started as `python -c <this file> CONCURRENCY`; speaks JSON lines:
+The harness starts `python -c <a package part + this file> CONCURRENCY`. The
+package part (monty.py, eryx.py, cpython.py beside this file) defines:
+  VERSION                      the package's version
+  pools(concurrency)           a context manager giving (sequential_pool, concurrent_pool)
+  source(code)                 the workload's code made ready to run (once per workload)
+  call(pool, source, case)     one task: ("value", result) or ("raised", exception type name)
+
+Protocol, JSON lines:
   -> {"op": "load", "code": ..., "cases": [{"input": ..., "expect": {"value": ...} | {"raises": "ValueError"}}]}
   <- {"ok": true}
   -> {"op": "run", "first": 0, "count": 10, "concurrent": false}
   <- {"latencies_ms": [...]}  (one task at a time)   or   {"wall_s": 1.2}  (CONCURRENCY at a time)
 Any reply may instead be {"mismatch": "..."} (a wrong answer) or {"error": "..."}.
 
-Task i calls the workload's `f` on case i % len(cases) in a fresh session
-(`checkout()` + `feed_run()`) of a warm pool of monty worker processes: one
-worker for the sequential runs, CONCURRENCY for the concurrent ones. The
-answer is checked against the expected one after the clock stops.
+Task i runs the workload on case i % len(cases); the answer is checked
+against the expected one after the clock stops.
 """
 
 import json
@@ -18,24 +23,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pydantic_monty
-from pydantic_monty import Monty, MontyRuntimeError
-
-INPUT_NAME = "bench_input"
-
 
 def reply(message):
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
-
-
-def call(pool, source, case):
-    """One task: ("value", result) or ("raised", exception type name)."""
-    with pool.checkout() as session:
-        try:
-            return ("value", session.feed_run(source, inputs={INPUT_NAME: case["input"]}))
-        except MontyRuntimeError as error:
-            return ("raised", type(error.exception()).__name__)
 
 
 def check(task, case, outcome):
@@ -64,8 +55,7 @@ class Runner:
         self.cases = None
 
     def load(self, request):
-        # The call is an expression after the module: feed_run returns its value.
-        self.source = request["code"] + f"\nf({INPUT_NAME})\n"
+        self.source = source(request["code"])
         self.cases = request["cases"]
         return {"ok": True}
 
@@ -87,9 +77,9 @@ class Runner:
         return self.verified(tasks, outcomes) or {"latencies_ms": latencies}
 
     def run_concurrent(self, tasks):
-        pool, source = self.concurrent_pool, self.source
+        pool, code = self.concurrent_pool, self.source
         started = time.perf_counter()
-        outcomes = list(self.threads.map(lambda task: call(pool, source, self.case(task)), tasks))
+        outcomes = list(self.threads.map(lambda task: call(pool, code, self.case(task)), tasks))
         wall = time.perf_counter() - started
         return self.verified(tasks, outcomes) or {"wall_s": wall}
 
@@ -103,11 +93,11 @@ class Runner:
 
 def main():
     concurrency = int(sys.argv[1])
-    with Monty(min_processes=1, max_processes=1) as sequential_pool, Monty(
-        min_processes=concurrency, max_processes=concurrency
-    ) as concurrent_pool, ThreadPoolExecutor(concurrency) as threads:
+    with pools(concurrency) as (sequential_pool, concurrent_pool), ThreadPoolExecutor(
+        concurrency
+    ) as threads:
         runner = Runner(sequential_pool, concurrent_pool, threads)
-        reply({"ready": True, "version": pydantic_monty.__version__})
+        reply({"ready": True, "version": VERSION})
         for line in sys.stdin:
             request = json.loads(line)
             try:
