@@ -76,7 +76,7 @@ stage dependent crate
 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/dependent.sh
 # Coverage-guided fuzzing of the task/result JSON decoders and the CLI's
 # argument grammar, 60 s per target from the committed corpus (fuzz/); its
-# build is separate (~8 min on 2 cores, once).
+# build is separate (~5 min cold on 2 cores, once).
 stage fuzz
 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/fuzz.sh 60
 # The Ray executor's tests run on a two-node Ray cluster on this machine: a
