@@ -56,7 +56,7 @@ pub(super) const CPYTHON: Package = Package {
     name: "cpython in-process",
     module: "sys",
     version: "sys.version.split()[0]",
-    install: "a python3 on PATH",
+    install: "Debian's python3: apt-get install python3",
     part: include_str!("references/cpython.py"),
 };
 
