@@ -76,9 +76,16 @@ stage dependent crate
 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/dependent.sh
 # Coverage-guided fuzzing of the task/result JSON decoders and the CLI's
 # argument grammar, 60 s per target from the committed corpus (fuzz/); its
-# build is separate (~5 min cold on 2 cores, once).
-stage fuzz
-env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/fuzz.sh 60
+# build is separate (~4 min cold on 2 cores, once). The fuzzers run while
+# the venvs, the Ray cluster and the Python package are set up (those wait
+# on the network and on one-core steps), and are waited for before the
+# tests run.
+stage fuzz build
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/fuzz.sh build
+# (In a session of its own: an early exit stops the fuzzers with it.)
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS setsid ./scripts/fuzz.sh 60 >target/fuzz/run.log 2>&1 &
+fuzzing=$!
+trap 'kill -- -"$fuzzing" 2>/dev/null || true' EXIT
 # The Ray executor's tests run on a two-node Ray cluster on this machine: a
 # venv with ray[default] in target/ray-venv (~35 s, once), ~20 s to start;
 # only that cluster is stopped on exit.
@@ -89,7 +96,7 @@ LATTICE_MCP_PYTHON=$(./scripts/mcp-venv.sh)
 export LATTICE_MCP_PYTHON
 stage ray cluster
 ./scripts/ray-cluster.sh start
-trap './scripts/ray-cluster.sh stop' EXIT
+trap 'kill -- -"$fuzzing" 2>/dev/null || true; ./scripts/ray-cluster.sh stop' EXIT
 stage cargo test: build
 cargo test --locked --no-run --all-targets
 # The Python package (python/): its abi3 wheel, built in the dev profile so
@@ -100,6 +107,17 @@ stage python package
 LATTICE_TEST_PYTHON=$(./scripts/python-package.sh)
 LATTICE_BINARY=$PWD/target/debug/lattice-wasm "$(dirname "$LATTICE_TEST_PYTHON")/pytest" -q \
   python/tests --doctest-modules --pyargs lattice_wasm
+stage fuzz: waiting for the fuzzers
+status=0
+wait "$fuzzing" || status=$?
+cat target/fuzz/run.log >&2
+[ "$status" = 0 ] || { echo "test.sh: fuzzing failed (scripts/fuzz.sh, exit $status)" >&2; exit 1; }
 stage cargo test: run
+# Each integration suite's turns go to target/suite-times.txt (tests/common):
+# the seconds per suite are printed after the run.
+export LATTICE_SUITE_TIMES="$PWD/target/suite-times.txt"
+rm -f "$LATTICE_SUITE_TIMES"
 cargo test --locked --no-fail-fast
+awk '$2 == "starts" { from[$3] = $1 } $2 == "ends" { took[$3] += $1 - from[$3] }
+  END { for (s in took) printf "%7.1f s  %s\n", took[s], s }' "$LATTICE_SUITE_TIMES" | sort -rn >&2
 stage done

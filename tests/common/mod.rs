@@ -29,8 +29,31 @@ pub(crate) fn suite(name: &'static str) -> Suite {
     while running.0.is_some_and(|current| current != name) {
         running = TURN.wait(running).unwrap_or_else(|e| e.into_inner());
     }
+    if running.1 == 0 {
+        suite_times(name, "starts");
+    }
     *running = (Some(name), running.1 + 1);
     Suite
+}
+
+/// With `LATTICE_SUITE_TIMES=FILE`, appends when each suite's turn starts
+/// and ends there (seconds since the epoch), so a run shows where the
+/// integration tests' time goes.
+fn suite_times(name: &str, what: &str) {
+    let Some(path) = std::env::var_os("LATTICE_SUITE_TIMES") else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{now:.1} {what} {name}");
+    }
 }
 
 impl Drop for Suite {
@@ -38,6 +61,9 @@ impl Drop for Suite {
         let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
         running.1 -= 1;
         if running.1 == 0 {
+            if let Some(name) = running.0 {
+                suite_times(name, "ends");
+            }
             running.0 = None;
             TURN.notify_all();
         }
