@@ -96,8 +96,12 @@ fn every_readme_command_runs_as_shown() {
         .unwrap()
         .port()
         .to_string();
+    // The lines as run here, in the README's order. Servers (`... &`) start
+    // first; the other lines are independent of each other (the `curl`s
+    // only need the server), so they run side by side and are checked in
+    // order: the suite waits on the slowest line, not on their sum.
     let mut background = Vec::new();
-    let mut ran = 0;
+    let mut foreground = Vec::new();
     for command in &commands {
         // Not run here: the test command itself (this test is part of it),
         // the release install, the same build `cargo run --release` is, and
@@ -118,23 +122,35 @@ fn every_readme_command_runs_as_shown() {
             line.contains("lattice-wasm ") || line.starts_with("curl -s localhost:"),
             "a README command this test does not know how to run: {command}"
         );
-        if let Some(server) = line.strip_suffix(" &") {
-            background.push(start_in_background(server, scratch.path(), &path, &port));
-            ran += 1;
-            continue;
+        match line.strip_suffix(" &") {
+            Some(server) => {
+                background.push(start_in_background(server, scratch.path(), &path, &port))
+            }
+            None => foreground.push((command, line)),
         }
-        let mut shell = Command::new("bash");
-        shell
-            .args(["-o", "pipefail", "-c", &line])
-            .current_dir(scratch.path())
-            .env("PATH", &path);
-        if line.contains("--executor ray") {
-            let python = ray_python().expect(
-                "the README's Ray lines need the test cluster (scripts/ray-cluster.sh start)",
-            );
-            shell.env("LATTICE_RAY_PYTHON", python);
-        }
-        let output = shell.output().unwrap();
+    }
+    let outputs: Vec<std::process::Output> = std::thread::scope(|scope| {
+        let running: Vec<_> = foreground
+            .iter()
+            .map(|(_, line)| {
+                let mut shell = Command::new("bash");
+                shell
+                    .args(["-o", "pipefail", "-c", line])
+                    .current_dir(scratch.path())
+                    .env("PATH", &path);
+                if line.contains("--executor ray") {
+                    let python = ray_python().expect(
+                        "the README's Ray lines need the test cluster (scripts/ray-cluster.sh start)",
+                    );
+                    shell.env("LATTICE_RAY_PYTHON", python);
+                }
+                scope.spawn(move || shell.output().unwrap())
+            })
+            .collect();
+        running.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut ran = background.len();
+    for ((command, line), output) in foreground.iter().zip(outputs) {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stdout = String::from_utf8_lossy(&output.stdout);
         // The README says the example batch exits 1: three tasks fail on
