@@ -116,7 +116,11 @@ fn remove_stale_guests(current: &std::path::Path) {
 /// Runs the guest's `wizer.initialize` (interpreter, driver, common stdlib
 /// modules) and returns the module whose memory starts where it ended.
 fn snapshot(raw: &[u8]) -> Result<Vec<u8>, TaskError> {
-    let engine = Engine::new(&engine::config(false)).map_err(internal)?;
+    // This module runs once, for the initialisation: Cranelift's fastest
+    // compile, not its fastest code.
+    let mut config = engine::config(false);
+    config.cranelift_opt_level(wasmtime::OptLevel::None);
+    let engine = Engine::new(&config).map_err(internal)?;
     let mut wizer = wasmtime_wizer::Wizer::new();
     wizer.init_func("wizer.initialize");
     let (context, instrumented) = wizer.instrument(raw).map_err(internal)?;
