@@ -83,7 +83,7 @@ env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/dependent.sh
 stage fuzz build
 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/fuzz.sh build
 # (In a session of its own: an early exit stops the fuzzers with it.)
-env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS setsid ./scripts/fuzz.sh 60 >target/fuzz/run.log 2>&1 &
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS setsid --wait ./scripts/fuzz.sh 60 >target/fuzz/run.log 2>&1 &
 fuzzing=$!
 trap 'kill -- -"$fuzzing" 2>/dev/null || true' EXIT
 # The Ray executor's tests run on a two-node Ray cluster on this machine: a
