@@ -51,7 +51,8 @@ fn warm_module() -> PathBuf {
 fn cache_with(module: &Path) -> tempfile::TempDir {
     let cache = tempfile::tempdir().unwrap();
     for file in [module.to_path_buf(), module.with_extension("len")] {
-        std::fs::copy(&file, cache.path().join(file.file_name().unwrap())).unwrap();
+        std::fs::copy(&file, cache.path().join(file.file_name().unwrap()))
+            .unwrap_or_else(|e| panic!("can't copy the cached guest's {}: {e}", file.display()));
     }
     cache
 }
