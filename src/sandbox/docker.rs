@@ -549,8 +549,13 @@ impl DockerSession {
                         let cpu_used = self.cpu_time().saturating_sub(cpu_start);
                         let limit = limit_reached(cancel, now - started, cpu_used, config);
                         if let Some(limit) = limit {
+                            // Sent beside this loop, which goes on reading: the
+                            // engine signals no container whose output is stuck.
                             let signal = KillContainerOptionsBuilder::new().signal("SIGINT").build();
-                            let _ = api(self.docker.kill_container(&self.id, Some(signal))).await;
+                            let (docker, id) = (self.docker.clone(), self.id.clone());
+                            tokio::spawn(async move {
+                                let _ = api(docker.kill_container(&id, Some(signal))).await;
+                            });
                             stopped = Some((now, limit));
                         }
                     }
@@ -643,6 +648,12 @@ impl DockerSession {
             return (0, false);
         }
         self.ended = true;
+        // Hang up the attach stream first: while output nobody reads is
+        // stuck in it (a thread left flooding stdout), the engine answers
+        // neither the kill nor the removal (each waited out API_TIMEOUT:
+        // closing such a session took 90 s).
+        self.input = Box::pin(tokio::io::sink());
+        self.output = Box::pin(futures_util::stream::empty());
         let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
         let _ = api(self.docker.kill_container(&self.id, Some(kill))).await;
         let state = api(self
@@ -772,7 +783,7 @@ async fn run_container(
     config: &SandboxConfig,
     cancel: &CancelToken,
 ) -> Result<SandboxOutput, TaskError> {
-    let mut streams = attach(docker, id).await?;
+    let streams = attach(docker, id).await?;
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -804,6 +815,7 @@ async fn run_container(
     // A task that never reads its stdin must not block us: write in the background.
     let input = stdin.to_vec();
     let mut writer = streams.input;
+    let mut output = streams.output;
     tokio::spawn(async move {
         let _ = writer.write_all(&input).await;
         let _ = writer.shutdown().await;
@@ -823,7 +835,7 @@ async fn run_container(
     let mut cpu_time = Duration::ZERO;
     let stopped = loop {
         tokio::select! {
-            item = streams.output.next() => match item {
+            item = output.next() => match item {
                 Some(Ok(bollard::container::LogOutput::StdOut { message })) => stdout.push(&message),
                 Some(Ok(bollard::container::LogOutput::StdErr { message })) => stderr.push(&message),
                 Some(Ok(_)) => {}
@@ -844,6 +856,9 @@ async fn run_container(
         }
     };
     if stopped.is_some() {
+        // Hang up first: the engine does not kill a container whose attach
+        // stream is full (output still coming that nobody reads).
+        drop(output);
         let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
         let _ = api(docker.kill_container(id, Some(kill))).await;
     }

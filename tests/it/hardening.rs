@@ -176,6 +176,45 @@ fn one_result_limit_holds_on_every_tier() {
     }
 }
 
+#[test]
+fn a_task_flooding_its_output_still_stops_at_its_timeout_on_every_tier() {
+    let _suite = crate::common::suite(module_path!());
+    // Output nobody reads piles up in a pipe or the engine's attach stream:
+    // stopping the task must not wait for it (the docker tier once took
+    // 90 s to end such a task: the engine sends no kill while the stream
+    // is full). Through the CLI, whose containers are its own (this
+    // suite's other tests count this process's).
+    let mut tasks = String::new();
+    for tier in ALL_TIERS {
+        let task = json!({"id": tier.as_str(), "tier": tier.as_str(),
+                          "code": "import sys\ndef f():\n    while True:\n        sys.stdout.write('x' * 65536)\n"});
+        tasks.push_str(&format!("{task}\n"));
+    }
+    let out = cli_within(
+        &[
+            "batch",
+            "-",
+            "--timeout",
+            "2",
+            "--concurrency",
+            "5",
+            "--allow-tiers",
+            "none,wasm,subprocess,seccomp,docker",
+        ],
+        &tasks,
+        Duration::from_secs(120),
+    );
+    let results = lines(&out);
+    assert_eq!(results.len(), ALL_TIERS.len(), "{out:?}");
+    for result in results {
+        assert_eq!(kind(&result), "timeout", "{result}");
+        let stdout = result["stdout"].as_str().unwrap();
+        assert!(stdout.contains("output truncated"), "{}", result["id"]);
+        let took = result["duration_ms"].as_f64().unwrap();
+        assert!(took < 12_000.0, "{}: {took} ms", result["id"]);
+    }
+}
+
 // ---- the operator's policy ---------------------------------------------------
 
 #[test]

@@ -661,6 +661,34 @@ fn what_a_call_leaves_running_is_held_to_the_limits() {
                 break;
             }
         }
+        // Closing does not wait for the flood to drain (the docker tier's
+        // close once took 90 s here).
+        let closing = std::time::Instant::now();
+        session.close();
+        assert!(
+            closing.elapsed() < Duration::from_secs(10),
+            "{level}: close took {:?}",
+            closing.elapsed()
+        );
+        // A call that floods stdout until its time limit is stopped at it.
+        let session = Session::open(SandboxConfig {
+            timeout: Duration::from_secs(2),
+            max_output_bytes: 4096,
+            ..config(level)
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let reply = session.exec("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)");
+        assert_eq!(
+            reply.result.unwrap_err().kind(),
+            ErrorKind::Timeout,
+            "{level}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{level}: {:?}",
+            started.elapsed()
+        );
         session.close();
         // A result too big for the cap: the error, and the session can't
         // be read in step again, so it says it is closed (never a later
