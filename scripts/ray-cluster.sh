@@ -3,6 +3,7 @@
 # (shared/measurements/ray.md, "CI recipe").
 #
 #   scripts/ray-cluster.sh start           venv (reused) + head + second node; waits until both are ALIVE
+#   scripts/ray-cluster.sh venv            only the venv (reused), so that it can be made ahead of time
 #   scripts/ray-cluster.sh stop            stops only the cluster this script started
 #   scripts/ray-cluster.sh restart-worker  restarts the second node (after a test killed it)
 #   scripts/ray-cluster.sh status          prints the state file and the nodes the dashboard sees
@@ -212,8 +213,9 @@ status() {
 
 case ${1:-} in
   start) start ;;
+  venv) ensure_venv ;;
   stop) stop ;;
   restart-worker) restart_worker ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|restart-worker|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|venv|stop|restart-worker|status" >&2; exit 2 ;;
 esac

@@ -44,6 +44,22 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 
 stage fmt
 cargo fmt --all -- --check
+
+# The venvs the later stages use (the Ray cluster's, the MCP and
+# SandboxFusion clients', the Python package's) are made while the crate
+# builds: they wait on the network, the build on the CPU. (In a session
+# of their own, so that an early exit stops them; waited for before use.)
+stage venvs: made in the background
+mkdir -p target
+setsid --wait bash -c './scripts/ray-cluster.sh venv && ./scripts/mcp-venv.sh >/dev/null && ./scripts/python-package.sh venv >/dev/null' \
+  >target/venvs.log 2>&1 &
+venvs=$!
+background=("$venvs")
+stop_background() { for job in "${background[@]}"; do kill -- -"$job" 2>/dev/null || true; done; }
+trap stop_background EXIT
+# A CI machine builds everything once: the incremental caches of the
+# workspace's crates would only cost time to write.
+[ "${CI:-}" = true ] && export CARGO_INCREMENTAL=0
 # Clippy lints the workspace's crates while they are compiled for the tests:
 # clippy-driver is the workspace's rustc wrapper in every build below, with
 # -D warnings, as `cargo clippy` runs it. A `cargo clippy` of its own
@@ -56,47 +72,48 @@ CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
 # Every target (the lib, the binary, the tests, the benches, the examples),
 # linted. It builds the RustPython guest for wasm32-wasip1 and natively too
-# (build.rs installs the rustup target if it is missing).
+# (build.rs installs the rustup target if it is missing). --timings: what
+# each crate took, in target/cargo-timings.
 stage build and lint
-cargo test --locked --no-run --all-targets
-# The library alone (no cli, docker or ray feature) builds clean.
-stage clippy --no-default-features
-cargo clippy --lib --locked --no-default-features -- -D warnings
+cargo test --locked --no-run --all-targets --timings
 # The wasm tier snapshots and compiles its guest once per machine (~30 s);
 # do it before the tests so none of them waits on it.
 stage doctor --warm
 cargo run --locked --quiet -- doctor --warm
-# A crate that depends on the library alone gets the vendored wasmtime,
-# offline, builds and runs a task (scripts/dependent.sh; it shares target/
-# and the guest compiled just above). That is the library's build without
-# features; its unit tests are the ones `cargo test` runs below (a second
-# build of every dependency without the features' settings cost ~6 min).
-# Neither it nor the fuzz targets belong to this workspace: no lint wrapper.
-stage dependent crate
+# Two builds side by side (each has stretches where one core idles):
+# - A crate that depends on the library alone gets the vendored wasmtime,
+#   offline, builds without a warning and runs a task (scripts/dependent.sh;
+#   it shares target/ and the guest compiled just above). That is the
+#   check of the library without features; its unit tests are the ones
+#   `cargo test` runs below.
+# - The fuzz targets (scripts/fuzz.sh build, into target/fuzz; ~4 min cold
+#   on 2 cores, once).
+# Neither belongs to this workspace: no lint wrapper.
+stage dependent crate and fuzz build, side by side
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS setsid --wait ./scripts/fuzz.sh build >target/fuzz-build.log 2>&1 &
+fuzz_build=$!
+background+=("$fuzz_build")
 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/dependent.sh
+wait "$fuzz_build" || { cat target/fuzz-build.log >&2; echo "test.sh: building the fuzz targets failed" >&2; exit 1; }
 # Coverage-guided fuzzing of the task/result JSON decoders and the CLI's
-# argument grammar, 60 s per target from the committed corpus (fuzz/); its
-# build is separate (~4 min cold on 2 cores, once). The fuzzers run while
-# the venvs, the Ray cluster and the Python package are set up (those wait
-# on the network and on one-core steps), and are waited for before the
-# tests run.
-stage fuzz build
-env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/fuzz.sh build
-# (In a session of its own: an early exit stops the fuzzers with it.)
+# argument grammar, 60 s per target from the committed corpus (fuzz/). The
+# fuzzers run while the Ray cluster starts and the Python package is
+# built, and are waited for before the tests run.
 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS setsid --wait ./scripts/fuzz.sh 60 >target/fuzz/run.log 2>&1 &
 fuzzing=$!
-trap 'kill -- -"$fuzzing" 2>/dev/null || true' EXIT
-# The Ray executor's tests run on a two-node Ray cluster on this machine: a
-# venv with ray[default] in target/ray-venv (~35 s, once), ~20 s to start;
-# only that cluster is stopped on exit.
-# The `mcp` command is tested with the official MCP Python SDK as its
-# client, from a venv in target/mcp-venv (~15 s, once).
-stage mcp venv
+background+=("$fuzzing")
+stage venvs: waiting for them
+wait "$venvs" || { cat target/venvs.log >&2; echo "test.sh: making the venvs failed" >&2; exit 1; }
+# The Ray executor's tests run on a two-node Ray cluster on this machine
+# (its venv is target/ray-venv, ~20 s to start); only that cluster is
+# stopped on exit. The `mcp` and `serve` commands are tested with the
+# official MCP Python SDK and SandboxFusion's client as their clients, from
+# target/mcp-venv.
 LATTICE_MCP_PYTHON=$(./scripts/mcp-venv.sh)
 export LATTICE_MCP_PYTHON
 stage ray cluster
 ./scripts/ray-cluster.sh start
-trap 'kill -- -"$fuzzing" 2>/dev/null || true; ./scripts/ray-cluster.sh stop' EXIT
+trap 'stop_background; ./scripts/ray-cluster.sh stop' EXIT
 stage cargo test: build
 cargo test --locked --no-run --all-targets
 # The Python package (python/): its abi3 wheel, built in the dev profile so
@@ -113,13 +130,16 @@ wait "$fuzzing" || status=$?
 cat target/fuzz/run.log >&2
 [ "$status" = 0 ] || { echo "test.sh: fuzzing failed (scripts/fuzz.sh, exit $status)" >&2; exit 1; }
 stage cargo test: run
-# Each integration suite's turns go to target/suite-times.txt (tests/common):
-# the seconds per suite are printed after the run.
+# Each integration suite's turns and each test's time go to
+# target/suite-times.txt (tests/common): the seconds per suite and the
+# slowest tests are printed after the run.
 export LATTICE_SUITE_TIMES="$PWD/target/suite-times.txt"
 rm -f "$LATTICE_SUITE_TIMES"
 cargo test --locked --no-fail-fast
 if [ -f "$LATTICE_SUITE_TIMES" ]; then
   awk '$2 == "starts" { from[$3] = $1 } $2 == "ends" { took[$3] += $1 - from[$3] }
     END { for (s in took) printf "%7.1f s  %s\n", took[s], s }' "$LATTICE_SUITE_TIMES" | sort -rn >&2
+  echo "the slowest tests:" >&2
+  awk '$2 == "took" { printf "%7.1f s  %s\n", $3, $4 }' "$LATTICE_SUITE_TIMES" | sort -rn | head -n 10 >&2
 fi
 stage done

@@ -1,5 +1,6 @@
 # attack: spin forever
 # expect: *=timeout
+# timeout: 3
 def f(x):
     while True:
         pass

@@ -13,7 +13,10 @@ use lattice::task::{TaskError, TaskOutcome, TaskSubmission};
 use serde_json::Value;
 
 /// Holds a test's place in its suite: see [`suite`].
-pub(crate) struct Suite;
+pub(crate) struct Suite {
+    /// When the test got its turn (its time goes to `LATTICE_SUITE_TIMES`).
+    started: Instant,
+}
 
 /// Which suite runs now, and how many of its tests.
 static RUNNING: std::sync::Mutex<(Option<&'static str>, usize)> = std::sync::Mutex::new((None, 0));
@@ -33,11 +36,14 @@ pub(crate) fn suite(name: &'static str) -> Suite {
         suite_times(name, "starts");
     }
     *running = (Some(name), running.1 + 1);
-    Suite
+    Suite {
+        started: Instant::now(),
+    }
 }
 
 /// With `LATTICE_SUITE_TIMES=FILE`, appends when each suite's turn starts
-/// and ends there (seconds since the epoch), so a run shows where the
+/// and ends there (seconds since the epoch), and how long each test took
+/// (libtest names a test's thread after it), so a run shows where the
 /// integration tests' time goes.
 fn suite_times(name: &str, what: &str) {
     let Some(path) = std::env::var_os("LATTICE_SUITE_TIMES") else {
@@ -58,6 +64,8 @@ fn suite_times(name: &str, what: &str) {
 
 impl Drop for Suite {
     fn drop(&mut self) {
+        let took = format!("took {:.1}", self.started.elapsed().as_secs_f64());
+        suite_times(std::thread::current().name().unwrap_or("?"), &took);
         let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
         running.1 -= 1;
         if running.1 == 0 {

@@ -24,7 +24,8 @@
 //!   connection.
 //! - `# ipc-key: 0x…` — no System V IPC object with that key may be left
 //!   in the host's namespace.
-//! - `# max_cpu_time: SECS`, `# max_memory_mb: N` — the task's limits.
+//! - `# timeout: SECS` (10 unless told), `# max_cpu_time: SECS`,
+//!   `# max_memory_mb: N` — the task's limits.
 //!
 //! OUTCOME `task` is any outcome the task's own side may report (a result,
 //! a task error, an invalid task): none that only the host decides.
@@ -59,6 +60,7 @@ struct Attack {
     host_process: bool,
     unix_listener: bool,
     ipc_key: Option<u64>,
+    timeout: Option<f64>,
     max_cpu_time: Option<f64>,
     max_memory_mb: Option<u64>,
 }
@@ -125,6 +127,7 @@ fn corpus() -> Vec<Attack> {
                 ipc_key: header("ipc-key").first().map(|key| {
                     u64::from_str_radix(key.trim_start_matches("0x"), 16).expect("hex key")
                 }),
+                timeout: header("timeout").first().map(|v| v.parse().unwrap()),
                 max_cpu_time: header("max_cpu_time").first().map(|v| v.parse().unwrap()),
                 max_memory_mb: header("max_memory_mb").first().map(|v| v.parse().unwrap()),
                 code,
@@ -319,6 +322,9 @@ fn attack_tier(level: SandboxLevel, attacks: &[Attack], secret: &Path) -> Vec<St
     {
         for attack in attacks {
             let mut limits = config(level);
+            if let Some(seconds) = attack.timeout {
+                limits.timeout = Duration::from_secs_f64(seconds);
+            }
             if let Some(cpu) = attack.max_cpu_time {
                 limits.max_cpu_time = Duration::from_secs_f64(cpu);
             }
