@@ -83,9 +83,11 @@ cargo run --locked --quiet -- doctor --warm
 # Two builds side by side (each has stretches where one core idles):
 # - A crate that depends on the library alone gets the vendored wasmtime,
 #   offline, builds without a warning and runs a task (scripts/dependent.sh;
-#   it shares target/ and the guest compiled just above). That is the
-#   check of the library without features; its unit tests are the ones
-#   `cargo test` runs below.
+#   it shares target/ and the guest compiled just above). That is CI's
+#   check of the library with --no-default-features (the dependent asks for
+#   `default-features = false`); its unit tests are the ones `cargo test`
+#   runs below. (A `cargo clippy --no-default-features` of its own checked
+#   every dependency once more: 67 s.)
 # - The fuzz targets (scripts/fuzz.sh build, into target/fuzz; ~4 min cold
 #   on 2 cores, once).
 # Neither belongs to this workspace: no lint wrapper.
