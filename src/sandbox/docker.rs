@@ -514,6 +514,7 @@ impl DockerSession {
         let cpu_start = self.cpu_after_last_call;
         let mut stopped: Option<(tokio::time::Instant, Ending)> = None;
         let mut answered: Option<tokio::time::Instant> = None;
+        let mut interrupt: Option<tokio::task::JoinHandle<()>> = None;
         let mut died = false;
         if !self.send(&frame, config.timeout).await {
             died = true;
@@ -553,9 +554,9 @@ impl DockerSession {
                             // engine signals no container whose output is stuck.
                             let signal = KillContainerOptionsBuilder::new().signal("SIGINT").build();
                             let (docker, id) = (self.docker.clone(), self.id.clone());
-                            tokio::spawn(async move {
+                            interrupt = Some(tokio::spawn(async move {
                                 let _ = api(docker.kill_container(&id, Some(signal))).await;
-                            });
+                            }));
                             stopped = Some((now, limit));
                         }
                     }
@@ -581,6 +582,13 @@ impl DockerSession {
         }
         let [stdout, stderr] = streams;
         let (stdout, stderr) = (stdout.finish(), stderr.finish());
+        // The session goes on only once its interrupt has landed: a late
+        // one would stop the next call.
+        if let Some(signal) = interrupt {
+            if tokio::time::timeout(INTERRUPT_GRACE, signal).await.is_err() {
+                answered = None;
+            }
+        }
         let cpu_time = self.cpu_time().saturating_sub(cpu_start);
         if answered.is_some() {
             let overflow = self.carry[0].len() > cap;
