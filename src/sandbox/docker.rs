@@ -231,6 +231,16 @@ impl Owner {
     }
 }
 
+/// Sends `name` (SIGINT, SIGKILL) to the container. The engine neither
+/// signals nor removes a container whose attach stream is full of output
+/// nobody reads (a task flooding stdout): each such call would wait out
+/// [`API_TIMEOUT`] (a flooding task once ended 90 s late). So a caller keeps
+/// reading the stream meanwhile, or hangs it up first.
+async fn signal(docker: &Docker, id: &str, name: &str) {
+    let options = KillContainerOptionsBuilder::new().signal(name).build();
+    let _ = api(docker.kill_container(id, Some(options))).await;
+}
+
 /// Containers whose removal the engine did not take (it was down or
 /// stopping); the next task retries them.
 static LEFTOVERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -550,12 +560,11 @@ impl DockerSession {
                         let cpu_used = self.cpu_time().saturating_sub(cpu_start);
                         let limit = limit_reached(cancel, now - started, cpu_used, config);
                         if let Some(limit) = limit {
-                            // Sent beside this loop, which goes on reading: the
-                            // engine signals no container whose output is stuck.
-                            let signal = KillContainerOptionsBuilder::new().signal("SIGINT").build();
+                            // Sent beside this loop, which goes on reading
+                            // (see `signal`).
                             let (docker, id) = (self.docker.clone(), self.id.clone());
                             interrupt = Some(tokio::spawn(async move {
-                                let _ = api(docker.kill_container(&id, Some(signal))).await;
+                                signal(&docker, &id, "SIGINT").await;
                             }));
                             stopped = Some((now, limit));
                         }
@@ -584,8 +593,8 @@ impl DockerSession {
         let (stdout, stderr) = (stdout.finish(), stderr.finish());
         // The session goes on only once its interrupt has landed: a late
         // one would stop the next call.
-        if let Some(signal) = interrupt {
-            if tokio::time::timeout(INTERRUPT_GRACE, signal).await.is_err() {
+        if let Some(sent) = interrupt {
+            if tokio::time::timeout(INTERRUPT_GRACE, sent).await.is_err() {
                 answered = None;
             }
         }
@@ -656,14 +665,10 @@ impl DockerSession {
             return (0, false);
         }
         self.ended = true;
-        // Hang up the attach stream first: while output nobody reads is
-        // stuck in it (a thread left flooding stdout), the engine answers
-        // neither the kill nor the removal (each waited out API_TIMEOUT:
-        // closing such a session took 90 s).
+        // Hung up first (see `signal`), also for the removal below.
         self.input = Box::pin(tokio::io::sink());
         self.output = Box::pin(futures_util::stream::empty());
-        let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-        let _ = api(self.docker.kill_container(&self.id, Some(kill))).await;
+        signal(&self.docker, &self.id, "SIGKILL").await;
         let state = api(self
             .docker
             .inspect_container(&self.id, None::<InspectContainerOptions>))
@@ -864,11 +869,9 @@ async fn run_container(
         }
     };
     if stopped.is_some() {
-        // Hang up first: the engine does not kill a container whose attach
-        // stream is full (output still coming that nobody reads).
+        // Hung up first (see `signal`).
         drop(output);
-        let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-        let _ = api(docker.kill_container(id, Some(kill))).await;
+        signal(docker, id, "SIGKILL").await;
     }
     let wait = WaitContainerOptionsBuilder::new()
         .condition("not-running")
