@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = args.policy.policy(&config);
             let _ = args.ray.options();
         }
-        Command::Doctor(_) | Command::Bench(_) => {}
+        Command::Doctor(_) | Command::Bench(_) | Command::RayWorker(_) => {}
     }
 });
 

@@ -31,6 +31,10 @@ pub(super) enum Command {
     Batch(BatchArgs),
     /// Read one task JSON on stdin, print its result JSON (the worker entry point).
     Exec(ExecArgs),
+    /// The Ray executor's long-lived worker on a node (started by its actor;
+    /// JSON lines on stdin and stdout, see `executor/ray/worker.rs`).
+    #[command(hide = true)]
+    RayWorker(RayWorkerArgs),
     /// Print the resources of an executor as JSON.
     Resources(ResourcesArgs),
     /// Check which sandbox tiers work on this host, and how to fix the others.
@@ -320,6 +324,17 @@ pub(super) struct ExecArgs {
     /// policy flags, and the task line runs under it as it is.
     #[arg(long, value_name = "JSON", value_parser = parse_sandbox_config)]
     pub sandbox_config: Option<SandboxConfig>,
+}
+
+#[derive(Args)]
+pub(super) struct RayWorkerArgs {
+    /// Tasks run at once (the node's CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
+    pub slots: u64,
+    /// Set by the first process, which starts the real worker detached from
+    /// its caller and exits.
+    #[arg(long, hide = true)]
+    pub detached: bool,
 }
 
 /// What task lines may ask for (`batch`, `exec`): the limit flags above are

@@ -76,7 +76,12 @@ pub(super) fn run(args: BatchArgs) -> Result<i32> {
         .concurrency
         .map(|n| n as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let window = (concurrency * 4).max(8);
+    // On Ray, tasks in flight are spread over every node's workers and a
+    // round trip is milliseconds: a deeper window keeps them all busy.
+    let window = match args.executor {
+        ExecutorType::Ray => 4096,
+        ExecutorType::Local => (concurrency * 4).max(8),
+    };
     let executor: Arc<dyn ExecutorBackend> = Arc::from(create_executor(
         args.executor,
         ExecutorOptions {

@@ -1,5 +1,5 @@
 //! The `lattice-wasm` command line: `run`, `batch`, `exec`, `resources`, `doctor`, `bench`,
-//! `repl`, `mcp`, `serve`.
+//! `repl`, `mcp`, `serve` (and the hidden `ray-worker`).
 //!
 //! Exit codes: 0 ok, 1 a task failed, 2 usage error or invalid input.
 
@@ -41,6 +41,7 @@ pub(crate) fn main() -> i32 {
         Command::Run(args) => single::run(args),
         Command::Batch(args) => batch::run(args),
         Command::Exec(args) => single::exec(args),
+        Command::RayWorker(args) => single::ray_worker(args),
         Command::Resources(args) => resources(args),
         Command::Doctor(args) => doctor(args),
         Command::Bench(args) => bench::run(args),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use lattice::task::json::{outcome_to_json, parse_task, task_id};
 use lattice::task::{TaskOutcome, TaskSubmission};
 
-use super::args::{ExecArgs, RunArgs};
+use super::args::{ExecArgs, RayWorkerArgs, RunArgs};
 use super::{exit_code, read_source, signals, usage};
 
 pub(super) fn run(args: RunArgs) -> Result<i32> {
@@ -68,6 +68,28 @@ pub(super) fn exec(args: ExecArgs) -> Result<i32> {
     };
     println!("{}", outcome_to_json(&outcome));
     Ok(finished(&outcome))
+}
+
+/// `ray-worker`: the Ray executor's warm worker on a node. The first
+/// process starts the real one in a process group of its own and exits:
+/// Ray kills an actor's direct children with it, and the worker must live
+/// on to see its stdin close and clean up after its tasks.
+pub(super) fn ray_worker(args: RayWorkerArgs) -> Result<i32> {
+    if !args.detached {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.args([
+            "ray-worker",
+            "--detached",
+            "--slots",
+            &args.slots.to_string(),
+        ]);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        command.spawn()?;
+        return Ok(0);
+    }
+    super::prepare_wasm_if_cold(lattice::sandbox::SandboxLevel::Wasm)?;
+    lattice::executor::serve_ray_worker(args.slots as usize)?;
+    Ok(0)
 }
 
 /// Runs one task on a one-worker local executor; a signal cancels it.

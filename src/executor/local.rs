@@ -117,6 +117,56 @@ impl LocalExecutor {
         self.shared.max_workers
     }
 
+    /// Queues a task to run under `config` (its own overrides still
+    /// apply), whatever this executor's configuration is: the Ray worker's
+    /// tasks each bring the one their executor resolved at submit.
+    pub(crate) fn submit_configured(
+        &self,
+        task: TaskSubmission,
+        config: SandboxConfig,
+    ) -> Result<TaskHandle, TaskError> {
+        if let Some(node) = &task.node_id {
+            if node != LOCAL_NODE_ID {
+                return Err(TaskError::invalid(format!(
+                    "node '{node}' is not part of the local executor (its only node is '{LOCAL_NODE_ID}')"
+                )));
+            }
+        }
+        let gpus = gpu_count();
+        if let Some(asked) = task.resources.gpu.filter(|&g| g > 0.0) {
+            if asked > gpus as f64 {
+                return Err(TaskError::invalid(format!(
+                    "the task asks for {asked} GPU(s) but this machine has {gpus}"
+                )));
+            }
+        }
+        let native = matches!(task.payload, Payload::Native(_));
+        let slot = Arc::new(Slot {
+            id: task.id.clone(),
+            native,
+            level: match task.sandbox.tier {
+                _ if native => SandboxLevel::None,
+                Some(level) => level,
+                None => config.tier,
+            },
+            task: Mutex::new(Some(task)),
+            config,
+            cancel: CancelToken::new(),
+            completion: self.shared.tasks.new_completion(),
+        });
+        let mut state = self.shared.lock();
+        if state.shut_down {
+            return Err(shut_down());
+        }
+        self.start_workers(&mut state)?;
+        // Under the state's lock: a shutdown sees this task or refuses it.
+        let handle = self.shared.tasks.insert(slot.clone())?;
+        state.queue.push_back(slot);
+        drop(state);
+        self.shared.work_ready.notify_one();
+        Ok(handle)
+    }
+
     /// Starts the missing workers. Failing to start even one is an error
     /// (the task would never run); fewer than asked, the ones started serve.
     fn start_workers(&self, state: &mut State) -> Result<(), TaskError> {
@@ -193,51 +243,12 @@ impl ExecutorBackend for LocalExecutor {
     }
 
     fn submit(&self, task: TaskSubmission) -> Result<TaskHandle, TaskError> {
-        if let Some(node) = &task.node_id {
-            if node != LOCAL_NODE_ID {
-                return Err(TaskError::invalid(format!(
-                    "node '{node}' is not part of the local executor (its only node is '{LOCAL_NODE_ID}')"
-                )));
-            }
-        }
-        let gpus = gpu_count();
-        if let Some(asked) = task.resources.gpu.filter(|&g| g > 0.0) {
-            if asked > gpus as f64 {
-                return Err(TaskError::invalid(format!(
-                    "the task asks for {asked} GPU(s) but this machine has {gpus}"
-                )));
-            }
-        }
         let config = self
             .shared
             .sandbox
             .clone()
             .unwrap_or_else(get_sandbox_config);
-        let native = matches!(task.payload, Payload::Native(_));
-        let slot = Arc::new(Slot {
-            id: task.id.clone(),
-            native,
-            level: match task.sandbox.tier {
-                _ if native => SandboxLevel::None,
-                Some(level) => level,
-                None => config.tier,
-            },
-            task: Mutex::new(Some(task)),
-            config,
-            cancel: CancelToken::new(),
-            completion: self.shared.tasks.new_completion(),
-        });
-        let mut state = self.shared.lock();
-        if state.shut_down {
-            return Err(shut_down());
-        }
-        self.start_workers(&mut state)?;
-        // Under the state's lock: a shutdown sees this task or refuses it.
-        let handle = self.shared.tasks.insert(slot.clone())?;
-        state.queue.push_back(slot);
-        drop(state);
-        self.shared.work_ready.notify_one();
-        Ok(handle)
+        self.submit_configured(task, config)
     }
 
     fn get_result(&self, handle: &TaskHandle) -> TaskOutcome {

@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 pub use factory::{create_executor, ExecutorOptions};
 pub use local::LocalExecutor;
 #[cfg(feature = "ray")]
-pub use ray::RayExecutor;
+#[doc(hidden)]
+pub use ray::serve_ray_worker;
 pub use ray::RayOptions;
+#[cfg(feature = "ray")]
+pub use ray::{RayExecutor, RaySession};
 
 use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
 

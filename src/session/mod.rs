@@ -114,6 +114,30 @@ impl Call {
         self.kwargs = Some(kwargs);
         self
     }
+
+    /// Adds the call's `input`, `args` and `kwargs` to a request.
+    pub(crate) fn add_to(self, request: &mut Map<String, Value>) {
+        if let Some(input) = self.input {
+            request.insert("input".into(), input);
+        }
+        if let Some(args) = self.args {
+            request.insert("args".into(), Value::Array(args));
+        }
+        if let Some(kwargs) = self.kwargs {
+            request.insert("kwargs".into(), Value::Object(kwargs));
+        }
+    }
+
+    /// The call a request's `input`, `args` and `kwargs` describe (the
+    /// inverse of [`Call::add_to`]).
+    #[cfg_attr(not(feature = "ray"), allow(dead_code))] // the Ray worker's
+    pub(crate) fn from_request(request: &Map<String, Value>) -> Call {
+        Call {
+            input: request.get("input").cloned(),
+            args: request.get("args").and_then(Value::as_array).cloned(),
+            kwargs: request.get("kwargs").and_then(Value::as_object).cloned(),
+        }
+    }
 }
 
 /// What one call of a session gave back.
@@ -138,7 +162,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn error(error: TaskError, state: SessionState, started: Instant) -> Reply {
+    /// A reply with `error` and no output.
+    pub(crate) fn error(error: TaskError, state: SessionState, started: Instant) -> Reply {
         Reply {
             result: Err(error),
             repr: None,
@@ -167,6 +192,43 @@ impl Reply {
             json!((self.duration.as_secs_f64() * 1e6).round() / 1e3),
         );
         object
+    }
+
+    /// A reply with `value` and no output.
+    #[cfg_attr(not(feature = "ray"), allow(dead_code))] // the Ray worker's
+    pub(crate) fn ok(value: Value, state: SessionState, started: Instant) -> Reply {
+        Reply {
+            result: Ok(value),
+            repr: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            state,
+            duration: started.elapsed(),
+        }
+    }
+
+    /// The reply [`Reply::to_json`] wrote (a Ray session's, from its node).
+    #[cfg_attr(not(feature = "ray"), allow(dead_code))]
+    pub(crate) fn from_json(object: &Value) -> Result<Reply, TaskError> {
+        let malformed = || TaskError::internal(format!("a malformed session reply: {object}"));
+        let text = |key: &str| object[key].as_str().unwrap_or_default().to_string();
+        let result = match object["status"].as_str() {
+            Some("ok") => Ok(object.get("value").cloned().unwrap_or(Value::Null)),
+            Some("error") => Err(TaskError::from_record(
+                serde_json::from_value(object["error"].clone()).map_err(|_| malformed())?,
+            )),
+            _ => return Err(malformed()),
+        };
+        Ok(Reply {
+            result,
+            repr: object["repr"].as_str().map(str::to_string),
+            stdout: text("stdout"),
+            stderr: text("stderr"),
+            state: serde_json::from_value(object["session"].clone()).map_err(|_| malformed())?,
+            duration: Duration::from_secs_f64(
+                object["duration_ms"].as_f64().unwrap_or(0.0).max(0.0) / 1e3,
+            ),
+        })
     }
 }
 
@@ -428,15 +490,7 @@ impl Session {
     pub fn call_cancellable(&self, entry: &str, call: Call, cancel: &CancelToken) -> Reply {
         let mut request = self.request("call");
         request.insert("entry".into(), Value::String(entry.to_string()));
-        if let Some(input) = call.input {
-            request.insert("input".into(), input);
-        }
-        if let Some(args) = call.args {
-            request.insert("args".into(), Value::Array(args));
-        }
-        if let Some(kwargs) = call.kwargs {
-            request.insert("kwargs".into(), Value::Object(kwargs));
-        }
+        call.add_to(&mut request);
         self.run(request, cancel)
     }
 

@@ -1,13 +1,13 @@
 //! The executor itself: the sidecar it speaks with, placement, the
 //! watchdog and the [`ExecutorBackend`] implementation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use super::dashboard::{fetch_nodes, NodeInfo};
 use super::head::StartedHead;
 use super::protocol::{Event, FailureKind, Op};
+use super::worker::{SessionRequest, WorkerRequest};
 use super::RayOptions;
+use super::RaySession;
 use crate::executor::completion::{Completion, HandleTable, TaskSlot};
 use crate::executor::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
 use crate::sandbox::{get_sandbox_config, SandboxConfig, SandboxLevel};
@@ -28,6 +30,7 @@ const SIDECAR_SOURCE: &str = include_str!("sidecar.py");
 
 /// A task ready for the sidecar: its line and its resolved configuration
 /// (both JSON), and its tier.
+#[derive(Clone)]
 struct Prepared {
     task: String,
     config: String,
@@ -37,6 +40,9 @@ struct Prepared {
 /// The sidecar's answer to an available-resources request: free amounts by
 /// node id and resource, or why Ray could not tell.
 type Reply = Result<HashMap<String, HashMap<String, Value>>, String>;
+
+/// Where a session operation's reply (or why there is none) goes.
+type SessionAnswer = mpsc::Sender<Result<Value, TaskError>>;
 
 /// How long membership read from the dashboard is trusted at submit (a
 /// task that does not fit always looks again). A node that died within it
@@ -52,7 +58,26 @@ const WATCH_PERIOD: Duration = Duration::from_secs(2);
 /// Cancelled anyway.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Runs tasks on a Ray cluster, each as `lattice-wasm exec` on its node.
+/// Tasks a node's warm worker may have in flight, per CPU of the node:
+/// enough to keep it busy between round trips, few enough that a node's
+/// death ends only those (the rest wait here and go to other nodes).
+const WARM_DEPTH_PER_CPU: usize = 32;
+
+/// Runs tasks on a Ray cluster.
+///
+/// Two paths, one behaviour:
+/// - **Warm** (a task that fits one CPU slot and asks for no GPU and no
+///   memory, which is most tasks): one Ray actor per node keeps a
+///   long-lived `lattice-wasm ray-worker` process that runs as many tasks
+///   at once as its node has CPUs. Tasks go to it in chunks (whatever
+///   queued up while the last chunk was being sent), at most
+///   32 per CPU in flight per node, to the least loaded node (or the one
+///   `node_id` names); outcomes stream back as they finish. The actors take
+///   no Ray CPUs: the executor counts the slots itself.
+/// - **Per task** (a GPU, a memory request, more than one CPU, or
+///   [`RayOptions::warm_workers`] off): one `ray.remote` call that runs
+///   `lattice-wasm exec` on its node, with Ray reserving exactly what the
+///   task asks for.
 ///
 /// - `submit`: `resources` become `num_cpus` (default [`RayOptions::default_cpus`]),
 ///   `memory` and `num_gpus`; `node_id` a hard `NodeAffinitySchedulingStrategy`
@@ -65,10 +90,12 @@ const CANCEL_DEADLINE: Duration = Duration::from_secs(15);
 /// - Outcomes: the task's own result or error; Cancelled for **any** ending
 ///   after a cancel request (a force-cancel races with the task's end);
 ///   NodeFailed when its node dies (or the node its affinity names is dead);
-///   a crashed Ray worker is retried once, a task failure never.
+///   a crashed Ray worker (or warm worker) is retried once, a task failure
+///   never.
 /// - `cancel` is `ray.cancel(force=True)` (a graceful cancel was measured not
-///   to reach a task blocked in its sandbox); no process of the task
-///   survives it. `shutdown` cancels whatever is
+///   to reach a task blocked in its sandbox), or on the warm path a cancel
+///   of that one task in its worker; no process of the task survives it,
+///   and the worker's other tasks go on. `shutdown` cancels whatever is
 ///   still running, stops the sidecar and, if this executor started a head,
 ///   that head (and nothing else). Dropping the executor shuts it down.
 /// - If the sidecar dies, every task in flight gets an Internal error and
@@ -96,7 +123,7 @@ pub struct RayExecutor {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     options: RayOptions,
     tasks: HandleTable<Slot>,
     /// Held while starting or stopping, so those never interleave.
@@ -111,6 +138,43 @@ struct Shared {
     ready: Mutex<Option<mpsc::Sender<Result<(), String>>>>,
     stderr_tail: Mutex<VecDeque<u8>>,
     stopping: AtomicBool,
+    /// The warm path's tasks and workers.
+    pool: Mutex<Pool>,
+    /// Signalled whenever the pool changes (a task queued, one ended, a
+    /// worker lost, a stop).
+    pool_changed: Condvar,
+    /// Session operations waiting for their reply, by request id: the
+    /// session's worker, and where the reply goes.
+    session_calls: Mutex<HashMap<u64, (u64, SessionAnswer)>>,
+    /// Why each lost warm worker is gone, for its sessions' later calls.
+    lost_workers: Mutex<HashMap<u64, TaskError>>,
+}
+
+/// The warm path: tasks not sent yet, and the warm worker of each node.
+#[derive(Default)]
+struct Pool {
+    queue: VecDeque<(u64, Arc<Slot>)>,
+    workers: HashMap<u64, Worker>,
+    /// The current worker of each node.
+    by_node: HashMap<String, u64>,
+    next_worker: u64,
+    /// Counts changes, so that the dispatcher tries again only after one.
+    generation: u64,
+}
+
+/// One warm worker: an actor on `node` and its `ray-worker` process.
+struct Worker {
+    node: String,
+    slots: usize,
+    in_flight: HashSet<u64>,
+}
+
+/// A chunk of request lines for one worker.
+struct Chunk {
+    worker: u64,
+    node: String,
+    slots: usize,
+    lines: String,
 }
 
 #[derive(Default)]
@@ -145,6 +209,12 @@ struct Slot {
     completion: Arc<Completion>,
     submitted: Instant,
     cancel_requested: Mutex<Option<Instant>>,
+    /// The warm path's task and configuration; None: a Ray task of its own.
+    warm: Option<Prepared>,
+    /// The warm worker it was sent to (set under the pool's lock).
+    worker: Mutex<Option<u64>>,
+    /// Whether it was sent again after its warm worker crashed.
+    retried: AtomicBool,
 }
 
 impl TaskSlot for Slot {
@@ -172,6 +242,33 @@ impl Slot {
             ..TaskOutcome::from_error(self.id.clone(), error)
         });
     }
+
+    /// Completes the task with the outcome its node reported (Cancelled if
+    /// a cancel was asked for: a cancel races with the task's end).
+    fn finish(&self, node: Option<String>, outcome: Result<TaskOutcome, TaskError>) {
+        match outcome {
+            Ok(_) if self.cancel_requested() => self.fail(TaskError::Cancelled, node),
+            Ok(mut outcome) => {
+                outcome.id = self.id.clone();
+                outcome.node_id = node;
+                self.completion.complete(outcome);
+            }
+            Err(error) => self.fail(error, node),
+        }
+    }
+
+    /// The worker's request line for this (warm) task.
+    fn request_line(&self, id: u64) -> String {
+        let warm = self.warm.as_ref().expect("a warm task");
+        let mut line = serde_json::to_string(&WorkerRequest::Run {
+            run: id,
+            task: warm.task.clone(),
+            config: warm.config.clone(),
+        })
+        .expect("a request always serialises");
+        line.push('\n');
+        line
+    }
 }
 
 /// What a task asks Ray for.
@@ -184,7 +281,23 @@ struct Request {
     gpu_id: Option<u32>,
 }
 
+impl Request {
+    /// Whether the task takes the warm path: one CPU slot or less, no GPU,
+    /// no memory to reserve.
+    fn fits_a_slot(&self) -> bool {
+        self.num_cpus <= 1.0
+            && self.num_gpus == 0.0
+            && self.gpu_id.is_none()
+            && self.memory.is_none()
+    }
+}
+
 impl NodeInfo {
+    /// The task slots of its warm worker: one per whole CPU (at least one).
+    fn slots(&self) -> usize {
+        (self.cpu.floor() as usize).max(1)
+    }
+
     fn fits(&self, request: &Request) -> bool {
         self.alive
             && self.cpu >= request.num_cpus
@@ -214,6 +327,10 @@ impl RayExecutor {
                 ready: Mutex::new(None),
                 stderr_tail: Mutex::new(VecDeque::new()),
                 stopping: AtomicBool::new(false),
+                pool: Mutex::new(Pool::default()),
+                pool_changed: Condvar::new(),
+                session_calls: Mutex::new(HashMap::new()),
+                lost_workers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -229,6 +346,42 @@ impl RayExecutor {
             .child
             .as_ref()
             .map(|child| child.id())
+    }
+
+    /// Opens a Python session on the cluster, in the warm worker of the node
+    /// `node_id` names (default: the least loaded node), under `config`
+    /// (which names its tier and limits). See [`RaySession`].
+    pub fn open_session(
+        &self,
+        config: SandboxConfig,
+        node_id: Option<&str>,
+    ) -> Result<RaySession, TaskError> {
+        let node_id = node_id.map(check_node_id).transpose()?;
+        let cluster = self.ensure_running()?;
+        let request = Request {
+            num_cpus: 1.0,
+            memory: None,
+            num_gpus: 0.0,
+            node_id,
+            gpu_id: None,
+        };
+        if let Some(error) = self.check_feasible(&cluster, &request)? {
+            return Err(error);
+        }
+        let nodes = self.shared.nodes(&cluster, false)?;
+        let worker = {
+            let mut pool = lock(&self.shared.pool);
+            let node = nodes
+                .iter()
+                .filter(|node| node.fits(&request))
+                .min_by(|a, b| pool.load(a).total_cmp(&pool.load(b)))
+                .ok_or_else(|| TaskError::NodeFailed {
+                    message: "no alive node can hold the session".into(),
+                })?;
+            let worker = pool.worker_for(node);
+            (worker, node.node_id.clone(), node.slots())
+        };
+        RaySession::open(self.shared.clone(), worker, &config)
     }
 
     /// Starts the sidecar (and a head, if no address was given) unless it runs.
@@ -303,6 +456,15 @@ impl RayExecutor {
                 .map_err(|e| TaskError::internal(format!("can't start a thread: {e}")))?
         };
         lifecycle.threads.push(watchdog);
+        let dispatcher = {
+            let shared = self.shared.clone();
+            let cluster = cluster.clone();
+            std::thread::Builder::new()
+                .name("lattice-ray-dispatch".into())
+                .spawn(move || shared.dispatch(&cluster))
+                .map_err(|e| TaskError::internal(format!("can't start a thread: {e}")))?
+        };
+        lifecycle.threads.push(dispatcher);
         Ok(cluster)
     }
 
@@ -348,6 +510,7 @@ impl RayExecutor {
         let (ready_tx, ready_rx) = mpsc::channel();
         *lock(&self.shared.ready) = Some(ready_tx);
         self.shared.tasks.reset();
+        *lock(&self.shared.pool) = Pool::default();
         self.shared.stopping.store(false, Ordering::SeqCst);
         let reader = {
             let shared = self.shared.clone();
@@ -497,13 +660,14 @@ impl RayExecutor {
 
 impl Shared {
     fn send(&self, message: &Op<'_>) -> Result<(), TaskError> {
+        self.send_line(&encode(message)?)
+    }
+
+    fn send_line(&self, line: &str) -> Result<(), TaskError> {
         let mut writer = lock(&self.writer);
         let Some(stdin) = writer.as_mut() else {
             return Err(TaskError::unavailable("the Ray sidecar is not running"));
         };
-        let mut line = serde_json::to_string(message)
-            .map_err(|e| TaskError::internal(format!("a sidecar request can't be encoded: {e}")))?;
-        line.push('\n');
         stdin
             .write_all(line.as_bytes())
             .and_then(|()| stdin.flush())
@@ -546,6 +710,7 @@ impl Shared {
             let _ = ready.send(Err("the sidecar exited before it was ready".into()));
         }
         *lock(&self.writer) = None;
+        self.pool_changed.notify_all();
         let slots = self.tasks.close(TaskError::unavailable(
             "the Ray sidecar has exited; make a new executor",
         ));
@@ -553,6 +718,9 @@ impl Shared {
             slot.fail(error.clone(), None);
         }
         lock(&self.replies).clear();
+        for (_, (_, reply_tx)) in lock(&self.session_calls).drain() {
+            let _ = reply_tx.send(Err(error.clone()));
+        }
     }
 
     fn handle_event(&self, event: Event) {
@@ -600,6 +768,211 @@ impl Shared {
                     slot.fail(failure(kind, &type_name, &message, self), None);
                 }
             }
+            Event::Outcome { id, outcome } => {
+                let node = {
+                    // Found by the id, not the slot: a task may have been
+                    // released (after a late cancel, say) before its outcome.
+                    let mut pool = lock(&self.pool);
+                    let node = pool.workers.values_mut().find_map(|worker| {
+                        worker.in_flight.remove(&id).then(|| worker.node.clone())
+                    });
+                    pool.generation += 1;
+                    node
+                };
+                self.pool_changed.notify_all();
+                if let Some(slot) = self.tasks.by_id(id) {
+                    slot.finish(node, parse_outcome(&outcome));
+                }
+            }
+            Event::Lost {
+                worker,
+                kind,
+                message,
+            } => self.worker_lost(worker, kind, &message),
+            Event::SessionReply { req, reply } => {
+                if let Some((_, reply_tx)) = lock(&self.session_calls).remove(&req) {
+                    let _ = reply_tx.send(Ok(reply));
+                }
+            }
+        }
+    }
+
+    /// A warm worker is gone: each task it had ends as its loss says, or,
+    /// after a crash on a live node, is sent again once.
+    fn worker_lost(&self, worker: u64, kind: FailureKind, message: &str) {
+        let mut pool = lock(&self.pool);
+        let Some(lost) = pool.workers.remove(&worker) else {
+            return;
+        };
+        if pool.by_node.get(&lost.node) == Some(&worker) {
+            pool.by_node.remove(&lost.node);
+        }
+        let mut failed = Vec::new();
+        for id in lost.in_flight {
+            let Some(slot) = self.tasks.by_id(id) else {
+                continue;
+            };
+            *lock(&slot.worker) = None;
+            let retry = kind == FailureKind::Crashed && !slot.cancel_requested();
+            if retry && !slot.retried.swap(true, Ordering::SeqCst) {
+                pool.queue.push_front((id, slot));
+            } else {
+                failed.push(slot);
+            }
+        }
+        pool.generation += 1;
+        drop(pool);
+        self.pool_changed.notify_all();
+        // Its sessions are gone with it: their state can't be sent again.
+        let session_error = match kind {
+            FailureKind::Crashed => TaskError::internal(format!(
+                "the lattice worker holding the session on node {} died: {message}",
+                lost.node
+            )),
+            _ => failure(kind, "ActorDiedError", message, self),
+        };
+        lock(&self.lost_workers).insert(worker, session_error.clone());
+        lock(&self.session_calls).retain(|_, (on, reply_tx)| {
+            let keep = *on != worker;
+            if !keep {
+                let _ = reply_tx.send(Err(session_error.clone()));
+            }
+            keep
+        });
+        let node = Some(lost.node);
+        for slot in failed {
+            let error = match kind {
+                FailureKind::Crashed => TaskError::internal(format!(
+                    "the lattice worker on node {} died twice while it ran the task: {message}",
+                    node.as_deref().unwrap_or("?")
+                )),
+                _ => failure(kind, "ActorDiedError", message, self),
+            };
+            slot.fail(error, node.clone());
+        }
+    }
+
+    /// Cancels a warm task: still queued, it ends here; sent, its worker
+    /// cancels it (and only it).
+    fn cancel_warm(&self, id: u64, slot: &Slot) -> Result<(), TaskError> {
+        let pool = lock(&self.pool);
+        let Some(worker) = lock(&slot.worker).and_then(|w| pool.workers.get(&w).map(|x| (w, x)))
+        else {
+            // Not sent (or its worker is lost and it waits to be sent
+            // again): the dispatcher skips a task that has ended.
+            drop(pool);
+            slot.fail(TaskError::Cancelled, None);
+            return Ok(());
+        };
+        let (worker, state) = worker;
+        let op = Op::Send {
+            worker,
+            node: &state.node,
+            slots: state.slots,
+            lines: &format!("{}\n", serde_json::json!({ "cancel": id })),
+        };
+        let line = encode(&op)?;
+        drop(pool);
+        self.send_line(&line)
+    }
+
+    /// A fresh id for a request or a session.
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Why `worker` is gone, if it is.
+    pub(super) fn worker_error(&self, worker: u64) -> Option<TaskError> {
+        lock(&self.lost_workers).get(&worker).cloned()
+    }
+
+    /// Sends a session operation to its worker and waits for the reply
+    /// (every operation gets one: the worker's, or its loss's, or the
+    /// sidecar's).
+    pub(super) fn session_request(
+        &self,
+        worker: u64,
+        node: &str,
+        slots: usize,
+        request: &SessionRequest,
+    ) -> Result<Value, TaskError> {
+        if let Some(error) = self.worker_error(worker) {
+            return Err(error);
+        }
+        let (reply_tx, reply_rx) = mpsc::channel();
+        lock(&self.session_calls).insert(request.req, (worker, reply_tx));
+        let mut lines = serde_json::to_string(request)
+            .map_err(|e| TaskError::internal(format!("can't encode a session request: {e}")))?;
+        lines.push('\n');
+        let sent = encode(&Op::Send {
+            worker,
+            node,
+            slots,
+            lines: &lines,
+        })
+        .and_then(|line| self.send_line(&line));
+        // The worker may have been lost meanwhile (its event came first).
+        let lost = self.worker_error(worker);
+        if let Some(error) = sent.err().or(lost) {
+            lock(&self.session_calls).remove(&request.req);
+            return Err(error);
+        }
+        reply_rx.recv().unwrap_or_else(|_| {
+            Err(TaskError::internal(
+                "the Ray executor stopped before the session answered",
+            ))
+        })
+    }
+
+    /// The warm path's sender: whenever the pool changes, sends each node's
+    /// worker what it has room for, as one chunk per worker.
+    fn dispatch(&self, cluster: &ClusterInfo) {
+        let mut seen = u64::MAX;
+        loop {
+            {
+                let mut pool = lock(&self.pool);
+                loop {
+                    if self.stopping.load(Ordering::SeqCst) || lock(&self.writer).is_none() {
+                        return;
+                    }
+                    // Something to place, and something changed since the
+                    // last try (a task queued, one ended, a worker lost);
+                    // or a while passed (membership may have changed).
+                    if !pool.queue.is_empty() && pool.generation != seen {
+                        break;
+                    }
+                    let (next, waited) = self
+                        .pool_changed
+                        .wait_timeout(pool, Duration::from_millis(500))
+                        .unwrap_or_else(|e| e.into_inner());
+                    pool = next;
+                    if waited.timed_out() {
+                        seen = u64::MAX;
+                    }
+                }
+            }
+            let nodes = match self.nodes(cluster, false) {
+                Ok(nodes) => nodes,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+            let chunks = {
+                let mut pool = lock(&self.pool);
+                seen = pool.generation;
+                pool.place(&nodes)
+            };
+            for chunk in chunks {
+                let op = Op::Send {
+                    worker: chunk.worker,
+                    node: &chunk.node,
+                    slots: chunk.slots,
+                    lines: &chunk.lines,
+                };
+                // A sidecar that is gone ends every task (read_events).
+                let _ = encode(&op).and_then(|line| self.send_line(&line));
+            }
         }
     }
 
@@ -612,11 +985,7 @@ impl Shared {
         }
         let last_line = out.lines().rev().find(|l| !l.trim().is_empty());
         match last_line.map(parse_outcome) {
-            Some(Ok(mut outcome)) => {
-                outcome.id = slot.id.clone();
-                outcome.node_id = node;
-                slot.completion.complete(outcome);
-            }
+            Some(Ok(outcome)) => slot.finish(node, Ok(outcome)),
             _ => {
                 let how = if rc < 0 {
                     format!("was killed by signal {}", -rc)
@@ -663,7 +1032,8 @@ impl Shared {
     }
 
     /// Every WATCH_PERIOD: tasks no alive node can run any more (their
-    /// node died while they waited) end as NodeFailed instead of pending
+    /// node died while they waited, or the node of the warm worker they
+    /// were sent to died unreported) end as NodeFailed instead of pending
     /// forever; a cancel Ray never answered ends as Cancelled.
     fn watch(self: Arc<Self>) {
         let tick = Duration::from_millis(200);
@@ -702,7 +1072,17 @@ impl Shared {
                 continue;
             };
             for (id, slot) in pending {
-                if slot.completion.is_done() || nodes.iter().any(|n| n.fits(&slot.request)) {
+                // A warm task sent to a worker runs only on that worker's node.
+                let sent_to = {
+                    let pool = lock(&self.pool);
+                    let worker = *lock(&slot.worker);
+                    worker.and_then(|w| pool.workers.get(&w).map(|w| w.node.clone()))
+                };
+                let runnable = match &sent_to {
+                    Some(node) => nodes.iter().any(|n| n.alive && n.node_id == *node),
+                    None => nodes.iter().any(|n| n.fits(&slot.request)),
+                };
+                if slot.completion.is_done() || runnable {
                     continue;
                 }
                 slot.fail(
@@ -713,9 +1093,11 @@ impl Shared {
                             describe_nodes(&nodes, slot.request.node_id.as_deref())
                         ),
                     },
-                    None,
+                    sent_to,
                 );
-                let _ = self.send(&Op::Cancel { id });
+                if slot.warm.is_none() {
+                    let _ = self.send(&Op::Cancel { id });
+                }
             }
         }
     }
@@ -736,6 +1118,7 @@ impl ExecutorBackend for RayExecutor {
         let (prepared, request) = self.prepare(&task)?;
         let cluster = self.ensure_running()?;
         let dead_node = self.check_feasible(&cluster, &request)?;
+        let warm = self.shared.options.warm_workers && request.fits_a_slot();
         let slot = Arc::new(Slot {
             id: task.id.clone(),
             tier: prepared.level,
@@ -743,12 +1126,23 @@ impl ExecutorBackend for RayExecutor {
             completion: self.shared.tasks.new_completion(),
             submitted: Instant::now(),
             cancel_requested: Mutex::new(None),
+            warm: warm.then(|| prepared.clone()),
+            worker: Mutex::new(None),
+            retried: AtomicBool::new(false),
         });
         let handle = self.shared.tasks.insert(slot.clone())?;
         let handle_id = handle.handle_id;
         if let Some(error) = dead_node {
             // Affinity to a dead node fails at once, without a round trip.
             slot.fail(error, request.node_id.clone());
+            return Ok(handle);
+        }
+        if warm {
+            let mut pool = lock(&self.shared.pool);
+            pool.queue.push_back((handle_id, slot));
+            pool.generation += 1;
+            drop(pool);
+            self.shared.pool_changed.notify_all();
             return Ok(handle);
         }
         let cuda = match (task.gpu_id, request.num_gpus > 0.0) {
@@ -801,12 +1195,14 @@ impl ExecutorBackend for RayExecutor {
             return false;
         }
         lock(&slot.cancel_requested).get_or_insert_with(Instant::now);
-        if self
-            .send(&Op::Cancel {
+        let sent = if slot.warm.is_some() {
+            self.shared.cancel_warm(handle.handle_id, &slot)
+        } else {
+            self.send(&Op::Cancel {
                 id: handle.handle_id,
             })
-            .is_err()
-        {
+        };
+        if sent.is_err() {
             slot.fail(TaskError::Cancelled, None);
         }
         true
@@ -819,6 +1215,7 @@ impl ExecutorBackend for RayExecutor {
         }
         lifecycle.phase = Phase::ShutDown;
         self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.pool_changed.notify_all();
         for (_, slot) in self.shared.tasks.entries() {
             if !slot.completion.is_done() {
                 lock(&slot.cancel_requested).get_or_insert_with(Instant::now);
@@ -921,6 +1318,107 @@ fn stop_child(lifecycle: &mut Lifecycle) {
     lifecycle.script = None;
 }
 
+/// A sidecar request as its line.
+fn encode(message: &Op<'_>) -> Result<String, TaskError> {
+    let mut line = serde_json::to_string(message)
+        .map_err(|e| TaskError::internal(format!("a sidecar request can't be encoded: {e}")))?;
+    line.push('\n');
+    Ok(line)
+}
+
+impl Pool {
+    /// Warm tasks in flight on `node`.
+    fn in_flight(&self, node: &NodeInfo) -> usize {
+        self.by_node
+            .get(&node.node_id)
+            .and_then(|w| self.workers.get(w))
+            .map_or(0, |w| w.in_flight.len())
+    }
+
+    /// Tasks in flight per slot of `node`.
+    fn load(&self, node: &NodeInfo) -> f64 {
+        self.in_flight(node) as f64 / node.slots() as f64
+    }
+
+    /// The warm worker of `node`, made (named) if it has none; the sidecar
+    /// starts it when it is first sent something.
+    fn worker_for(&mut self, node: &NodeInfo) -> u64 {
+        if let Some(&worker) = self.by_node.get(&node.node_id) {
+            return worker;
+        }
+        self.next_worker += 1;
+        let worker = self.next_worker;
+        self.by_node.insert(node.node_id.clone(), worker);
+        self.workers.insert(
+            worker,
+            Worker {
+                node: node.node_id.clone(),
+                slots: node.slots(),
+                in_flight: HashSet::new(),
+            },
+        );
+        worker
+    }
+
+    /// Takes the queued tasks that a worker has room for, in order, and
+    /// returns them as one chunk per worker; a task whose node has no room
+    /// (or is not alive) stays queued.
+    fn place(&mut self, nodes: &[NodeInfo]) -> Vec<Chunk> {
+        let mut chunks: HashMap<u64, Chunk> = HashMap::new();
+        let mut kept = VecDeque::new();
+        // A node takes more only once it is down to half its depth, and
+        // then up to all of it: chunks of many tasks, not one task sent
+        // per result back (each send is a Ray call, measured to cost the
+        // sidecar and the actor more CPU than a trivial task itself).
+        let refill: HashSet<&str> = nodes
+            .iter()
+            .filter(|node| self.in_flight(node) <= node.slots() * WARM_DEPTH_PER_CPU / 2)
+            .map(|node| node.node_id.as_str())
+            .collect();
+        while let Some((id, slot)) = self.queue.pop_front() {
+            if slot.completion.is_done() {
+                continue; // cancelled while it waited
+            }
+            let load = |pool: &Pool, node: &NodeInfo| {
+                let room = refill.contains(node.node_id.as_str())
+                    && pool.in_flight(node) < node.slots() * WARM_DEPTH_PER_CPU;
+                room.then(|| pool.load(node))
+            };
+            let target = nodes
+                .iter()
+                .filter(|node| node.fits(&slot.request))
+                .filter_map(|node| load(self, node).map(|load| (load, node)))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, node)| node);
+            let Some(node) = target else {
+                kept.push_back((id, slot));
+                if nodes
+                    .iter()
+                    .filter(|node| node.alive)
+                    .all(|node| load(self, node).is_none())
+                {
+                    break; // every node is full: the rest waits too
+                }
+                continue;
+            };
+            let worker = self.worker_for(node);
+            let state = self.workers.get_mut(&worker).expect("just found or made");
+            state.in_flight.insert(id);
+            *lock(&slot.worker) = Some(worker);
+            let chunk = chunks.entry(worker).or_insert_with(|| Chunk {
+                worker,
+                node: state.node.clone(),
+                slots: state.slots,
+                lines: String::new(),
+            });
+            chunk.lines.push_str(&slot.request_line(id));
+        }
+        kept.extend(self.queue.drain(..));
+        self.queue = kept;
+        chunks.into_values().collect()
+    }
+}
+
 /// The sidecar's source in a private (0600) temp file.
 fn write_sidecar() -> Result<tempfile::NamedTempFile, TaskError> {
     let mut file = tempfile::Builder::new()
@@ -945,7 +1443,8 @@ fn check_node_id(id: &str) -> Result<String, TaskError> {
     }
 }
 
-/// The error of a task that Ray ended with an exception.
+/// The error of a task that Ray ended with an exception (or whose warm
+/// worker it lost).
 fn failure(kind: FailureKind, type_name: &str, message: &str, shared: &Shared) -> TaskError {
     match kind {
         FailureKind::Cancelled => TaskError::Cancelled,
@@ -961,14 +1460,14 @@ fn failure(kind: FailureKind, type_name: &str, message: &str, shared: &Shared) -
                 .map(|c| c.binary.display().to_string())
                 .unwrap_or_default();
             TaskError::unavailable(format!(
-                "can't run `{binary} exec` on the node ({message}); install lattice-wasm on the nodes \
+                "can't run `{binary}` on the node ({message}); install lattice-wasm on the nodes \
                  and set its path there (RayOptions::binary)"
             ))
         }
         FailureKind::Unschedulable => {
             TaskError::invalid(format!("Ray can't schedule the task: {message}"))
         }
-        FailureKind::Internal => {
+        FailureKind::Crashed | FailureKind::Internal => {
             TaskError::internal(format!("Ray failed the task ({type_name}): {message}"))
         }
     }

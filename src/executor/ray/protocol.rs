@@ -26,6 +26,15 @@ pub(super) enum Op<'a> {
     },
     /// `ray.cancel(force=True)` of a submitted task.
     Cancel { id: u64 },
+    /// Request lines (worker.rs) for the warm worker `worker`, which the
+    /// sidecar starts on `node` with `slots` task slots the first time it
+    /// is named.
+    Send {
+        worker: u64,
+        node: &'a str,
+        slots: usize,
+        lines: &'a str,
+    },
     /// What each node has free now; answered by a [`Event::Reply`].
     Available { req: u64 },
     /// Cancel what runs and exit.
@@ -64,6 +73,21 @@ pub(super) enum Event {
         #[serde(default)]
         message: String,
     },
+    /// A warm task ended: its result line, as `exec` prints it (the worker
+    /// writes this event; the sidecar passes it on).
+    Outcome { id: u64, outcome: String },
+    /// A warm worker is gone (its actor or process died, or its node did),
+    /// with every task it had: `kind` says how.
+    Lost {
+        worker: u64,
+        kind: FailureKind,
+        #[serde(default)]
+        message: String,
+    },
+    /// A warm worker's answer to a session operation (a
+    /// [`crate::session::Reply`] as JSON; the worker writes this event).
+    #[serde(rename = "session_reply")]
+    SessionReply { req: u64, reply: Value },
     /// The answer to an [`Op::Available`]: free resources by node id, or
     /// why Ray could not tell.
     Reply {
@@ -75,8 +99,8 @@ pub(super) enum Event {
     },
 }
 
-/// Why Ray failed a task.
-#[derive(Debug, Deserialize, PartialEq)]
+/// Why Ray failed a task (or a warm worker).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum FailureKind {
     /// Cancelled on request.
@@ -89,6 +113,8 @@ pub(super) enum FailureKind {
     Unavailable,
     /// Ray can't place it.
     Unschedulable,
+    /// A warm worker's process or actor died on a node that lives on.
+    Crashed,
     /// Anything else.
     #[serde(other)]
     Internal,
@@ -119,6 +145,27 @@ mod tests {
         let ready: Event =
             serde_json::from_str(r#"{"ev": "ready", "ray": "2.9", "node": "ab"}"#).unwrap();
         assert!(matches!(ready, Event::Ready {}));
+        let outcome: Event = serde_json::from_str(
+            r#"{"ev": "outcome", "id": 5, "outcome": "{\"status\": \"ok\"}"}"#,
+        )
+        .unwrap();
+        assert!(matches!(outcome, Event::Outcome { id: 5, .. }));
+        let lost: Event = serde_json::from_str(
+            r#"{"ev": "lost", "worker": 2, "kind": "crashed", "message": "exited"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            lost,
+            Event::Lost {
+                worker: 2,
+                kind: FailureKind::Crashed,
+                ..
+            }
+        ));
+        let session: Event =
+            serde_json::from_str(r#"{"ev": "session_reply", "req": 9, "reply": {"status": "ok"}}"#)
+                .unwrap();
+        assert!(matches!(session, Event::SessionReply { req: 9, .. }));
         let reply: Event =
             serde_json::from_str(r#"{"ev": "reply", "req": 1, "available": {"ab": {"CPU": 1.0}}}"#)
                 .unwrap();

@@ -3,15 +3,21 @@
 #
 # Ray has no Rust API, so the executor starts this script under a Python that
 # has `ray` and talks to it in JSON lines: requests on stdin, events on
-# stdout. Each task becomes one `ray.remote` call that runs
-# `lattice-wasm exec` on its node with the task's JSON on stdin; its ending is
-# reported from a `ref.future()` callback (no polling).
+# stdout. Two paths:
+# - warm: one actor per node (WarmWorker) keeps a `lattice-wasm ray-worker`
+#   process (worker.rs) and passes it chunks of request lines; a thread per
+#   actor long-polls it for outcome lines, which the worker writes as
+#   events already and which go to the executor unread;
+# - per task: one `ray.remote` call that runs `lattice-wasm exec` on its
+#   node with the task's JSON on stdin; its ending is reported from a
+#   `ref.future()` callback (no polling).
 #
 # Requests (one JSON object per line):
 #   {"op": "submit", "id": N, "task": "<task json>", "config": "<sandbox config json>",
 #    "num_cpus": 1.0, "memory": bytes|null, "num_gpus": 0.0, "node_id": hex|null,
 #    "cuda": str|null}
 #   {"op": "cancel", "id": N}
+#   {"op": "send", "worker": W, "node": hex, "slots": N, "lines": "<worker request lines>"}
 #   {"op": "available", "req": K}
 #   {"op": "shutdown"}
 # Events:
@@ -20,10 +26,14 @@
 #   {"ev": "done", "id": N, "rc": int, "out": str, "err": str, "node": hex}
 #   {"ev": "failed", "id": N, "kind": ..., "type": ..., "message": ...}
 #   {"ev": "reply", "req": K, "available": {node_hex: {resource: amount}}}
+#   {"ev": "outcome", "id": N, "outcome": "<result json>"}   (written by the worker)
+#   {"ev": "lost", "worker": W, "kind": "node_failed"|"crashed"|"unavailable"|"internal",
+#    "message": ...}
 import json
 import os
 import sys
 import threading
+import time
 
 # Only protocol lines may reach the executor: everything else that anything
 # prints (Ray's own messages included) goes to stderr.
@@ -34,9 +44,12 @@ _EMIT_LOCK = threading.Lock()
 
 
 def emit(event):
-    line = json.dumps(event)
+    emit_lines(json.dumps(event) + "\n")
+
+
+def emit_lines(text):
     with _EMIT_LOCK:
-        _PROTOCOL.write(line + "\n")
+        _PROTOCOL.write(text)
         _PROTOCOL.flush()
 
 
@@ -205,6 +218,98 @@ def run_exec(binary, exec_args, task_json, cuda, guardian_source):
 
 REMOTE = ray.remote(run_exec)
 
+
+class WarmWorker:
+    """A node's warm worker: keeps one `lattice-wasm ray-worker` process.
+
+    The process outlives this actor's own process on purpose (ray-worker
+    detaches itself: Ray kills an actor's direct children with it); when
+    this actor dies, the worker's stdin closes, and it cancels its tasks,
+    lets their tiers clean up and exits.
+    """
+
+    def __init__(self, binary, slots):
+        import subprocess
+
+        env = dict(os.environ)
+        # The warm path carries no GPU task: no GPU is visible to its tasks.
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        launcher = subprocess.Popen(
+            [binary, "ray-worker", "--slots", str(slots)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        # It starts the worker in a process group of its own and exits.
+        if launcher.wait() != 0:
+            raise RuntimeError(f"`{binary} ray-worker` exited with status {launcher.returncode}")
+        self._stdin, self._stdout = launcher.stdin, launcher.stdout
+        self._writing = threading.Lock()
+        self._ready = threading.Condition()
+        self._blocks = []  # whole lines, as the worker wrote them
+        self._lines = 0  # how many lines the blocks hold
+        self._ended = None
+        self._waiting = 0  # tasks sent and not answered
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        fd, rest = self._stdout.fileno(), b""
+        while True:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                with self._ready:
+                    self._blocks.append(data[:cut])
+                    self._lines += data.count(b"\n", 0, cut)
+                    self._ready.notify_all()
+        with self._ready:
+            self._ended = "the lattice worker process exited"
+            self._ready.notify_all()
+
+    def send(self, text):
+        runs = text.count('{"run":')
+        with self._ready:
+            self._waiting += runs
+        with self._writing:
+            self._stdin.write(text.encode("utf-8"))
+            self._stdin.flush()
+
+    def poll(self):
+        """The outcome lines written since the last poll (waiting up to 2 s
+        for one), and why the worker ended, if it did. With more tasks
+        running, it lingers up to 10 ms for more lines: every poll is a Ray
+        call, which costs more than a trivial task."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._lines or self._ended, timeout=2)
+            if self._lines and self._waiting > self._lines:
+                enough = min(self._waiting, 64)
+                self._ready.wait_for(lambda: self._lines >= enough or self._ended, timeout=0.010)
+            blocks, self._blocks = self._blocks, []
+            self._waiting = max(0, self._waiting - self._lines)
+            self._lines = 0
+            return b"".join(blocks), self._ended
+
+    def stop(self):
+        """Closes the worker's stdin; returns once it has cleaned up and exited."""
+        with self._writing:
+            try:
+                self._stdin.close()
+            except OSError:
+                pass
+        with self._ready:
+            self._ready.wait_for(lambda: self._ended, timeout=20)
+        return True
+
+
+WARM = ray.remote(WarmWorker)
+_workers = {}  # worker id -> its actor
+_gone = set()  # worker ids reported lost: what is still sent to them is dropped
+_stopping = threading.Event()
+
 _lock = threading.Lock()
 _inflight = {}  # id -> ObjectRef of the current attempt
 _cancelled = set()
@@ -324,6 +429,81 @@ def cancel(task_id):
             pass
 
 
+def send(msg):
+    worker = msg["worker"]
+    with _lock:
+        if worker in _gone:
+            return  # the executor has (or is about to have) its lost event
+        actor = _workers.get(worker)
+        if actor is None:
+            actor = WARM.options(
+                num_cpus=0,
+                # send and stop run beside the long poll
+                max_concurrency=4,
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=msg["node"], soft=False),
+            ).remote(CONFIG["binary"], msg["slots"])
+            _workers[worker] = actor
+            threading.Thread(target=pump, args=(worker, actor, msg["node"]), daemon=True).start()
+    actor.send.remote(msg["lines"])
+
+
+def pump(worker, actor, node):
+    """Passes a warm worker's outcome lines on until it is gone."""
+    while not _stopping.is_set():
+        try:
+            lines, ended = ray.get(actor.poll.remote())
+        except BaseException as e:  # noqa: BLE001 - the actor is gone: say why
+            lost(worker, actor, node, e)
+            return
+        if lines:
+            emit_lines(lines.decode("utf-8", "replace"))
+        if ended:
+            lost(worker, actor, node, None)
+            return
+
+
+def lost(worker, actor, node, error):
+    with _lock:
+        _workers.pop(worker, None)
+        _gone.add(worker)
+    if _stopping.is_set():
+        return
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - it may be gone already
+        pass
+    message = str(error) if error is not None else "the lattice worker process exited"
+    if getattr(error, "actor_init_failed", False):
+        # Its __init__ failed: the binary is missing or can't run there.
+        unrunnable = any(n in message for n in ("FileNotFoundError", "PermissionError"))
+        kind = "unavailable" if unrunnable else "internal"
+    elif error is not None and node_died(node):
+        # The actor died (a worker process that exited on its own is
+        # reported by its live actor: a crash, nothing to wait for).
+        kind = "node_failed"
+        message = f"node {node} died ({message.splitlines()[0] if message else ''})"
+    else:
+        kind = "crashed"
+    emit({"ev": "lost", "worker": worker, "kind": kind, "message": message[-4000:]})
+
+
+def node_died(node, grace=5.0):
+    """Whether `node` is dead, or dies within `grace` seconds (Ray sees a
+    node's death some seconds after its worker processes do)."""
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            alive = any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
+        except Exception:  # noqa: BLE001 - the GCS did not answer: assume alive
+            alive = True
+        if not alive:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+
+
 def available(req):
     try:
         per_node = ray._private.state.available_resources_per_node()
@@ -332,7 +512,28 @@ def available(req):
         emit({"ev": "reply", "req": req, "error": f"{type(e).__name__}: {e}"})
 
 
+def stop_workers():
+    """Each warm worker cancels its tasks and exits (its tiers clean up
+    first), then its actor is killed."""
+    _stopping.set()
+    with _lock:
+        actors = list(_workers.values())
+        _workers.clear()
+    stops = [actor.stop.remote() for actor in actors]
+    if stops:
+        try:
+            ray.wait(stops, num_returns=len(stops), timeout=15)
+        except Exception:  # noqa: BLE001 - best effort; the kill below ends the actors
+            pass
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def shutdown():
+    stop_workers()
     with _lock:
         refs = list(_inflight.values())
         _cancelled.update(_inflight.keys())
@@ -371,6 +572,8 @@ def main():
             submit(msg, 0)
         elif op == "cancel":
             cancel(msg["id"])
+        elif op == "send":
+            send(msg)
         elif op == "available":
             threading.Thread(target=available, args=(msg["req"],), daemon=True).start()
         elif op == "shutdown":
