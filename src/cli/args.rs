@@ -331,10 +331,19 @@ pub(super) struct RayWorkerArgs {
     /// Tasks run at once (the node's CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..4097))]
     pub slots: u64,
-    /// Set by the first process, which starts the real worker detached from
-    /// its caller and exits.
-    #[arg(long, hide = true)]
-    pub detached: bool,
+    /// Which process of the worker this is (see `single::ray_worker`);
+    /// none: the one the actor starts.
+    #[arg(long, hide = true, value_enum)]
+    pub stage: Option<WorkerStage>,
+}
+
+/// The processes of a Ray worker after the first (`single::ray_worker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum WorkerStage {
+    /// Runs the worker as its child, and sweeps what it leaves.
+    Keeper,
+    /// The worker itself.
+    Serve,
 }
 
 /// What task lines may ask for (`batch`, `exec`): the limit flags above are

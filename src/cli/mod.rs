@@ -25,6 +25,23 @@ pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
+/// The children of every thread of `pid` (a child belongs to the thread
+/// that forked it, and workers fork from their own threads).
+pub(crate) fn children_of(pid: &str) -> Vec<u32> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    threads
+        .flatten()
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// The exit code for one task's outcome.
 fn exit_code(outcome: &TaskOutcome) -> i32 {
     match &outcome.result {

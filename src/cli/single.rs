@@ -10,8 +10,9 @@ use std::sync::Arc;
 use lattice::task::json::{outcome_to_json, parse_task, task_id};
 use lattice::task::{TaskOutcome, TaskSubmission};
 
-use super::args::{ExecArgs, RayWorkerArgs, RunArgs};
+use super::args::{ExecArgs, RayWorkerArgs, RunArgs, WorkerStage};
 use super::{exit_code, read_source, signals, usage};
+use std::os::fd::AsRawFd;
 
 pub(super) fn run(args: RunArgs) -> Result<i32> {
     let source = read_source(&args.file)?;
@@ -70,26 +71,72 @@ pub(super) fn exec(args: ExecArgs) -> Result<i32> {
     Ok(finished(&outcome))
 }
 
-/// `ray-worker`: the Ray executor's warm worker on a node. The first
-/// process starts the real one in a process group of its own and exits:
-/// Ray kills an actor's direct children with it, and the worker must live
-/// on to see its stdin close and clean up after its tasks.
+/// `ray-worker`: the Ray executor's warm worker on a node, as three
+/// processes. The one the actor starts starts a keeper in a process group
+/// of its own and exits: Ray kills an actor's direct children with it, and
+/// the worker must live on to see its stdin close and clean up after its
+/// tasks. The keeper, a child subreaper, runs the worker proper as its
+/// child; once that exits (or is killed mid-task, when it can't clean up),
+/// the keeper kills whatever its tasks left (a process tier's task may
+/// double-fork under its own uid), then exits.
 pub(super) fn ray_worker(args: RayWorkerArgs) -> Result<i32> {
-    if !args.detached {
+    let next = |stage: &str| {
         let mut command = std::process::Command::new(std::env::current_exe()?);
         command.args([
             "ray-worker",
-            "--detached",
+            "--stage",
+            stage,
             "--slots",
             &args.slots.to_string(),
         ]);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        command.spawn()?;
-        return Ok(0);
+        Ok::<_, std::io::Error>(command)
+    };
+    match args.stage {
+        None => {
+            let mut keeper = next("keeper")?;
+            std::os::unix::process::CommandExt::process_group(&mut keeper, 0);
+            keeper.spawn()?;
+            Ok(0)
+        }
+        Some(WorkerStage::Keeper) => {
+            // SAFETY: prctl(2) on this process; no memory involved.
+            unsafe {
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+            }
+            let mut worker = next("serve")?.spawn()?;
+            // The worker has the actor's pipes now. The keeper lets go of
+            // stdin, so that the actor closing it reaches the worker, and
+            // keeps stdout until it has swept, so that the actor sees the
+            // end only once nothing is left.
+            let null = std::fs::File::open("/dev/null")?;
+            // SAFETY: dup2(2) onto this process's own stdin.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+            }
+            let _ = worker.wait();
+            // What the worker's tasks left has been reparented here.
+            for _ in 0..50 {
+                let left = super::children_of("self");
+                if left.is_empty() {
+                    break;
+                }
+                for &pid in &left {
+                    // SAFETY: kill(2) and waitpid(2) on this process's own
+                    // children; no memory involved.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                        libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Some(WorkerStage::Serve) => {
+            super::prepare_wasm_if_cold(lattice::sandbox::SandboxLevel::Wasm)?;
+            lattice::executor::serve_ray_worker(args.slots as usize)?;
+            Ok(0)
+        }
     }
-    super::prepare_wasm_if_cold(lattice::sandbox::SandboxLevel::Wasm)?;
-    lattice::executor::serve_ray_worker(args.slots as usize)?;
-    Ok(0)
 }
 
 /// Runs one task on a one-worker local executor; a signal cancels it.

@@ -209,17 +209,22 @@ fn lattice_processes_running(cluster: &Cluster, commands: &[&str]) -> Vec<i64> {
         .collect()
 }
 
-/// The warm workers of the test cluster.
+/// The warm workers of the test cluster (the processes that run tasks,
+/// not their keepers).
 fn warm_workers(cluster: &Cluster) -> Vec<i64> {
     lattice_processes_running(cluster, &["ray-worker"])
+        .into_iter()
+        .filter(|&pid| proc_list(pid, "cmdline").iter().any(|arg| arg == "serve"))
+        .collect()
 }
 
 /// Child processes of the cluster's task-running processes (a process
-/// tier's task).
+/// tier's task), but for the workers under their keepers.
 fn task_children(cluster: &Cluster) -> Vec<i64> {
     let runners = lattice_processes(cluster);
     all_pids()
         .into_iter()
+        .filter(|pid| !runners.contains(pid))
         .filter(|&pid| parent_of(pid).is_some_and(|parent| runners.contains(&parent)))
         .collect()
 }
@@ -590,6 +595,50 @@ fn a_warm_worker_that_dies_is_replaced_and_its_tasks_retried_once() {
     }
     let second = worker_on(&cluster);
     assert_ne!(first, second);
+    // A worker killed mid-task can't clean up after its tasks: its keeper
+    // kills what they left. Here a none-tier task (it runs in the worker's
+    // own process) starts a daemon in a session of its own, which neither
+    // a process group nor the worker's death reaches.
+    let daemon_marker = "31313";
+    let forker = executor
+        .submit(
+            TaskSubmission::python(format!(
+                "import subprocess, time\ndef f():\n    subprocess.Popen(['/bin/sleep', '{daemon_marker}'], start_new_session=True,\n        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n    time.sleep(60)\n"
+            ))
+            .with_tier(SandboxLevel::None)
+            .with_node(head.clone()),
+        )
+        .unwrap();
+    let daemons = || -> Vec<i64> {
+        all_pids()
+            .into_iter()
+            .filter(|&pid| proc_list(pid, "cmdline") == ["/bin/sleep", daemon_marker])
+            .filter(|&pid| alive(pid))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemons().is_empty() {
+        assert!(Instant::now() < deadline, "the daemon never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first_daemon = daemons();
+    let worker = worker_on(&cluster);
+    // SAFETY: kill(2) on the test cluster's warm worker.
+    unsafe {
+        libc::kill(worker as i32, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first_daemon.iter().any(|&pid| alive(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon {first_daemon:?} outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // It is sent again (and starts a daemon again, which the worker's clean
+    // exit at shutdown leaves to the keeper, below).
+    executor.cancel(&forker);
+    assert_eq!(err(&executor.get_result(&forker)), TaskError::Cancelled);
     // A task whose worker dies twice under it is retried once, then
     // reported.
     let handle = executor
@@ -620,6 +669,7 @@ fn a_warm_worker_that_dies_is_replaced_and_its_tasks_retried_once() {
     assert_eq!(ok(&outcome), json!("woke"));
     executor.shutdown().unwrap();
     assert_eq!(lattice_processes(&cluster), Vec::<i64>::new());
+    assert_eq!(daemons(), Vec::<i64>::new());
 }
 
 #[test]

@@ -88,29 +88,12 @@ fn resident_total(own_exe: &Path) -> u64 {
 /// Every process started by this one or by its descendants.
 fn descendants() -> Vec<u32> {
     let mut found = Vec::new();
-    let mut pending = children_of("self");
+    let mut pending = crate::cli::children_of("self");
     while let Some(pid) = pending.pop() {
-        pending.extend(children_of(&pid.to_string()));
+        pending.extend(crate::cli::children_of(&pid.to_string()));
         found.push(pid);
     }
     found
-}
-
-/// The children of every thread of `pid` (a child belongs to the thread
-/// that forked it, and workers fork from their own threads).
-fn children_of(pid: &str) -> Vec<u32> {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    threads
-        .flatten()
-        .filter_map(|thread| std::fs::read_to_string(thread.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
 }
 
 fn runs_other_program(pid: u32, own_exe: &Path) -> bool {

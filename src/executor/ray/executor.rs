@@ -511,6 +511,7 @@ impl RayExecutor {
         *lock(&self.shared.ready) = Some(ready_tx);
         self.shared.tasks.reset();
         *lock(&self.shared.pool) = Pool::default();
+        lock(&self.shared.lost_workers).clear();
         self.shared.stopping.store(false, Ordering::SeqCst);
         let reader = {
             let shared = self.shared.clone();

@@ -20,8 +20,10 @@
 //! and its direct children, and the guardian, detached from it, then kills
 //! the task's process group and every orphan the task's sandbox left (a
 //! subprocess-tier child runs in its own session under its own uid). A
-//! warm worker detaches itself from its actor for the same reason, and
-//! cancels its tasks and exits when the actor goes.
+//! warm worker runs under a keeper of its own for the same reason: the
+//! worker cancels its tasks and exits when its actor goes, and the keeper,
+//! a child subreaper detached from the actor, then kills whatever the
+//! tasks left, also after the worker itself was killed mid-task.
 //!
 //! [`RayOptions`] is plain data and always built; the executor itself needs
 //! the `ray` feature (reqwest, for the dashboard).

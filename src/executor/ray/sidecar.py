@@ -223,9 +223,10 @@ class WarmWorker:
     """A node's warm worker: keeps one `lattice-wasm ray-worker` process.
 
     The process outlives this actor's own process on purpose (ray-worker
-    detaches itself: Ray kills an actor's direct children with it); when
-    this actor dies, the worker's stdin closes, and it cancels its tasks,
-    lets their tiers clean up and exits.
+    runs under a keeper in a process group of its own: Ray kills an actor's
+    direct children with it); when this actor dies, the worker's stdin
+    closes, and it cancels its tasks, lets their tiers clean up and exits.
+    Its stdout ends once the worker and its keeper's sweep are done.
     """
 
     def __init__(self, binary, slots):
@@ -240,11 +241,17 @@ class WarmWorker:
             stdout=subprocess.PIPE,
             env=env,
         )
-        # It starts the worker in a process group of its own and exits.
+        # It starts the worker's keeper in a process group of its own and exits.
         if launcher.wait() != 0:
             raise RuntimeError(f"`{binary} ray-worker` exited with status {launcher.returncode}")
         self._stdin, self._stdout = launcher.stdin, launcher.stdout
+        # Chunks are written in the order the executor sent them (a
+        # threaded actor may start its calls in any order; one that comes
+        # early waits here, not in a thread): tasks start on a node in the
+        # order they were submitted.
         self._writing = threading.Lock()
+        self._early = {}
+        self._next = 0
         self._ready = threading.Condition()
         self._blocks = []  # whole lines, as the worker wrote them
         self._lines = 0  # how many lines the blocks hold
@@ -270,12 +277,15 @@ class WarmWorker:
             self._ended = "the lattice worker process exited"
             self._ready.notify_all()
 
-    def send(self, text):
+    def send(self, seq, text):
         runs = text.count('{"run":')
         with self._ready:
             self._waiting += runs
         with self._writing:
-            self._stdin.write(text.encode("utf-8"))
+            self._early[seq] = text
+            while self._next in self._early:
+                self._stdin.write(self._early.pop(self._next).encode("utf-8"))
+                self._next += 1
             self._stdin.flush()
 
     def poll(self):
@@ -307,6 +317,7 @@ class WarmWorker:
 
 WARM = ray.remote(WarmWorker)
 _workers = {}  # worker id -> its actor
+_sent = {}  # worker id -> how many sends it was given (their order)
 _gone = set()  # worker ids reported lost: what is still sent to them is dropped
 _stopping = threading.Event()
 
@@ -445,7 +456,9 @@ def send(msg):
             ).remote(CONFIG["binary"], msg["slots"])
             _workers[worker] = actor
             threading.Thread(target=pump, args=(worker, actor, msg["node"]), daemon=True).start()
-    actor.send.remote(msg["lines"])
+        seq = _sent.get(worker, 0)
+        _sent[worker] = seq + 1
+    actor.send.remote(seq, msg["lines"])
 
 
 def pump(worker, actor, node):
