@@ -1,5 +1,7 @@
-//! `run` (one task from a file and flags) and `exec` (one task JSON on stdin).
+//! `run` (one task from a file and flags), `exec` (one task JSON on stdin)
+//! and the hidden `ray-worker` (the Ray executor's warm worker on a node).
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -12,7 +14,6 @@ use lattice::task::{TaskOutcome, TaskSubmission};
 
 use super::args::{ExecArgs, RayWorkerArgs, RunArgs, WorkerStage};
 use super::{exit_code, read_source, signals, usage};
-use std::os::fd::AsRawFd;
 
 pub(super) fn run(args: RunArgs) -> Result<i32> {
     let source = read_source(&args.file)?;
@@ -77,8 +78,8 @@ pub(super) fn exec(args: ExecArgs) -> Result<i32> {
 /// the worker must live on to see its stdin close and clean up after its
 /// tasks. The keeper, a child subreaper, runs the worker proper as its
 /// child; once that exits (or is killed mid-task, when it can't clean up),
-/// the keeper kills whatever its tasks left (a process tier's task may
-/// double-fork under its own uid), then exits.
+/// the keeper kills whatever its tasks left (a none-tier task's own
+/// processes, which no sandbox contains), then exits.
 pub(super) fn ray_worker(args: RayWorkerArgs) -> Result<i32> {
     let next = |stage: &str| {
         let mut command = std::process::Command::new(std::env::current_exe()?);

@@ -22,7 +22,7 @@ use crate::task::TaskError;
 /// several threads take turns.
 ///
 /// ```no_run
-/// use lattice::executor::{ExecutorBackend, RayExecutor, RayOptions};
+/// use lattice::executor::{RayExecutor, RayOptions};
 /// use lattice::sandbox::SandboxConfig;
 /// use lattice::session::Call;
 /// use serde_json::json;
