@@ -262,8 +262,8 @@ impl Slot {
         let warm = self.warm.as_ref().expect("a warm task");
         let mut line = serde_json::to_string(&WorkerRequest::Run {
             run: id,
-            task: warm.task.clone(),
-            config: warm.config.clone(),
+            task: warm.task.as_str().into(),
+            config: warm.config.as_str().into(),
         })
         .expect("a request always serialises");
         line.push('\n');
@@ -824,14 +824,19 @@ impl Shared {
         pool.generation += 1;
         drop(pool);
         self.pool_changed.notify_all();
-        // Its sessions are gone with it: their state can't be sent again.
-        let session_error = match kind {
-            FailureKind::Crashed => TaskError::internal(format!(
+        // Its sessions are gone with it (their state can't be sent again),
+        // and so are the tasks that won't be retried, with one error but
+        // for a crash, which a session meets once and a task twice.
+        let error = match kind {
+            FailureKind::Crashed => None,
+            _ => Some(failure(kind, "ActorDiedError", message, self)),
+        };
+        let session_error = error.clone().unwrap_or_else(|| {
+            TaskError::internal(format!(
                 "the lattice worker holding the session on node {} died: {message}",
                 lost.node
-            )),
-            _ => failure(kind, "ActorDiedError", message, self),
-        };
+            ))
+        });
         lock(&self.lost_workers).insert(worker, session_error.clone());
         lock(&self.session_calls).retain(|_, (on, reply_tx)| {
             let keep = *on != worker;
@@ -842,13 +847,12 @@ impl Shared {
         });
         let node = Some(lost.node);
         for slot in failed {
-            let error = match kind {
-                FailureKind::Crashed => TaskError::internal(format!(
+            let error = error.clone().unwrap_or_else(|| {
+                TaskError::internal(format!(
                     "the lattice worker on node {} died twice while it ran the task: {message}",
                     node.as_deref().unwrap_or("?")
-                )),
-                _ => failure(kind, "ActorDiedError", message, self),
-            };
+                ))
+            });
             slot.fail(error, node.clone());
         }
     }

@@ -23,6 +23,7 @@
 //! or the executor shuts down) cancels what runs, waits until the tiers have
 //! cleaned up after it, and exits.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::sync::{mpsc, Arc, Mutex};
@@ -40,12 +41,14 @@ use crate::task::{TaskError, TaskHandle, TaskOutcome};
 /// A line the worker reads.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
-pub(super) enum WorkerRequest {
+pub(super) enum WorkerRequest<'a> {
     /// Run a task (its line and configuration as `exec` takes them).
+    /// Borrowed when the executor writes it (no copy per task), owned when
+    /// the worker reads it.
     Run {
         run: u64,
-        task: String,
-        config: String,
+        task: Cow<'a, str>,
+        config: Cow<'a, str>,
     },
     /// Cancel a task sent earlier (or about to be: a cancel may overtake
     /// its run line on the way).
