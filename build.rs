@@ -20,6 +20,7 @@ fn main() {
         "guest/Cargo.toml",
         "guest/Cargo.lock",
         "vendor/rustpython-vm",
+        "vendor/rustpython-common",
         "src/sandbox/driver.py",
     ] {
         println!("cargo:rerun-if-changed={path}");
@@ -86,6 +87,15 @@ fn build_guest(target: &str, how: &[&str], artifact: &str) -> PathBuf {
         {
             command.env_remove(key.as_ref());
         }
+    }
+    if target == "wasm32-wasip1" {
+        // Wasm SIMD (which wasmtime compiles to SSE/AVX): memchr and its
+        // kin in RustPython's string paths use it when it is enabled at
+        // compile time.
+        command.env(
+            "CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS",
+            "-C target-feature=+simd128",
+        );
     }
     let status = command
         .status()

@@ -362,17 +362,10 @@ impl Py<PyInt> {
     /// Extract the inline magnitude without the generic primitive-conversion path.
     #[inline(always)]
     pub(crate) fn try_to_i64_fast(&self) -> Option<i64> {
-        let bits = self.as_bigint().bits();
-        if bits > i64::BITS as u64 {
-            return None;
-        }
-        let magnitude = self.as_bigint().iter_u64_digits().next().unwrap_or(0);
-        let signed_magnitude = i64::try_from(magnitude).ok();
-        match self.as_bigint().sign() {
-            Sign::Minus if magnitude == 1u64 << 63 => Some(i64::MIN),
-            Sign::Minus => signed_magnitude.map(|value| -value),
-            Sign::NoSign | Sign::Plus => signed_magnitude,
-        }
+        // lattice-wasm patch: malachite's own conversion (a match on its
+        // one-limb form); the bit count and limb iterator used here before
+        // stayed out-of-line calls on wasm32, ~10% of fib(25) there.
+        i64::try_from(self.as_bigint()).ok()
     }
 
     /// Fast decimal string conversion, using i64 path when possible.
