@@ -19,6 +19,7 @@ goes back on a channel of its own.
 import re
 import sys
 import types as _types
+from itertools import islice as _islice
 from json import JSONDecoder as _JSONDecoder, JSONEncoder as _JSONEncoder
 from json import dumps as _dumps, loads as _loads
 from json.encoder import encode_basestring as _encode_str
@@ -90,12 +91,18 @@ def _error(kind, type_name, message, traceback_text=""):
 
 def _format_exception(exc):
     """The traceback of ``exc`` from the first frame of the user's code on."""
-    import traceback
-
     tb = exc.__traceback__
     while tb is not None and not _is_user_file(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     try:
+        text = _format_common(exc, tb)
+    except Exception:
+        text = None
+    if text is not None:
+        return text
+    try:
+        import traceback
+
         return "".join(traceback.format_exception(_type(exc), exc, tb))
     except Exception:
         return "%s: %s" % (_type(exc).__name__, _exception_message(exc))
@@ -110,6 +117,272 @@ def _exception_message(exc):
 
 def _task_failure(exc):
     return _error("task_error", _type(exc).__name__, _exception_message(exc), _format_exception(exc))
+
+
+# A traceback as the traceback module writes it, for the common case, at a
+# fraction of its cost: on RustPython, `traceback.format_exception` was most
+# of what a failing task cost (~0.8 ms of ~1.4). Anything out of the common
+# case (chained exceptions, notes, groups, syntax errors, the messages the
+# module adds suggestions to, multi-line or non-ASCII positions) goes to the
+# module itself, and so does any caret segment the scanner below is not
+# sure of.
+
+_FULL_FORMAT_TYPES = (SyntaxError, ImportError, NameError, AttributeError)
+try:
+    _FULL_FORMAT_TYPES += (BaseExceptionGroup,)
+except NameError:
+    pass
+
+# One token of a one-line segment: a whole string literal, a number, a
+# name, an operator or a bracket; or (group u) what this scanner does not
+# read: f- and t-strings, an unterminated string, a line continuation.
+_TOKENS = re.compile(
+    r"""(?:[rRbBuU]|[rR][bB]|[bB][rR])?(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+    r"""|(?P<u>[fFtT][rR]?['"]|[rR][fFtT]['"]|['"\\#])"""
+    r"""|0[xXoObB][\da-fA-F_]+|(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][-+]?\d[\d_]*)?[jJ]?"""
+    r"""|[^\W\d]\w*|\*\*|//|<<|>>|<=|>=|==|!=|:=|->|\.\.\.|\S"""
+)
+_BINARY_PRECEDENCE = {
+    "|": 1, "^": 2, "&": 3, "<<": 4, ">>": 4, "+": 5, "-": 5,
+    "*": 6, "/": 6, "//": 6, "%": 6, "@": 6, "**": 8,
+}
+# At the top level of a segment, these make it something without anchors
+# (a comparison, a boolean or conditional expression, a tuple, a statement...).
+_NOT_ANCHORED = frozenset(
+    ("if", "else", "and", "or", "not", "in", "is", "lambda", "await", "yield", "for", "async",
+     "<", ">", "<=", ">=", "==", "!=", ",", ":", ":=", "=", ";", "->",
+     "raise", "assert", "del", "return", "import", "from", "pass", "global", "nonlocal",
+     "break", "continue", "with", "while", "def", "class", "try", "except", "finally", "elif")
+)
+_LEADING_KEYWORD = re.compile(
+    r"(?:raise|assert|del|return|import|from|pass|global|nonlocal|break|continue|with|while|for|if"
+    r"|elif|else|try|except|finally|def|class|async|await|yield|lambda|not)\b"
+)
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = frozenset(")]}")
+
+
+class _Unsure(Exception):
+    pass
+
+
+def _top_level_tokens(segment):
+    """The tokens of ``segment`` outside brackets, as ``(text, start, opener)``
+    (``opener``: where a closing bracket's opener is); openers at the top
+    level are tokens too."""
+    tokens = []
+    depth = 0
+    openers = []
+    for token in _TOKENS.finditer(segment):
+        if token.lastgroup is not None:
+            raise _Unsure
+        text = token.group()
+        if text in _OPENERS:
+            openers.append((text, token.start()))
+            depth += 1
+            if depth == 1:
+                tokens.append((text, token.start(), None))
+        elif text in _CLOSERS:
+            if not depth or _OPENERS[openers[-1][0]] != text:
+                raise _Unsure
+            opener = openers.pop()[1]
+            depth -= 1
+            if not depth:
+                tokens.append((text, token.start(), opener))
+        elif not depth:
+            tokens.append((text, token.start(), None))
+    if depth:
+        raise _Unsure
+    return tokens
+
+
+def _caret_anchors(segment):
+    """Where the traceback module puts ``^`` in a segment: ``(start, end)``
+    of the operator of a binary operation, or of the brackets of a call or
+    a subscript; None for other expressions. Raises _Unsure when the
+    segment is more than this scanner reads."""
+    if _LEADING_KEYWORD.match(segment) is not None:
+        return None  # a statement (raise, assert...) or a not, lambda, await...
+    tokens = _top_level_tokens(segment)
+    if not tokens:
+        return None
+    for text, _, _ in tokens:
+        if text in _NOT_ANCHORED:
+            return None
+    # Binary operators: a + or - after an operand (not after an operator).
+    root = None
+    operand_before = False
+    for text, start, _ in tokens:
+        precedence = _BINARY_PRECEDENCE.get(text)
+        if precedence is not None and operand_before:
+            if root is None or precedence < root[0] or (precedence == root[0] and text != "**"):
+                root = (precedence, start, text)
+            operand_before = False
+        elif text in ("+", "-", "~"):
+            if operand_before:
+                raise _Unsure
+            operand_before = False
+        elif text in _OPENERS:
+            pass
+        else:
+            operand_before = True
+    first = tokens[0][0]
+    if root is not None:
+        if first in ("+", "-", "~") and root[2] == "**":
+            return None  # -a ** b is the negation of a power
+        return (root[1], root[1] + _len(root[2]))
+    if first in ("+", "-", "~"):
+        return None
+    last, start, opener = tokens[-1]
+    if last in (")", "]") and opener is not None:
+        if opener == tokens[0][1]:
+            raise _Unsure  # a parenthesised expression, a list display
+        return (opener, _len(segment))  # a call or a subscript
+    return None
+
+
+_ASSIGNED_CALL = re.compile(r"(?:(return)[ \t]+|[^\W\d]\w*[ \t]*=(?!=)[ \t]*)")
+_NAME = re.compile(r"[^\W\d]\w*")
+
+
+def _is_name_call(segment, paren):
+    """Whether the call whose arguments open at ``paren`` calls a bare name."""
+    name = _NAME.match(segment)
+    return name is not None and segment[name.end():paren].strip() == ""
+
+
+def _module_anchors(segment):
+    """The traceback module's own anchors for ``segment`` (it parses it)."""
+    try:
+        import traceback
+
+        found = traceback._extract_caret_anchors_from_line_segment(segment)
+    except Exception:
+        return None
+    if found is None:
+        return None
+    if _getattr(found, "left_end_lineno", 0) != 0 or _getattr(found, "right_start_lineno", 0) != 0:
+        raise _Unsure
+    return (found.left_end_offset, found.right_start_offset)
+
+
+def _caret_line(line, start, end):
+    """The caret line under ``line[start:end]`` (a dedented ASCII line), or None."""
+    segment = line[start:end]
+    try:
+        anchors = _caret_anchors(segment)
+    except _Unsure:
+        anchors = _module_anchors(segment)
+    rest = line[end:].strip()
+    lead = _ASSIGNED_CALL.match(line)
+    if (
+        lead is not None
+        and lead.end() == start
+        and (not rest or rest[0] in "#;")
+        and anchors is not None
+        and segment[anchors[0]] == "("
+        and (lead.group(1) is None or _is_name_call(segment, anchors[0]))
+    ):
+        # `return name(...)` and `x = call(...)`: the traceback module
+        # shows no carets under a call that is the whole statement.
+        return None
+    if anchors is None:
+        if not line[:start].strip() and not rest:
+            return None
+        return " " * start + "^" * (end - start)
+    left, right = anchors
+    return " " * start + "~" * left + "^" * (right - left) + "~" * (end - start - right)
+
+
+def _position(tb):
+    """``(lineno, end_lineno, colno, end_colno)`` of the frame's instruction."""
+    if tb.tb_lasti < 0:
+        return (tb.tb_lineno, None, None, None)
+    position = next(_islice(tb.tb_frame.f_code.co_positions(), tb.tb_lasti // 2, None))
+    if position[0] is None:
+        return (tb.tb_lineno,) + position[1:]
+    return position
+
+
+def _frame_text(tb, position):
+    """One frame's lines, as the traceback module writes them."""
+    code = tb.tb_frame.f_code
+    filename = code.co_filename
+    lineno, end_lineno, colno, end_colno = position
+    head = '  File "%s", line %s, in %s\n' % (filename, lineno, code.co_name)
+    if _is_user_file(filename):
+        lines = _linecache[0].cache.get(filename, (0, 0, ()))[2] if _linecache else ()
+        line = lines[lineno - 1] if lineno is not None and 0 < lineno <= _len(lines) else ""
+    else:
+        if not _linecache:
+            raise _Unsure
+        _linecache[0].lazycache(filename, tb.tb_frame.f_globals)
+        line = _linecache[0].getline(filename, lineno)
+        if not line and filename.startswith("<"):
+            raise _Unsure
+    line = line.rstrip()
+    if not line.strip():
+        return head
+    if colno is None or end_colno is None:
+        return head + "    " + line.strip() + "\n"
+    if end_lineno != lineno or not line.isascii():
+        raise _Unsure
+    dedented = line.lstrip(" \t")
+    shift = _len(line) - _len(dedented)
+    carets = _caret_line(dedented, max(0, colno - shift), max(0, end_colno - shift))
+    if carets is None:
+        return head + "    " + dedented + "\n"
+    return head + "    " + dedented + "\n    " + carets + "\n"
+
+
+def _format_common(exc, tb):
+    """The traceback of ``exc`` from ``tb`` on, or None when it is not a
+    common case (see above)."""
+    if (
+        isinstance(exc, _FULL_FORMAT_TYPES)
+        or exc.__cause__ is not None
+        or (exc.__context__ is not None and not exc.__suppress_context__)
+        or _getattr(exc, "__notes__", None) is not None
+        or sys.__dict__.get("tracebacklimit") is not None
+    ):
+        return None
+    kind = _type(exc)
+    name = kind.__qualname__
+    module = kind.__module__
+    if module not in ("__main__", "builtins"):
+        name = (module if isinstance(module, str) else "<unknown>") + "." + name
+    try:
+        message = _str(exc)
+    except BaseException:
+        message = "<exception str() failed>"
+    parts = []
+    if tb is not None:
+        parts.append("Traceback (most recent call last):\n")
+        last = None
+        repeats = 0
+        try:
+            while tb is not None:
+                code = tb.tb_frame.f_code
+                position = _position(tb)
+                key = (code.co_filename, position[0], code.co_name)
+                if key != last:
+                    if repeats > 3:
+                        parts.append(_repeated(repeats - 3))
+                    last, repeats = key, 0
+                repeats += 1
+                if repeats <= 3:
+                    parts.append(_frame_text(tb, position))
+                tb = tb.tb_next
+        except _Unsure:
+            return None
+        if repeats > 3:
+            parts.append(_repeated(repeats - 3))
+    parts.append("%s: %s\n" % (name, message) if message else name + "\n")
+    return "".join(parts)
+
+
+def _repeated(count):
+    return "  [Previous line repeated %d more time%s]\n" % (count, "s" if count > 1 else "")
 
 
 # Compiled at import: in the wasm tier that is before the snapshot, so no

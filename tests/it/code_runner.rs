@@ -125,6 +125,79 @@ fn exceptions_carry_type_message_and_a_traceback_in_user_lines() {
     });
 }
 
+/// Function bodies that fail in the ways tasks commonly do, for the
+/// traceback checks below.
+const FAILING_BODIES: [&str; 22] = [
+    "    return 1 / x",
+    "    d = {}\n    return d['missing']",
+    "    return int('abc')",
+    "    y = int('abc')\n    return y",
+    "    items = [1, 2]\n    value = items[5] + 1",
+    "    return x + 'text'",
+    "    raise ValueError('plain')",
+    "    return helper(x) + 1",
+    "    return [1, 2, 3][1:2][5]",
+    "    return -1 ** 0.5 / x",
+    "    return 'abc'.index('z')",
+    "    assert x == 2, 'nope'",
+    "    q = {'a': 1}\n    return q['a'] + q['b']",
+    "    import json\n    return json.loads('{bad')",
+    "    class Local(Exception):\n        pass\n    raise Local()",
+    "    return r\"a\\\"b\"[9]",
+    "    return (lambda: 1 / x)()",
+    "    return sorted([3, 'a'])",
+    "    return {'k': [1]}['k'][3]",
+    "    try:\n        1 / x\n    except ZeroDivisionError:\n        raise KeyError('during') from None",
+    "    return   abs('x' )  # a comment",
+    "    return divmod(1, x) // helper(x)",
+];
+
+/// `body` as a task: a helper, then `f(x)` with that body.
+fn failing_task(body: &str) -> String {
+    format!("def helper(x):\n    return 1 / x\n\ndef f(x):\n{body}\n")
+}
+
+#[test]
+fn tracebacks_are_what_the_traceback_module_writes() {
+    let _suite = crate::common::suite(module_path!());
+    // The driver formats the common cases itself (the module costs most
+    // of a failing task on RustPython); the text must stay the module's:
+    // compared here with `traceback.format_exception` run in the same
+    // interpreter on the same frames.
+    for level in [SandboxLevel::Wasm, SandboxLevel::None] {
+        for body in FAILING_BODIES {
+            let code = failing_task(body);
+            let TaskError::Failed { traceback, .. } = err(&run_code(level, &code, json!(0))) else {
+                panic!("{level}: {body}: not a task error")
+            };
+            let reference = format!(
+                "{code}\nimport traceback\n\ndef reference(x):\n    try:\n        f(x)\n    except BaseException as e:\n        return ''.join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))\n"
+            );
+            assert_eq!(
+                json!(traceback),
+                ok(&run_code(level, &reference, json!(0))),
+                "{level}: {body}"
+            );
+        }
+    }
+    // One formatter on every tier: where the interpreters' messages agree,
+    // so do the tracebacks, carets included.
+    for body in [FAILING_BODIES[0], FAILING_BODIES[1], FAILING_BODIES[7]] {
+        let code = failing_task(body);
+        let texts: Vec<String> = TIERS
+            .iter()
+            .map(|&level| match err(&run_code(level, &code, json!(0))) {
+                TaskError::Failed { traceback, .. } => traceback,
+                other => panic!("{level}: {other:?}"),
+            })
+            .collect();
+        for (level, text) in TIERS.iter().zip(&texts) {
+            assert_eq!(text, &texts[0], "{level} against wasm: {body}");
+        }
+        assert!(texts[0].contains("^"), "{}", texts[0]);
+    }
+}
+
 #[test]
 fn bad_code_is_an_invalid_task_with_the_line() {
     let _suite = crate::common::suite(module_path!());
