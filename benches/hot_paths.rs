@@ -1,7 +1,8 @@
 //! criterion benches of the hot paths: task JSON decode/encode, and the
-//! executor's submit + get overhead (native closure: no tier cost), and one
-//! trivial Python task through the default tier, and a host-function
-//! call's round trip from code in a wasm session.
+//! executor's submit + get overhead (native closure: no tier cost), one
+//! trivial Python task through the default tier, a failing, a 1 MB and a
+//! computing task on the wasm tier beside the none tier, and a
+//! host-function call's round trip from code in a wasm session.
 
 use std::time::Duration;
 
@@ -66,6 +67,51 @@ fn trivial_python_task(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a task that fails, one that moves ~1 MB of strings, and one that
+/// computes cost on the wasm tier, beside the none tier (the same
+/// RustPython, native): the driver's traceback formatting, the JSON scan
+/// and encode of strings, the interpreter's int fast paths.
+fn wasm_beside_native(c: &mut Criterion) {
+    let row = "abcdefghij".repeat(100);
+    let rows = json!(vec![row; 1000]);
+    let workloads = [
+        (
+            "raises",
+            TaskSubmission::python("def f(x):\n    raise ValueError(f'bad input: {x}')\n")
+                .with_input(json!(1)),
+        ),
+        (
+            "io_1mb",
+            TaskSubmission::python("def f(rows):\n    return [row[::-1] for row in rows]\n")
+                .with_input(rows),
+        ),
+        (
+            "fib_20",
+            TaskSubmission::python(
+                "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\ndef f(n):\n    return fib(n)\n",
+            )
+            .with_input(json!(20)),
+        ),
+    ];
+    for (name, task) in workloads {
+        let mut group = c.benchmark_group(name);
+        group.sample_size(20);
+        for level in [SandboxLevel::Wasm, SandboxLevel::None] {
+            let sandbox = SandboxExecutor::new(SandboxConfig {
+                tier: level,
+                ..SandboxConfig::default()
+            });
+            // Warm, and checked: the bench measures the task it means to.
+            let outcome = sandbox.run(&task, &CancelToken::new());
+            assert_eq!(outcome.is_ok(), name != "raises", "{name} on {level}");
+            group.bench_function(level.as_str(), |b| {
+                b.iter(|| sandbox.run(&task, &CancelToken::new()))
+            });
+        }
+        group.finish();
+    }
+}
+
 /// One `ping()` host call from code in a session, round trip (the Python
 /// loop around it included), on the wasm tier and, for scale, the none
 /// and subprocess tiers.
@@ -110,6 +156,7 @@ criterion_group!(
     task_json,
     executor_overhead,
     trivial_python_task,
+    wasm_beside_native,
     host_call_round_trip
 );
 criterion_main!(benches);
