@@ -54,11 +54,11 @@ import gc as _gc
 _gc.collect()
 "#;
 
-/// Tasks run through the driver once, before any real one: the code they
-/// go through (the driver's, the traceback formatter's, the regex compiler's,
-/// common stdlib paths) is then already specialised and its caches filled
-/// in the wasm tier's snapshot, instead of being so anew by every task on a
-/// fresh copy of it. They use nothing a task could see afterwards; what they
+/// Tasks run through the driver once before the wasm guest's snapshot
+/// ([`Guest::warm_up`]): the code they go through (the driver's, the
+/// traceback formatter's, the regex compiler's, common stdlib paths) is then
+/// already specialised and its caches filled in the snapshot, instead of
+/// being so anew by every task on a fresh copy of it. They use nothing a task could see afterwards; what they
 /// leave is cleared by [`WARM_UP_CLEANUP_SRC`].
 const WARM_UP_REQUESTS: [&str; 6] = [
     r#"{"code":"def f(x):\n    return x + 1\n","input":1}"#,
@@ -118,11 +118,6 @@ pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest
             .del_item("lattice_driver", vm)?;
         let scope = vm.new_scope_with_builtins();
         vm.run_string(scope, PRELOAD_SRC, "<lattice_preload>")?;
-        for request in WARM_UP_REQUESTS {
-            run_request.call((vm.ctx.new_str(request),), vm)?;
-        }
-        let scope = vm.new_scope_with_builtins();
-        vm.run_string(scope, WARM_UP_CLEANUP_SRC, "<lattice_warm_up>")?;
         Ok(run_request)
     });
     match run_request {
@@ -138,6 +133,20 @@ pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest
 }
 
 impl Guest {
+    /// Runs [`WARM_UP_REQUESTS`] and clears what they left. For the wasm
+    /// guest's snapshot only: the none tier's interpreter lives across its
+    /// tasks and warms up with them, and its first task would wait for this.
+    pub fn warm_up(&self) -> PyResult<()> {
+        self.interp.enter(|vm| {
+            for request in WARM_UP_REQUESTS {
+                self.run_request.call((vm.ctx.new_str(request),), vm)?;
+            }
+            let scope = vm.new_scope_with_builtins();
+            vm.run_string(scope, WARM_UP_CLEANUP_SRC, "<lattice_warm_up>")?;
+            Ok(())
+        })
+    }
+
     /// Runs one request through the driver: the envelope text, or the
     /// driver's own failure (printed to the task's stderr).
     pub fn run(&self, vm: &VirtualMachine, request: String) -> Option<String> {

@@ -159,6 +159,14 @@ pub extern "C" fn interrupt_target() -> *const u32 {
 #[unsafe(export_name = "wizer.initialize")]
 pub extern "C" fn wizer_initialize() {
     ensure_init();
+    GUEST.with(|guest| {
+        let guest = guest.get().expect("initialised above");
+        if let Err(exc) = guest.warm_up() {
+            // The host reports the failed snapshot; the traceback says why.
+            guest.interp.enter(|vm| vm.print_exception(&exc));
+            std::process::abort();
+        }
+    });
 }
 
 #[cfg(target_family = "wasm")]
