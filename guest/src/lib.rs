@@ -58,8 +58,9 @@ _gc.collect()
 /// ([`Guest::warm_up`]): the code they go through (the driver's, the
 /// traceback formatter's, the regex compiler's, common stdlib paths) is then
 /// already specialised and its caches filled in the snapshot, instead of
-/// being so anew by every task on a fresh copy of it. They use nothing a task could see afterwards; what they
-/// leave is cleared by [`WARM_UP_CLEANUP_SRC`].
+/// being so anew by every task on a fresh copy of it. They use nothing a
+/// task could see afterwards; what they leave is cleared by
+/// [`WARM_UP_CLEANUP_SRC`].
 const WARM_UP_REQUESTS: [&str; 6] = [
     r#"{"code":"def f(x):\n    return x + 1\n","input":1}"#,
     r#"{"code":"def f(x):\n    return {'a': [x, 1.5, 'b', None, True], 'n': len(x)}\n","input":{"k":[1,"s",2.5,null,false]}}"#,

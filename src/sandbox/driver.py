@@ -147,12 +147,11 @@ _BINARY_PRECEDENCE = {
     "*": 6, "/": 6, "//": 6, "%": 6, "@": 6, "**": 8,
 }
 # At the top level of a segment, these make it something without anchors
-# (a comparison, a boolean or conditional expression, a tuple, a statement...).
+# (a comparison, a boolean or conditional expression, a tuple, an
+# assignment...); a statement keyword can only lead, see _LEADING_KEYWORD.
 _NOT_ANCHORED = frozenset(
     ("if", "else", "and", "or", "not", "in", "is", "lambda", "await", "yield", "for", "async",
-     "<", ">", "<=", ">=", "==", "!=", ",", ":", ":=", "=", ";", "->",
-     "raise", "assert", "del", "return", "import", "from", "pass", "global", "nonlocal",
-     "break", "continue", "with", "while", "def", "class", "try", "except", "finally", "elif")
+     "<", ">", "<=", ">=", "==", "!=", ",", ":", ":=", "=", ";", "->")
 )
 _LEADING_KEYWORD = re.compile(
     r"(?:raise|assert|del|return|import|from|pass|global|nonlocal|break|continue|with|while|for|if"
@@ -171,27 +170,24 @@ def _top_level_tokens(segment):
     (``opener``: where a closing bracket's opener is); openers at the top
     level are tokens too."""
     tokens = []
-    depth = 0
-    openers = []
+    openers = []  # the open brackets, innermost last, as (text, start)
     for token in _TOKENS.finditer(segment):
         if token.lastgroup is not None:
             raise _Unsure
         text = token.group()
         if text in _OPENERS:
-            openers.append((text, token.start()))
-            depth += 1
-            if depth == 1:
+            if not openers:
                 tokens.append((text, token.start(), None))
+            openers.append((text, token.start()))
         elif text in _CLOSERS:
-            if not depth or _OPENERS[openers[-1][0]] != text:
+            if not openers or _OPENERS[openers[-1][0]] != text:
                 raise _Unsure
             opener = openers.pop()[1]
-            depth -= 1
-            if not depth:
+            if not openers:
                 tokens.append((text, token.start(), opener))
-        elif not depth:
+        elif not openers:
             tokens.append((text, token.start(), None))
-    if depth:
+    if openers:
         raise _Unsure
     return tokens
 

@@ -24,7 +24,8 @@ pub fn encode_string(value: &Wtf8, ascii_only: bool) -> Wtf8Buf {
     while start < bytes.len() {
         let run = bytes[start..].iter().position(|&b| !plain(b)).unwrap_or(bytes.len() - start);
         if run > 0 {
-            // A run ends at an ASCII byte or at the end, so it is whole code points.
+            // A run stops before an ASCII byte, before a lead byte (with
+            // ascii_only, whose runs are ASCII), or at the end: whole code points.
             out.push_wtf8(&value[start..start + run]);
             start += run;
             continue;
