@@ -9,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::BoxFuture;
+use crate::sandbox::REPLY_SPIN;
 use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome};
 
 /// What an executor keeps per task; it has the task's completion.
@@ -285,15 +286,11 @@ impl Completion {
         lock(&self.state).outcome.is_some()
     }
 
-    /// Blocks until the outcome is set.
+    /// Blocks until the outcome is set (short tasks end while it still looks).
     pub(super) fn wait(&self) -> TaskOutcome {
-        let mut state = lock(&self.state);
-        loop {
-            if let Some(outcome) = &state.outcome {
-                return outcome.clone();
-            }
-            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
+        crate::sandbox::wait_soon(&self.state, &self.done, REPLY_SPIN, |state| {
+            state.outcome.clone()
+        })
     }
 
     /// A future of the outcome.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::completion::{Completion, HandleTable, TaskSlot};
 use super::{BoxFuture, ClusterResources, ExecutorBackend, NodeResources};
 use crate::sandbox::{
-    get_sandbox_config, meminfo, CancelToken, SandboxConfig, SandboxExecutor, SandboxLevel,
+    get_sandbox_config, meminfo, wait_soon, CancelToken, SandboxConfig, SandboxExecutor,
+    SandboxLevel, NEXT_JOB_SPIN,
 };
 use crate::task::{ExecutorType, Payload, TaskError, TaskHandle, TaskOutcome, TaskSubmission};
 
@@ -195,21 +196,16 @@ impl Shared {
     /// A worker: runs queued tasks until shutdown.
     fn work(&self) {
         loop {
-            let slot = {
-                let mut state = self.lock();
-                loop {
-                    if state.shut_down {
-                        return;
-                    }
-                    if let Some(slot) = state.queue.pop_front() {
-                        state.running += 1;
-                        break slot;
-                    }
-                    state = self
-                        .work_ready
-                        .wait(state)
-                        .unwrap_or_else(|e| e.into_inner());
+            let next = wait_soon(&self.state, &self.work_ready, NEXT_JOB_SPIN, |state| {
+                if state.shut_down {
+                    return Some(None);
                 }
+                let slot = state.queue.pop_front()?;
+                state.running += 1;
+                Some(Some(slot))
+            });
+            let Some(slot) = next else {
+                return;
             };
             let task = slot.task.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(task) = task {
