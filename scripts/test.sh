@@ -46,12 +46,13 @@ stage fmt
 cargo fmt --all -- --check
 
 # The venvs the later stages use (the Ray cluster's, the MCP and
-# SandboxFusion clients', the Python package's) are made while the crate
-# builds: they wait on the network, the build on the CPU. (In a session
-# of their own, so that an early exit stops them; waited for before use.)
+# SandboxFusion clients', the Python package's, the bench's references) are
+# made while the crate builds: they wait on the network, the build on the
+# CPU. (In a session of their own, so that an early exit stops them; waited
+# for before use.)
 stage venvs: made in the background
 mkdir -p target
-setsid --wait bash -c './scripts/ray-cluster.sh venv && ./scripts/mcp-venv.sh >/dev/null && ./scripts/python-package.sh venv >/dev/null' \
+setsid --wait bash -c './scripts/ray-cluster.sh venv && ./scripts/mcp-venv.sh >/dev/null && ./scripts/python-package.sh venv >/dev/null && ./scripts/reference-pythons.sh >/dev/null' \
   >target/venvs.log 2>&1 &
 venvs=$!
 background=("$venvs")
@@ -113,6 +114,10 @@ wait "$venvs" || { cat target/venvs.log >&2; echo "test.sh: making the venvs fai
 # target/mcp-venv.
 LATTICE_MCP_PYTHON=$(./scripts/mcp-venv.sh)
 export LATTICE_MCP_PYTHON
+# The bench's package references, pydantic-monty and eryx (eryx needs a
+# Python >= 3.12: Debian 13's, unpacked under target/references).
+{ read -r LATTICE_MONTY_PYTHON; read -r LATTICE_ERYX_PYTHON; } < <(./scripts/reference-pythons.sh)
+export LATTICE_MONTY_PYTHON LATTICE_ERYX_PYTHON
 stage ray cluster
 ./scripts/ray-cluster.sh start
 trap 'stop_background; ./scripts/ray-cluster.sh stop' EXIT
