@@ -346,6 +346,10 @@ pub struct MemoryImageSlot {
     /// `mmap` resets the affected pages back to the default key 0 which is
     /// accessible from every stripe.
     pkey: Option<ProtectionKey>,
+
+    /// lattice-wasm patch: resets since this slot was last emptied; see
+    /// `shrink_resident`.
+    resets_kept: u32,
 }
 
 impl fmt::Debug for MemoryImageSlot {
@@ -381,6 +385,7 @@ impl MemoryImageSlot {
             image: None,
             dirty: false,
             pkey,
+            resets_kept: 0,
         }
     }
 
@@ -508,6 +513,7 @@ impl MemoryImageSlot {
                 }
             }
             self.image = maybe_image.cloned();
+            self.resets_kept = 0;
         }
 
         // Flag ourselves as `dirty` which means that the next operation on this
@@ -526,6 +532,7 @@ impl MemoryImageSlot {
             // protection key over the image's range, so restore it.
             self.reapply_pkey(image.linear_memory_offset, image.len, true)?;
             self.image = None;
+            self.resets_kept = 0;
         }
         Ok(())
     }
@@ -587,13 +594,55 @@ impl MemoryImageSlot {
         &mut self,
         pagemap: Option<&PageMap>,
         keep_resident: HostAlignedByteCount,
-        decommit: impl FnMut(*mut u8, usize),
+        mut decommit: impl FnMut(*mut u8, usize),
     ) -> usize {
         assert_eq!(
             vm::decommit_behavior(),
             DecommitBehavior::RestoreOriginalMapping
         );
 
+        // SAFETY: this function's own requirements are those of
+        // `reset_keeping_resident`.
+        let resident =
+            unsafe { self.reset_keeping_resident(pagemap, keep_resident, &mut decommit) };
+        if self.shrink_resident(resident) {
+            decommit(self.base.as_mut_ptr(), self.accessible.byte_count());
+            return 0;
+        }
+        resident
+    }
+
+    /// lattice-wasm patch: whether to give back every page this slot keeps
+    /// resident, having just reset `resident` bytes of them.
+    ///
+    /// `PAGEMAP_SCAN` without userfaultfd write-protection reports every
+    /// private page of the slot, not only those the last instance wrote: a
+    /// page once written stays resident and is copied back from the image by
+    /// every later reset. So one large task (a megabyte of JSON in and out)
+    /// made every later small task in its slot copy its pages too (~2 MB,
+    /// 0.27 -> 0.46 ms per trivial Python task). A slot that keeps more than
+    /// `FLOOR` is therefore emptied every `PERIOD` resets: the next instance
+    /// faults in only what it touches. A steady workload that needs more
+    /// pays for those faults once every `PERIOD` instances.
+    fn shrink_resident(&mut self, resident: usize) -> bool {
+        const FLOOR: usize = 1 << 20;
+        const PERIOD: u32 = 32;
+        self.resets_kept += 1;
+        if resident > FLOOR && self.resets_kept >= PERIOD {
+            self.resets_kept = 0;
+            return true;
+        }
+        false
+    }
+
+    /// `reset_with_original_mapping` through `PAGEMAP_SCAN` (where there is
+    /// one): returns the bytes kept resident.
+    unsafe fn reset_keeping_resident(
+        &mut self,
+        pagemap: Option<&PageMap>,
+        keep_resident: HostAlignedByteCount,
+        decommit: impl FnMut(*mut u8, usize),
+    ) -> usize {
         unsafe {
             return match &self.image {
                 // If there's a backing image then manually resetting a region
@@ -766,6 +815,7 @@ impl MemoryImageSlot {
         self.reapply_pkey(HostAlignedByteCount::ZERO, static_size, false)?;
 
         self.image = None;
+        self.resets_kept = 0;
         self.accessible = HostAlignedByteCount::ZERO;
 
         Ok(())
