@@ -115,6 +115,31 @@ fn wasm_beside_native(c: &mut Criterion) {
     }
 }
 
+/// A trivial task on the wasm tier after tasks that moved ~1 MB through the
+/// same pooled slots, beside one after trivial tasks only: a slot keeps
+/// the pages its tasks wrote resident and copies them back at every reset,
+/// until it is emptied (vendor/README.md, the second wasmtime patch).
+fn trivial_after_large(c: &mut Criterion) {
+    let trivial = TaskSubmission::python("def f(x):\n    return x + 1\n").with_input(json!(1));
+    let large = TaskSubmission::python("def f(rows):\n    return [row[::-1] for row in rows]\n")
+        .with_input(json!(vec!["abcdefghij".repeat(100); 1000]));
+    let sandbox = SandboxExecutor::new(SandboxConfig {
+        tier: SandboxLevel::Wasm,
+        ..SandboxConfig::default()
+    });
+    let mut group = c.benchmark_group("trivial_after");
+    group.sample_size(20);
+    for (name, before) in [("trivial", &trivial), ("io_1mb", &large)] {
+        group.bench_function(name, |b| {
+            for _ in 0..20 {
+                assert!(sandbox.run(before, &CancelToken::new()).is_ok());
+            }
+            b.iter(|| sandbox.run(&trivial, &CancelToken::new()))
+        });
+    }
+    group.finish();
+}
+
 /// One `ping()` host call from code in a session, round trip (the Python
 /// loop around it included), on the wasm tier and, for scale, the none
 /// and subprocess tiers.
@@ -160,6 +185,7 @@ criterion_group!(
     executor_overhead,
     trivial_python_task,
     wasm_beside_native,
+    trivial_after_large,
     host_call_round_trip
 );
 criterion_main!(benches);
