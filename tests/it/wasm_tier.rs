@@ -346,6 +346,28 @@ fn tasks_never_share_random_streams_or_state() {
     );
 }
 
+/// A pooled slot is reset by copying back the pages it keeps, and one that
+/// keeps more than 1 MiB is emptied every 32nd reset (vendor/README.md):
+/// through both, every task starts from the clean snapshot, whatever the
+/// task before it wrote.
+#[test]
+fn every_task_starts_clean_after_large_tasks_fill_its_slot() {
+    let _suite = crate::common::suite(module_path!());
+    let executor = wasm(SandboxConfig::default());
+    let large = "import json, sys\ndef f(x):\n    json.dumps = None\n    sys.modules['lattice_marker'] = x\n    kept = [str(i) * 8 for i in range(50_000)]\n    return len(kept) + len('y' * (3 << 20))\n";
+    let check = "import json, sys\ndef f(x):\n    return [json.dumps(x), 'lattice_marker' in sys.modules]\n";
+    for round in 0..40 {
+        let filled = run_with(&executor, large, json!(round));
+        assert_eq!(ok(&filled), json!(50_000 + (3 << 20)), "round {round}");
+        let seen = run_with(&executor, check, json!([round]));
+        assert_eq!(
+            ok(&seen),
+            json!([format!("[{round}]"), false]),
+            "round {round}: the task before leaked into this one"
+        );
+    }
+}
+
 #[test]
 fn settings_the_tier_cannot_honour_are_errors() {
     let _suite = crate::common::suite(module_path!());
