@@ -279,10 +279,11 @@ pub unsafe fn reset_with_pagemap(
     // For now use a fixed set of regions on the stack, but in the future this
     // may want to use a dynamically allocated vector for more regions for
     // example.
-    // lattice-wasm patch: upstream keeps 32 regions. A pre-initialised Python
-    // heap dirties pages scattered across the whole image (refcounts), so
-    // with 32 the scan stopped early and everything after it was decommitted
-    // and faulted in again by the next task (~170 faults per task).
+    // lattice-wasm patch: upstream keeps 32 regions. Tasks write pages all
+    // across a pre-initialised Python heap (and this scan reports every page
+    // once written, see cow.rs `shrink_resident`), so with 32 the scan
+    // stopped early and everything after it was decommitted and faulted in
+    // again by the next task (~170 faults per task).
     const MAX_REGIONS: usize = 4096;
     let mut storage = vec![MaybeUninit::uninit(); MAX_REGIONS];
 
