@@ -1061,9 +1061,12 @@ fn shutdown_cancels_what_runs_and_leaves_nothing_running() {
             }))
             .unwrap(),
     );
-    // Let them start.
+    // Let them start: the three sleepers and the per-task worker.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while task_children(&cluster).len() < 3 && Instant::now() < deadline {
+    while (task_children(&cluster).len() < 3
+        || lattice_processes_running(&cluster, &["exec"]).is_empty())
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(200));
     }
     let children = task_children(&cluster);
