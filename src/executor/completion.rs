@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::BoxFuture;
-use crate::sandbox::REPLY_SPIN;
+use crate::sandbox::{wait_soon, REPLY_SPIN};
 use crate::task::{ExecutorType, TaskError, TaskHandle, TaskOutcome};
 
 /// What an executor keeps per task; it has the task's completion.
@@ -288,7 +288,7 @@ impl Completion {
 
     /// Blocks until the outcome is set (short tasks end while it still looks).
     pub(super) fn wait(&self) -> TaskOutcome {
-        crate::sandbox::wait_soon(&self.state, &self.done, REPLY_SPIN, |state| {
+        wait_soon(&self.state, &self.done, REPLY_SPIN, |state| {
             state.outcome.clone()
         })
     }

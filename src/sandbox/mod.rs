@@ -263,21 +263,32 @@ pub(crate) const REPLY_SPIN: std::time::Duration = std::time::Duration::from_mic
 /// See [`REPLY_SPIN`].
 pub(crate) const NEXT_JOB_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// What `look` finds within `spin`: it looks again, yielding the core
+/// between looks, until it finds something or the time is up.
+fn look_briefly<R>(spin: std::time::Duration, mut look: impl FnMut() -> Option<R>) -> Option<R> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        if started.elapsed() >= spin {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// The next message of `from` if it comes within `spin`; `Empty` if it did
 /// not, `Disconnected` once every sender is gone.
 pub(crate) fn receive_briefly<T>(
     from: &std::sync::mpsc::Receiver<T>,
     spin: std::time::Duration,
 ) -> Result<T, std::sync::mpsc::TryRecvError> {
-    let started = std::time::Instant::now();
-    loop {
-        match from.try_recv() {
-            Err(std::sync::mpsc::TryRecvError::Empty) if started.elapsed() < spin => {
-                std::thread::yield_now()
-            }
-            received => return received,
-        }
-    }
+    look_briefly(spin, || match from.try_recv() {
+        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+        received => Some(received),
+    })
+    .unwrap_or(Err(std::sync::mpsc::TryRecvError::Empty))
 }
 
 /// The next message of `from`, looking for it for `spin`
@@ -295,27 +306,24 @@ pub(crate) fn receive_soon<T>(
 }
 
 /// Waits on `condvar` until `ready` finds what it looks for in `mutex`'s
-/// value, looking for it for `spin` first ([`REPLY_SPIN`]: yielding the core
-/// between looks) before sleeping.
+/// value, looking for it for `spin` first ([`look_briefly`]) before
+/// sleeping.
 pub(crate) fn wait_soon<T, R>(
     mutex: &std::sync::Mutex<T>,
     condvar: &std::sync::Condvar,
     spin: std::time::Duration,
     mut ready: impl FnMut(&mut T) -> Option<R>,
 ) -> R {
-    let started = std::time::Instant::now();
-    let mut guard = mutex.lock().unwrap_or_else(|e| e.into_inner());
+    let lock = || mutex.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = look_briefly(spin, || ready(&mut lock())) {
+        return found;
+    }
+    let mut guard = lock();
     loop {
         if let Some(found) = ready(&mut guard) {
             return found;
         }
-        if started.elapsed() < spin {
-            drop(guard);
-            std::thread::yield_now();
-            guard = mutex.lock().unwrap_or_else(|e| e.into_inner());
-        } else {
-            guard = condvar.wait(guard).unwrap_or_else(|e| e.into_inner());
-        }
+        guard = condvar.wait(guard).unwrap_or_else(|e| e.into_inner());
     }
 }
 
