@@ -7,6 +7,7 @@ use crate::code::EngineCode;
 use crate::prelude::*;
 use crate::profiling_agent::ProfilingAgent;
 use crate::runtime::vm::CompiledModuleId;
+use crate::sync::OnceLock;
 use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
@@ -25,6 +26,10 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// lattice-wasm patch: the text range of each defined function's
+    /// array-to-Wasm trampoline, by `DefinedFuncIndex` (length 0: none),
+    /// made on first use. See `function_range`.
+    array_to_wasm_ranges: OnceLock<Box<[(u32, u32)]>>,
 }
 
 impl CompiledModule {
@@ -58,6 +63,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            array_to_wasm_ranges: OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -125,6 +131,29 @@ impl CompiledModule {
     /// points to.
     #[inline]
     pub fn function_range(&self, key: FuncKey) -> Range<usize> {
+        // lattice-wasm patch: an array-to-Wasm trampoline is looked up for
+        // every funcref an instance fills in lazily (each `call_indirect`
+        // target's first call in each instance), and its key is sparse: a
+        // binary search over every trampoline of the module, a few percent
+        // of a short task's time. Looked up once per module here instead.
+        if let FuncKey::ArrayToWasmTrampoline(module, def) = key
+            && module == self.module_index()
+        {
+            let ranges = self.array_to_wasm_ranges.get_or_init(|| {
+                self.module
+                    .defined_func_indices()
+                    .map(|i| {
+                        let key = FuncKey::ArrayToWasmTrampoline(module, i);
+                        self.index
+                            .func_loc(key)
+                            .map_or((0, 0), |loc| (loc.start, loc.length))
+                    })
+                    .collect()
+            });
+            let (start, length) = ranges[def.as_u32() as usize];
+            assert!(length != 0, "defined function should be present");
+            return usize::try_from(start).unwrap()..usize::try_from(start + length).unwrap();
+        }
         let loc = self.func_loc(key);
         let start = usize::try_from(loc.start).unwrap();
         let end = usize::try_from(loc.start + loc.length).unwrap();
