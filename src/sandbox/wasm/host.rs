@@ -727,7 +727,7 @@ pub(super) fn run(
     let mut store = guarded_store(pre.module().engine(), state?, config, cancel);
     let instance = pre
         .instantiate(&mut store)
-        .map_err(|e| TaskError::unavailable(format!("can't instantiate the Wasm module: {e:#}")))?;
+        .map_err(|e| instantiation_error(&store, config, "module", &e))?;
     let call = {
         let _as_task = (!config.mounts.is_empty()).then(AsNobody::enter);
         // Epochs stop Wasm code; the watchdog wakes a host call that blocks.
@@ -740,6 +740,24 @@ pub(super) fn run(
     let mut report = RunReport::new(call, &state.guard, state.result.take(), &stdout, &stderr);
     report.result_too_big = state.result_too_big;
     Ok(report)
+}
+
+/// Why an instance of the Wasm `what` could not be made: a memory limit
+/// below the memory it starts with (the Python guest's snapshot: ~30 MiB)
+/// is that limit, reported as such; anything else leaves the tier unavailable.
+pub(super) fn instantiation_error(
+    store: &Store<TaskState>,
+    config: &SandboxConfig,
+    what: &str,
+    error: &wasmtime::Error,
+) -> TaskError {
+    if store.data().guard.limiter.memory_hit {
+        return TaskError::memory_limit(
+            memory_limit_mb(config),
+            &format!("the Wasm {what} needs more memory than that to start: {error:#}"),
+        );
+    }
+    TaskError::unavailable(format!("can't instantiate the Wasm {what}: {error:#}"))
 }
 
 /// Instances that may live at once: the pooling allocator's slots. A task
