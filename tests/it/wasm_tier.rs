@@ -368,6 +368,109 @@ fn every_task_starts_clean_after_large_tasks_fill_its_slot() {
     }
 }
 
+/// What the snapshot made, a task may free, grow and replace, and the next
+/// task still starts from the snapshot; memory freed in a task is used
+/// again; and a task that needs more memory than the snapshot has grows it,
+/// up to its limit.
+#[test]
+fn tasks_free_grow_and_replace_what_the_snapshot_made() {
+    let _suite = crate::common::suite(module_path!());
+    let executor = wasm(SandboxConfig {
+        max_memory_mb: 64,
+        ..SandboxConfig::default()
+    });
+    let churn = "import collections, json, re, sys
+def f(x):
+    # Grown: containers the snapshot made.
+    sys.path.extend(str(i) for i in range(20_000))
+    for i in range(5_000):
+        sys.modules['lattice_m%d' % i] = i
+    # Freed and replaced: objects the snapshot made.
+    re.purge()
+    json.decoder.__dict__.pop('scanstring', None)
+    collections.OrderedDict = dict
+    # Freed in a loop: ~2 MB a round, 40 rounds, under a 64 MiB limit.
+    total = 0
+    for round in range(40):
+        block = [bytes(1000) for _ in range(2_000)]
+        total += len(block)
+        del block
+    big = 'z' * (24 << 20)
+    return [len(sys.path) > 20_000, total, len(big), json.loads(json.dumps(x))]\n";
+    let check = "import collections, json, re, sys
+def f(x):
+    return [
+        any(p.isdigit() for p in sys.path),
+        sum(name.startswith('lattice_m') for name in sys.modules),
+        collections.OrderedDict is dict,
+        'scanstring' in json.decoder.__dict__,
+        re.findall(r'[a-z]+', 'ab 12 cd'),
+    ]\n";
+    for round in 0..5 {
+        let churned = run_with(&executor, churn, json!({ "round": round }));
+        assert_eq!(
+            ok(&churned),
+            json!([true, 80_000, 24 << 20, { "round": round }]),
+            "round {round}"
+        );
+        let seen = run_with(&executor, check, json!(null));
+        assert_eq!(
+            ok(&seen),
+            json!([false, 0, false, true, ["ab", "cd"]]),
+            "round {round}: the task before leaked into this one"
+        );
+    }
+    // Past the limit, from the task's heap too: a memory limit, not a crash.
+    let outcome = run_with(
+        &executor,
+        "def f(x):\n    kept = []\n    while True:\n        kept.append(bytes(1 << 20))\n",
+        json!(null),
+    );
+    assert!(
+        matches!(err(&outcome), TaskError::MemoryLimit { .. }),
+        "{:?}",
+        outcome.result
+    );
+}
+
+/// The Python guest starts with its snapshot's memory (~30 MiB): a limit
+/// below it is a memory limit, reported as one, for a task and a session.
+#[test]
+fn a_limit_below_what_the_guest_starts_with_is_a_memory_limit() {
+    let _suite = crate::common::suite(module_path!());
+    let small = SandboxConfig {
+        max_memory_mb: 16,
+        ..SandboxConfig::default()
+    };
+    let outcome = run_with(&wasm(small.clone()), "def f(x):\n    return x\n", json!(1));
+    match err(&outcome) {
+        TaskError::MemoryLimit { message } => {
+            assert!(
+                message.contains("16 MiB") && message.contains("to start"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let error = lattice::session::Session::open(SandboxConfig {
+        tier: TIER,
+        ..small
+    })
+    .unwrap_err();
+    assert!(matches!(error, TaskError::MemoryLimit { .. }), "{error:?}");
+    // At 40 MiB it starts, and what is above the snapshot is the task's.
+    let roomy = wasm(SandboxConfig {
+        max_memory_mb: 40,
+        ..SandboxConfig::default()
+    });
+    let outcome = run_with(
+        &roomy,
+        "def f(x):\n    return len(bytes(x))\n",
+        json!(2 << 20),
+    );
+    assert_eq!(ok(&outcome), json!(2 << 20));
+}
+
 #[test]
 fn settings_the_tier_cannot_honour_are_errors() {
     let _suite = crate::common::suite(module_path!());
