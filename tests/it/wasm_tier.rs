@@ -420,7 +420,7 @@ def f(x):
             "round {round}: the task before leaked into this one"
         );
     }
-    // Past the limit, from the task's heap too: a memory limit, not a crash.
+    // Past the limit: a memory limit, not a crash.
     let outcome = run_with(
         &executor,
         "def f(x):\n    kept = []\n    while True:\n        kept.append(bytes(1 << 20))\n",
