@@ -727,7 +727,7 @@ pub(super) fn run(
     let mut store = guarded_store(pre.module().engine(), state?, config, cancel);
     let instance = pre
         .instantiate(&mut store)
-        .map_err(|e| instantiation_error(&store, config, "module", &e))?;
+        .map_err(|e| instantiation_error(&store, pre.module(), config, "module", &e))?;
     let call = {
         let _as_task = (!config.mounts.is_empty()).then(AsNobody::enter);
         // Epochs stop Wasm code; the watchdog wakes a host call that blocks.
@@ -744,20 +744,35 @@ pub(super) fn run(
 
 /// Why an instance of the Wasm `what` could not be made: a memory limit
 /// below the memory it starts with (the Python guest's snapshot: ~30 MiB)
-/// is that limit, reported as such; anything else leaves the tier unavailable.
+/// is that limit, reported as such, with the memory it needs; anything else
+/// leaves the tier unavailable.
 pub(super) fn instantiation_error(
     store: &Store<TaskState>,
+    module: &wasmtime::Module,
     config: &SandboxConfig,
     what: &str,
     error: &wasmtime::Error,
 ) -> TaskError {
-    if store.data().guard.limiter.memory_hit {
-        return TaskError::memory_limit(
-            memory_limit_mb(config),
-            &format!("the Wasm {what} needs more memory than that to start: {error:#}"),
-        );
+    if !store.data().guard.limiter.memory_hit {
+        return TaskError::unavailable(format!("can't instantiate the Wasm {what}: {error:#}"));
     }
-    TaskError::unavailable(format!("can't instantiate the Wasm {what}: {error:#}"))
+    let starts_with = module
+        .exports()
+        .map(|export| export.ty())
+        .chain(module.imports().map(|import| import.ty()))
+        .find_map(|ty| {
+            ty.memory()
+                .map(|memory| memory.minimum() * memory.page_size())
+        });
+    let detail = match starts_with {
+        Some(bytes) => format!(
+            "the Wasm {what} needs {:.1} MiB of memory to start: give it at least {} MiB",
+            bytes as f64 / f64::from(1 << 20),
+            bytes.div_ceil(1 << 20)
+        ),
+        None => format!("the Wasm {what} needs more memory than that to start: {error:#}"),
+    };
+    TaskError::memory_limit(memory_limit_mb(config), &detail)
 }
 
 /// Instances that may live at once: the pooling allocator's slots. A task

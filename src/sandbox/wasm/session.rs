@@ -144,7 +144,7 @@ fn instance(config: &SandboxConfig) -> Result<WasmSession, TaskError> {
     let instance: Instance = guest
         .pre
         .instantiate(&mut store)
-        .map_err(|e| host::instantiation_error(&store, config, "guest", &e))?;
+        .map_err(|e| host::instantiation_error(&store, guest.pre.module(), config, "guest", &e))?;
     let session = instance
         .get_typed_func::<(), ()>(&mut store, "session")
         .map_err(|e| TaskError::internal(format!("the Wasm guest has no session export: {e:#}")))?;
