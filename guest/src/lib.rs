@@ -12,6 +12,7 @@ use rustpython_vm::{Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine
 
 #[cfg(not(target_family = "wasm"))]
 pub mod native;
+mod traceback;
 
 /// The CodeRunner driver shared with the CPython tiers.
 const DRIVER_SRC: &str = include_str!("../../src/sandbox/driver.py");
@@ -111,6 +112,11 @@ pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest
         module.set_attr(
             "_host_transport",
             vm.new_function("_host_transport", host_transport),
+            vm,
+        )?;
+        module.set_attr(
+            "_native_format_common",
+            vm.new_function("_native_format_common", traceback::format_common),
             vm,
         )?;
         // Not importable by the task: only this reference reaches it.

@@ -104,7 +104,11 @@ mod interrupt {
     pub fn prepare(guest: &Guest, sender: UserSignalSender) {
         guest.interp.enter(|vm| {
             let scope = vm.new_scope_with_builtins();
-            let _ = vm.run_string(scope, "import _signal\n_signal.getsignal(2)\n", "<lattice_signal>");
+            let _ = vm.run_string(
+                scope,
+                "import _signal\n_signal.getsignal(2)\n",
+                "<lattice_signal>",
+            );
         });
         unsafe {
             TARGET = [

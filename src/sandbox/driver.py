@@ -95,7 +95,10 @@ def _format_exception(exc):
     while tb is not None and not _is_user_file(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     try:
-        text = _format_common(exc, tb)
+        if _native_format_common is not None:
+            text = _native_format_common(exc, tb, _linecache[0] if _linecache else None)
+        else:
+            text = _format_common(exc, tb)
     except Exception:
         text = None
     if text is not None:
@@ -125,7 +128,11 @@ def _task_failure(exc):
 # case (chained exceptions, notes, groups, syntax errors, the messages the
 # module adds suggestions to, multi-line or non-ASCII positions) goes to the
 # module itself, and so does any caret segment the scanner below is not
-# sure of.
+# sure of. RustPython's guest replaces `_format_common` with its port in
+# Rust (guest/src/traceback.rs: interpreted, this was most of what a raise
+# cost over a return); the CPython tiers run it as written here.
+
+_native_format_common = None
 
 _FULL_FORMAT_TYPES = (SyntaxError, ImportError, NameError, AttributeError)
 try:

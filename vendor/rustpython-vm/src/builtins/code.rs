@@ -470,6 +470,10 @@ pub struct CoMonitoringData {
     pub per_instruction_opcodes: Vec<u8>,
 }
 
+/// lattice-wasm patch: one `co_positions()` entry: (line, end line,
+/// column, end column).
+type CodePosition = (Option<i32>, Option<i32>, Option<i32>, Option<i32>);
+
 #[pyclass(module = false, name = "code")]
 pub struct PyCode {
     #[pymember(name = "co_argcount", path = "arg_count")]
@@ -1212,8 +1216,42 @@ impl Py<PyCode> {
     #[pymethod]
     pub fn co_positions(&self, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
         // Return an iterator over (line, end_line, column, end_column) tuples for each instruction
-        let linetable = self.code.linetable.as_ref();
         let mut positions = Vec::new();
+        self.visit_positions(|(line, end_line, column, end_column)| {
+            let tuple = vm.ctx.new_tuple(vec![
+                line.to_pyobject(vm),
+                end_line.to_pyobject(vm),
+                column.to_pyobject(vm),
+                end_column.to_pyobject(vm),
+            ]);
+            positions.push(tuple.into());
+            true
+        });
+        let list = vm.ctx.new_list(positions);
+        vm.call_method(list.as_object(), "__iter__", ())
+    }
+
+    /// lattice-wasm patch: the `co_positions()` entry of one instruction,
+    /// without building the tuples of all of them (a failed task's
+    /// traceback needs one per frame).
+    pub fn position(&self, index: usize) -> Option<CodePosition> {
+        let mut seen = 0;
+        let mut found = None;
+        self.visit_positions(|position| {
+            if seen == index {
+                found = Some(position);
+                return false;
+            }
+            seen += 1;
+            true
+        });
+        found
+    }
+
+    /// Decodes the line table, one `co_positions()` entry per instruction,
+    /// until `visit` returns false.
+    fn visit_positions(&self, mut visit: impl FnMut(CodePosition) -> bool) {
+        let linetable = self.code.linetable.as_ref();
 
         if !linetable.is_empty() {
             let mut reader = LineTableReader::new(linetable);
@@ -1312,21 +1350,12 @@ impl Py<PyCode> {
                         Some(line + end_line_delta)
                     };
 
-                    let line_obj = final_line.to_pyobject(vm);
-                    let end_line_obj = final_endline.to_pyobject(vm);
-                    let column_obj = column.to_pyobject(vm);
-                    let end_column_obj = end_column.to_pyobject(vm);
-
-                    let tuple =
-                        vm.ctx
-                            .new_tuple(vec![line_obj, end_line_obj, column_obj, end_column_obj]);
-                    positions.push(tuple.into());
+                    if !visit((final_line, final_endline, column, end_column)) {
+                        return;
+                    }
                 }
             }
         }
-
-        let list = vm.ctx.new_list(positions);
-        vm.call_method(list.as_object(), "__iter__", ())
     }
 
     #[pymethod]
