@@ -127,7 +127,7 @@ fn exceptions_carry_type_message_and_a_traceback_in_user_lines() {
 
 /// Function bodies that fail in the ways tasks commonly do, for the
 /// traceback checks below.
-const FAILING_BODIES: [&str; 22] = [
+const FAILING_BODIES: &[&str] = &[
     "    return 1 / x",
     "    d = {}\n    return d['missing']",
     "    return int('abc')",
@@ -150,6 +150,31 @@ const FAILING_BODIES: [&str; 22] = [
     "    try:\n        1 / x\n    except ZeroDivisionError:\n        raise KeyError('during') from None",
     "    return   abs('x' )  # a comment",
     "    return divmod(1, x) // helper(x)",
+    // The caret scanner's tokens: numbers, string prefixes and escapes,
+    // operators, unary signs, brackets (guest/src/traceback.rs).
+    "    return 0x1F + 1e3 * 2j // x",
+    "    return b'a\\'b' + rb\"c\" + 'x'[x:] + [1][x + 1]",
+    "    return \"a\\\"b\" 'c' + x",
+    "    return (x ** -1)",
+    "    return -x ** -1",
+    "    return ~x @ x",
+    "    return abs(x) - abs(x) / x",
+    "    return {1: 2}.get(x) + None",
+    "    return x.real / x",
+    "    return x[0]",
+    "    return divmod(*[1, x])",
+    "    return x // 0 if x else 1 // x",
+    // What it leaves to the module: an f-string in the segment, a position
+    // over two lines, a line that is not ASCII.
+    "    return {'a': 1}[f'{x}']",
+    "    return (1 +\n            'a')",
+    "    return '\u{e9}' + x",
+    // Statements around a call, and tabs.
+    "    y = helper(x)",
+    "    g = lambda: 1 / x\n    return g()",
+    "    return helper (x)  ;  # trailing",
+    "\treturn 1 / x",
+    "    raise ValueError('a') from None",
 ];
 
 /// `body` as a task: a helper, then `f(x)` with that body.
@@ -195,6 +220,93 @@ fn tracebacks_are_what_the_traceback_module_writes() {
             assert_eq!(text, &texts[0], "{level} against wasm: {body}");
         }
         assert!(texts[0].contains("^"), "{}", texts[0]);
+    }
+    // The two formatters (driver.py's on CPython, its port in the guest on
+    // RustPython) agree on every body, up to the messages, which are the
+    // interpreters' own; but for frames of the interpreters' own stdlib and
+    // a position over two lines, which each interpreter's traceback module
+    // writes in its own way.
+    let own_ways = [
+        "    import json\n    return json.loads('{bad')",
+        "    return (1 +\n            'a')",
+    ];
+    let mut differ = vec![];
+    for body in FAILING_BODIES
+        .iter()
+        .filter(|body| !own_ways.contains(body))
+    {
+        let code = failing_task(body);
+        let frames = |level| match err(&run_code(level, &code, json!(0))) {
+            TaskError::Failed { traceback, .. } => {
+                let mut lines: Vec<String> = traceback.lines().map(String::from).collect();
+                lines.pop();
+                lines
+            }
+            other => panic!("{level}: {other:?}"),
+        };
+        let (wasm, cpython) = (frames(SandboxLevel::Wasm), frames(SandboxLevel::Subprocess));
+        if wasm != cpython {
+            differ.push(format!(
+                "{body}\n{}\n--\n{}",
+                wasm.join("\n"),
+                cpython.join("\n")
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n====\n"));
+}
+
+/// The guest's port of the driver's formatter (guest/src/traceback.rs),
+/// called directly on the same exceptions as the traceback module: it must
+/// write the module's text for every common case, carets and repeated
+/// frames included, and leave only what it is not sure of to the module.
+#[test]
+fn the_guests_traceback_formatter_writes_the_modules_text() {
+    let _suite = crate::common::suite(module_path!());
+    let mut code =
+        String::from("import linecache, sys, traceback\n\ndef helper(x):\n    return 1 / x\n\n");
+    for (i, body) in FAILING_BODIES.iter().enumerate() {
+        code += &format!("def f{i}(x):\n{body}\n\n");
+    }
+    code += "def deep(x):\n    return deep(x) + 1\n\n";
+    code += "def f(names):
+    formatter = sys._getframe(1).f_globals['_native_format_common']
+    out = []
+    for name in names:
+        try:
+            globals()[name](0)
+        except BaseException as e:
+            tb = e.__traceback__.tb_next
+            module = ''.join(traceback.format_exception(type(e), e, tb))
+            out.append([formatter(e, tb, linecache), module])
+    return out
+";
+    let mut names: Vec<String> = (0..FAILING_BODIES.len()).map(|i| format!("f{i}")).collect();
+    names.push("deep".into());
+    // A position over two lines and a line that is not ASCII.
+    let left_to_the_module = [
+        "    return (1 +\n            'a')",
+        "    return '\u{e9}' + x",
+    ];
+    for level in [SandboxLevel::Wasm, SandboxLevel::None] {
+        let answer = ok(&run_code(level, &code, json!(names)));
+        let pairs = answer.as_array().expect("a list");
+        assert_eq!(pairs.len(), names.len(), "{level}: {answer}");
+        for (name, pair) in names.iter().zip(pairs) {
+            let body = name
+                .strip_prefix('f')
+                .and_then(|i| i.parse::<usize>().ok())
+                .map_or("deep", |i| FAILING_BODIES[i]);
+            let module = pair[1].as_str().expect("the module's text");
+            if left_to_the_module.contains(&body) {
+                assert!(pair[0].is_null(), "{level}: {body}: {}", pair[0]);
+                continue;
+            }
+            assert_eq!(pair[0].as_str(), Some(module), "{level}: {body}");
+        }
+        let deep = pairs.last().unwrap()[1].as_str().unwrap();
+        assert!(deep.contains("more times]\n"), "{level}: {deep}");
+        assert!(deep.contains("~~~~^^^\n"), "{level}: {deep}");
     }
 }
 
