@@ -119,6 +119,19 @@ pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest
             vm.new_function("_native_format_common", traceback::format_common),
             vm,
         )?;
+        #[cfg(target_family = "wasm")]
+        for (name, function) in [
+            (
+                "_code_cache_get",
+                vm.new_function("_code_cache_get", code_cache::get),
+            ),
+            (
+                "_code_cache_put",
+                vm.new_function("_code_cache_put", code_cache::put),
+            ),
+        ] {
+            module.set_attr(name, function, vm)?;
+        }
         // Not importable by the task: only this reference reaches it.
         vm.sys_module
             .get_attr("modules", vm)?
@@ -199,6 +212,53 @@ fn host_call(request: &[u8]) -> Vec<u8> {
 #[cfg(not(target_family = "wasm"))]
 fn host_call(request: &[u8]) -> Vec<u8> {
     native::host_call(request)
+}
+
+/// The driver's way to the compiled code the host keeps across tasks
+/// (`_compile_task` in driver.py; the host's side and its rules are in
+/// src/sandbox/wasm/code_cache.rs).
+#[cfg(target_family = "wasm")]
+mod code_cache {
+    use rustpython_vm::builtins::PyBytesRef;
+    use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
+
+    #[link(wasm_import_module = "lattice")]
+    unsafe extern "C" {
+        /// The task's one question: the length of the compiled code kept
+        /// for its source, -1 if the host wants it stored, else -2.
+        #[link_name = "code_cache_len"]
+        fn lattice_code_cache_len() -> i32;
+        /// Copies the kept code into `ptr`.
+        #[link_name = "code_cache_read"]
+        fn lattice_code_cache_read(ptr: *mut u8);
+        /// Hands the compiled code to the host.
+        #[link_name = "code_cache_store"]
+        fn lattice_code_cache_store(ptr: *const u8, len: usize) -> i32;
+    }
+
+    /// `_code_cache_get()`: the kept code (marshal), `b""` when the host
+    /// wants this compile, None otherwise.
+    pub(crate) fn get(vm: &VirtualMachine) -> PyObjectRef {
+        let len = unsafe { lattice_code_cache_len() };
+        match usize::try_from(len) {
+            Ok(len) => {
+                let mut compiled = vec![0u8; len];
+                unsafe { lattice_code_cache_read(compiled.as_mut_ptr()) };
+                vm.ctx.new_bytes(compiled).into()
+            }
+            Err(_) if len == -1 => vm.ctx.new_bytes(Vec::new()).into(),
+            Err(_) => vm.ctx.none(),
+        }
+    }
+
+    /// `_code_cache_put(compiled)`: hands the compile over, after what the
+    /// compile printed (warnings) reached the host, which then keeps
+    /// nothing.
+    pub(crate) fn put(compiled: PyBytesRef, vm: &VirtualMachine) -> PyResult<bool> {
+        super::flush_std(vm);
+        let bytes = compiled.as_bytes();
+        Ok(unsafe { lattice_code_cache_store(bytes.as_ptr(), bytes.len()) } == 1)
+    }
 }
 
 /// The envelope of the driver's answer, written here rather than by Python

@@ -53,7 +53,15 @@ pub(crate) enum Work<'a> {
     /// `scratch`: the task writes files to, or fetches them from, its
     /// working directory (script mode); a tier without a directory of its
     /// own per task gives it one for the run.
-    Python { request: &'a str, scratch: bool },
+    ///
+    /// `module`: the task's code, when the driver compiles it as a module
+    /// before it runs any of it (a one-shot task, not script mode): the
+    /// wasm tier keeps its compiled form for later tasks with the same code.
+    Python {
+        request: &'a str,
+        module: Option<&'a str>,
+        scratch: bool,
+    },
     /// A Wasm module or component with the input JSON for its stdin.
     Wasm {
         source: &'a WasmSource,
@@ -585,6 +593,7 @@ fn run_in_tier(
             }
             Work::Python {
                 request: &request,
+                module: (!task.script).then_some(code.as_str()),
                 scratch: task.script && !(task.files.is_empty() && task.fetch_files.is_empty()),
             }
         }

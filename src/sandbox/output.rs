@@ -57,6 +57,11 @@ impl OutputCapture {
         self.dropped > 0
     }
 
+    /// Nothing was written to the stream yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.dropped == 0
+    }
+
     /// The kept text (invalid UTF-8 replaced), marked if anything was dropped.
     pub(crate) fn finish(self) -> String {
         let mut text = String::from_utf8_lossy(&self.kept).into_owned();

@@ -666,3 +666,84 @@ fn the_compatibility_corpus_gives_cpythons_results() {
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// What a run gave, all of it: the result or the error (traceback
+/// included), and the output.
+fn whole_outcome(outcome: &lattice::task::TaskOutcome) -> String {
+    format!(
+        "{:?}\nstdout: {}\nstderr: {}",
+        outcome.result, outcome.stdout, outcome.stderr
+    )
+}
+
+/// The host keeps the compiled code of a source that runs again and hands
+/// it to later tasks with that source (src/sandbox/wasm/code_cache.rs): the
+/// third run of every source here is served the code the second one
+/// compiled, and must answer exactly as the first, which compiled it.
+#[test]
+fn a_source_run_again_answers_alike_from_its_kept_code() {
+    let _suite = crate::common::suite(module_path!());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    let mut sources: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            (
+                std::fs::read_to_string(e.unwrap().path()).unwrap(),
+                json!(["b", "a", "c"]),
+            )
+        })
+        .collect();
+    for (code, input) in [
+        // Carets and lines in a traceback come from the code object's positions.
+        ("def helper(x):\n    return 1 / x\n\ndef f(x):\n    return helper(x) + 1\n", json!(0)),
+        // Constants of every kind, nested code, docstrings, annotations, closures.
+        (
+            "\"\"\"doc\"\"\"\nBIG = 2 ** 100 + 7\n\ndef f(x: int) -> dict:\n    \"\"\"f's doc\"\"\"\n    k = frozenset({1, 2})\n    def inner(y=(1.5, 2j, b'b', None, ...)):\n        return y, x\n    class C:\n        z: int = 3\n    return {'big': BIG * x, 'k': sorted(k), 'inner': repr(inner()), 'doc': f.__doc__ + __doc__, 'ann': sorted(f.__annotations__), 'c': C.z, 'q': inner.__qualname__}\n",
+            json!(3),
+        ),
+        // Compile warnings are printed by every run (such a compile is not kept).
+        ("import re\n\ndef f(x):\n    return re.findall(\"\\d+\", x)\n", json!("a1b22")),
+        // Bad code stays bad.
+        ("def f(x):\n    return (\n", json!(1)),
+    ] {
+        sources.push((code.to_string(), input));
+    }
+    for (code, input) in &sources {
+        let runs: Vec<String> = (0..3)
+            .map(|_| whole_outcome(&run_code(TIER, code, input.clone())))
+            .collect();
+        assert_eq!(runs[1], runs[0], "second run of:\n{code}");
+        assert_eq!(runs[2], runs[0], "third run of:\n{code}");
+    }
+    let warned = run_code(TIER, &sources[sources.len() - 2].0, json!("a1"));
+    assert!(warned.stderr.contains("SyntaxWarning"), "{}", warned.stderr);
+}
+
+/// A task that reaches the driver's cache functions (through a frame's
+/// globals) can neither read nor store compiled code: the slot is closed
+/// before any of its code runs, in script mode it never opens, and later
+/// tasks with the same source run that source.
+#[test]
+fn a_task_cannot_plant_compiled_code_for_its_source() {
+    let _suite = crate::common::suite(module_path!());
+    let code = "import marshal, sys
+_driver = sys._getframe(1).f_globals
+_planted = marshal.dumps(compile(\"def f(x):\\n    return 'planted'\\n\", '<task>', 'exec'))
+_kept = _driver['_code_cache_get']()
+_stored = _driver['_code_cache_put'](_planted)
+print('read', _kept, 'stored', _stored)
+
+def f(x):
+    return 'honest'
+";
+    for _ in 0..3 {
+        let outcome = run(TIER, TaskSubmission::script(code));
+        assert_eq!(outcome.stdout, "read None stored False\n", "{outcome:?}");
+        assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    }
+    for _ in 0..4 {
+        let outcome = run_code(TIER, code, json!(1));
+        assert_eq!(outcome.stdout, "read None stored False\n", "{outcome:?}");
+        assert_eq!(ok(&outcome), json!("honest"));
+    }
+}

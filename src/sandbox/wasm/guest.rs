@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
+use super::code_cache::CodeCacheSlot;
 use super::engine::{self, FileLock};
 use super::host::{self, TaskState};
 use crate::sandbox::{CancelToken, OnceOk, SandboxConfig};
@@ -207,6 +208,7 @@ pub(super) fn run(
     request: &str,
     config: &SandboxConfig,
     cancel: &CancelToken,
+    code_cache: CodeCacheSlot,
 ) -> Result<host::RunReport, TaskError> {
     let guest = python()?;
     host::run(
@@ -215,5 +217,6 @@ pub(super) fn run(
         request.as_bytes().to_vec(),
         config,
         cancel,
+        code_cache,
     )
 }

@@ -12,6 +12,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::code_cache::CodeCacheSlot;
 use super::files::{self, FileBudget};
 use crate::sandbox::host_calls::HostCalls;
 use crate::sandbox::limits::{self, Limits, Stop, Watch};
@@ -37,6 +38,10 @@ pub(super) struct TaskState {
     host: HostCalls,
     /// The last host call's reply, read through `lattice.host_reply_read`.
     host_reply: Vec<u8>,
+    /// The task's access to kept compiled code (`lattice.code_cache_*`).
+    code_cache: CodeCacheSlot,
+    /// The task's stdout and stderr, to see whether it printed yet.
+    outputs: [CappedOutput; 2],
 }
 
 impl TaskState {
@@ -240,6 +245,11 @@ impl CappedOutput {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(bytes);
     }
 
+    /// Nothing was written yet.
+    fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
     /// What was written so far; the next writes start a new capture (a
     /// session's next call).
     pub(super) fn take(&self) -> OutputCapture {
@@ -365,6 +375,45 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
             let reply = std::mem::take(&mut caller.data_mut().host_reply);
             copy_to_guest(&mut caller, ptr, &reply, "reply")
+        },
+    )?;
+    // Kept compiled code (code_cache.rs): the driver's one question, the
+    // read of a hit, the store of a compile the host wants.
+    linker.func_wrap(
+        "lattice",
+        "code_cache_len",
+        |mut caller: Caller<'_, TaskState>| -> i32 { caller.data_mut().code_cache.ask() },
+    )?;
+    linker.func_wrap(
+        "lattice",
+        "code_cache_read",
+        |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
+            match caller.data_mut().code_cache.read() {
+                Some(compiled) => copy_to_guest(&mut caller, ptr, &compiled, "compiled code"),
+                None => Ok(()),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "lattice",
+        "code_cache_store",
+        |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+            if !caller.data().code_cache.takes(len) {
+                caller.data_mut().code_cache.close();
+                return Ok(0);
+            }
+            let memory = guest_memory(&mut caller)?;
+            let compiled = memory
+                .data(&caller)
+                .get(ptr..ptr.saturating_add(len))
+                .ok_or_else(|| {
+                    wasmtime::format_err!("lattice: the compiled code is out of bounds")
+                })?
+                .to_vec();
+            let state = caller.data_mut();
+            let printed = state.outputs.iter().any(|output| !output.is_empty());
+            Ok(i32::from(state.code_cache.store(&compiled, printed)))
         },
     )?;
     linker.func_wrap(
@@ -585,6 +634,8 @@ pub(super) fn task_state(
         request: Vec::new(),
         host: HostCalls::none(),
         host_reply: Vec::new(),
+        code_cache: CodeCacheSlot::Closed,
+        outputs: [stdout.clone(), stderr.clone()],
     })
 }
 
@@ -709,20 +760,25 @@ impl RunReport {
 pub(super) const TICK: Duration = Duration::from_millis(10);
 
 /// Instantiates `pre` in a fresh store and calls its export `entry`, under
-/// the limits of `config`, stoppable through `cancel`.
+/// the limits of `config`, stoppable through `cancel`; `code_cache` is what
+/// the instance may read from and store into the kept compiled code.
 pub(super) fn run(
     pre: &InstancePre<TaskState>,
     entry: &str,
     stdin: Vec<u8>,
     config: &SandboxConfig,
     cancel: &CancelToken,
+    code_cache: CodeCacheSlot,
 ) -> Result<RunReport, TaskError> {
     let limits = Limits::start(config, cancel);
     let _slot = PoolSlot::acquire(&limits, config)?;
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
     let as_task = (!config.mounts.is_empty()).then(AsNobody::enter);
-    let state = task_state(stdin, config, &stdout, &stderr);
+    let state = task_state(stdin, config, &stdout, &stderr).map(|mut state| {
+        state.code_cache = code_cache;
+        state
+    });
     drop(as_task);
     let mut store = guarded_store(pre.module().engine(), state?, config, cancel);
     let instance = pre

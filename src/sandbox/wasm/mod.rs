@@ -10,6 +10,7 @@
 //! stdout) and components (the `lattice:task` world of `wit/task.wit`) run
 //! under the same limits.
 
+mod code_cache;
 mod component;
 mod engine;
 mod files;
@@ -53,12 +54,21 @@ impl Sandbox for WasmSandbox {
     fn run(&self, job: &Job<'_>, cancel: &CancelToken) -> SandboxOutput {
         let config = job.config;
         let ran = match &job.work {
-            Work::Python { request, scratch } => crate::sandbox::on_task_thread(|| {
+            Work::Python {
+                request,
+                module,
+                scratch,
+            } => crate::sandbox::on_task_thread(|| {
                 let scratch = scratch
                     .then(|| host::ScratchRoot::new(config))
                     .transpose()?;
                 let config = scratch.as_ref().map_or(config, |root| &root.config);
-                guest::run(request, config, cancel).map(|report| python_outcome(report, config))
+                let code_cache = module.map_or(
+                    code_cache::CodeCacheSlot::Closed,
+                    code_cache::CodeCacheSlot::for_task,
+                );
+                guest::run(request, config, cancel, code_cache)
+                    .map(|report| python_outcome(report, config))
             }),
             Work::Wasm { source, input } => crate::sandbox::on_task_thread(|| {
                 let bytes = module::load(source)?;

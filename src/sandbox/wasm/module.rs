@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::{InstancePre, Linker, Module};
 
+use super::code_cache::CodeCacheSlot;
 use super::host::{self, RunReport, TaskState};
 use super::{engine, limit_error, out_of_memory, trap_error};
 use crate::sandbox::{outcome, CancelToken, SandboxConfig, SandboxOutput};
@@ -79,7 +80,15 @@ pub(super) fn run(
     let mut config = config.clone();
     // The result travels on stdout: it gets the result's cap, not the log cap.
     config.max_output_bytes = config.max_result_bytes;
-    host::run(&pre, "_start", input.as_bytes().to_vec(), &config, cancel)
+    let no_cache = CodeCacheSlot::Closed;
+    host::run(
+        &pre,
+        "_start",
+        input.as_bytes().to_vec(),
+        &config,
+        cancel,
+        no_cache,
+    )
 }
 
 /// Compiled payloads: each by the hash of its bytes, its bytes, and what
