@@ -1,8 +1,9 @@
 //! criterion benches of the hot paths: task JSON decode/encode, and the
 //! executor's submit + get overhead (native closure: no tier cost), one
 //! trivial Python task through the default tier, a failing, a 1 MB and a
-//! computing task on the wasm tier beside the none tier, and a
-//! host-function call's round trip from code in a wasm session.
+//! computing task on the wasm tier beside the none tier, a wasm task with
+//! and without its compiled code kept, and a host-function call's round
+//! trip from code in a wasm session.
 
 use std::time::Duration;
 
@@ -140,6 +141,37 @@ fn trivial_after_large(c: &mut Criterion) {
     group.finish();
 }
 
+/// A trivial wasm task whose source ran before (its compiled code is kept
+/// by the host, src/sandbox/wasm/code_cache.rs) beside one whose source is
+/// new at every task (compiled in the task).
+fn kept_compiled_code(c: &mut Criterion) {
+    let sandbox = SandboxExecutor::new(SandboxConfig {
+        tier: SandboxLevel::Wasm,
+        ..SandboxConfig::default()
+    });
+    let seen = TaskSubmission::python("def f(x):\n    return x + 1\n").with_input(json!(1));
+    for _ in 0..3 {
+        assert!(sandbox.run(&seen, &CancelToken::new()).is_ok());
+    }
+    let mut group = c.benchmark_group("wasm_compile");
+    group.sample_size(20);
+    group.bench_function("source_seen_before", |b| {
+        b.iter(|| sandbox.run(&seen, &CancelToken::new()))
+    });
+    let mut n = 0u64;
+    group.bench_function("source_new_each_task", |b| {
+        b.iter(|| {
+            n += 1;
+            let code = format!("def f(x):\n    return x + {n}\n");
+            sandbox.run(
+                &TaskSubmission::python(code).with_input(json!(1)),
+                &CancelToken::new(),
+            )
+        })
+    });
+    group.finish();
+}
+
 /// One `ping()` host call from code in a session, round trip (the Python
 /// loop around it included), on the wasm tier and, for scale, the none
 /// and subprocess tiers.
@@ -186,6 +218,7 @@ criterion_group!(
     trivial_python_task,
     wasm_beside_native,
     trivial_after_large,
+    kept_compiled_code,
     host_call_round_trip
 );
 criterion_main!(benches);
