@@ -283,11 +283,13 @@ fn caret_line(line: &str, start: i64, end: i64, vm: &VirtualMachine) -> Formatte
         }
         return Ok(Some(repeat(' ', start) + &repeat('^', end - start)));
     };
+    // The module's anchors are whatever ints it gave: no arithmetic here
+    // may overflow.
     Ok(Some(
         repeat(' ', start)
             + &repeat('~', left)
-            + &repeat('^', right - left)
-            + &repeat('~', end - start - right),
+            + &repeat('^', right.saturating_sub(left))
+            + &repeat('~', end.saturating_sub(start).saturating_sub(right)),
     ))
 }
 

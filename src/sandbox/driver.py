@@ -129,9 +129,10 @@ def _task_failure(exc):
 # case (chained exceptions, notes, groups, syntax errors, the messages the
 # module adds suggestions to, multi-line or non-ASCII positions) goes to the
 # module itself, and so does any caret segment the scanner below is not
-# sure of. RustPython's guest replaces `_format_common` with its port in
-# Rust (guest/src/traceback.rs: interpreted, this was most of what a raise
-# cost over a return); the CPython tiers run it as written here.
+# sure of. RustPython's guest sets `_native_format_common`, its port of
+# `_format_common` to Rust (guest/src/traceback.rs: interpreted, this was
+# most of what a raise cost over a return); the CPython tiers run it as
+# written here.
 
 _native_format_common = None
 
@@ -676,8 +677,8 @@ def _compile_task(code):
         except Exception:
             pass
     compiled = compile(code, TASK_FILENAME, "exec")
-    if kept is not None:
-        # b"": the host wants this compile.
+    if kept == b"":
+        # The host wants this compile.
         try:
             _code_cache_put(_marshal_dumps(compiled))
         except Exception:
