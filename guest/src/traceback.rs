@@ -91,7 +91,7 @@ fn format(
             let code = frame_code(&frame, vm)?;
             let position = position(&frame, &code)?;
             let key = (
-                code.code.source_path.as_str().to_owned(),
+                code.source_path().as_str().to_owned(),
                 position.0,
                 code.code.obj_name.as_str().to_owned(),
             );
@@ -179,7 +179,8 @@ fn frame_text(
     linecache: Option<&PyObjectRef>,
     vm: &VirtualMachine,
 ) -> Formatted<String> {
-    let filename = code.code.source_path.as_str();
+    // `co_filename`: importlib may have set it after the compile.
+    let filename = code.source_path().as_str();
     let (lineno, end_lineno, colno, end_colno) = position;
     let head = format!(
         "  File \"{filename}\", line {}, in {}\n",
@@ -283,13 +284,11 @@ fn caret_line(line: &str, start: i64, end: i64, vm: &VirtualMachine) -> Formatte
         }
         return Ok(Some(repeat(' ', start) + &repeat('^', end - start)));
     };
-    // The module's anchors are whatever ints it gave: no arithmetic here
-    // may overflow.
     Ok(Some(
         repeat(' ', start)
             + &repeat('~', left)
-            + &repeat('^', right.saturating_sub(left))
-            + &repeat('~', end.saturating_sub(start).saturating_sub(right)),
+            + &repeat('^', right - left)
+            + &repeat('~', end - start - right),
     ))
 }
 
@@ -327,10 +326,16 @@ fn module_anchors(segment: &str, vm: &VirtualMachine) -> Formatted<Option<(i64, 
     if int("left_end_lineno", Some(0))? != 0 || int("right_start_lineno", Some(0))? != 0 {
         return Err(Unsure);
     }
-    Ok(Some((
+    let (left, right) = (
         int("left_end_offset", None)?,
         int("right_start_offset", None)?,
-    )))
+    );
+    // The module's anchors lie in the segment; anything else (a module the
+    // task replaced) is not trusted with the sizes of strings.
+    if !(0 <= left && left <= right && right <= segment.len() as i64) {
+        return Err(Unsure);
+    }
+    Ok(Some((left, right)))
 }
 
 /// `_ASSIGNED_CALL.match(line)`: `return ` or `name = ` leading the line,

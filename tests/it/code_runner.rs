@@ -310,6 +310,39 @@ fn the_guests_traceback_formatter_writes_the_modules_text() {
     }
 }
 
+/// A task that replaces the traceback module's anchor finder (which the
+/// formatter asks about segments it can't read) with one giving absurd
+/// anchors still fails with its own error and a traceback, not by running
+/// its formatter out of memory. (On wasm only: the none tier's modules
+/// stay loaded across its tasks, and this one replaces a module function.)
+#[test]
+fn a_replaced_anchor_finder_cannot_break_the_formatter() {
+    let _suite = crate::common::suite(module_path!());
+    let code = "import traceback
+
+class Anchors:
+    left_end_lineno = right_start_lineno = 0
+    left_end_offset = 0
+    right_start_offset = 10 ** 15
+
+traceback._extract_caret_anchors_from_line_segment = lambda segment: Anchors()
+
+def f(x):
+    return {'a': 1}[f'{x}']
+";
+    match err(&run_code(SandboxLevel::Wasm, code, json!(0))) {
+        TaskError::Failed {
+            type_name,
+            traceback,
+            ..
+        } => {
+            assert_eq!(type_name, "KeyError");
+            assert!(traceback.contains("KeyError"), "{traceback}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn bad_code_is_an_invalid_task_with_the_line() {
     let _suite = crate::common::suite(module_path!());
