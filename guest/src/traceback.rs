@@ -9,7 +9,7 @@
 //! is not sure of is `None`, and the driver then asks the traceback module.
 
 use rustpython_vm::builtins::{PyCode, PyStr, PyTraceback};
-use rustpython_vm::{AsObject, Py, PyObjectRef, PyRef, PyResult, VirtualMachine};
+use rustpython_vm::{AsObject, Py, PyObjectRef, PyRef, VirtualMachine};
 
 /// Not the common case, or not sure: the traceback module decides.
 struct Unsure;
@@ -29,9 +29,9 @@ pub(crate) fn format_common(
     tb: PyObjectRef,
     linecache: PyObjectRef,
     vm: &VirtualMachine,
-) -> PyResult<Option<String>> {
+) -> Option<String> {
     let linecache = (!vm.is_none(&linecache)).then_some(linecache);
-    Ok(format(&exc, tb, linecache.as_ref(), vm).ok())
+    format(&exc, tb, linecache.as_ref(), vm).ok()
 }
 
 fn format(
@@ -427,6 +427,10 @@ fn binary_precedence(token: &str) -> Option<u8> {
     })
 }
 
+fn is_opener(token: &str) -> bool {
+    closer_of(token).is_some()
+}
+
 fn closer_of(opener: &str) -> Option<&'static str> {
     match opener {
         "(" => Some(")"),
@@ -473,7 +477,7 @@ fn caret_anchors(segment: &str) -> Formatted<Option<(i64, i64)>> {
                 return Err(Unsure);
             }
             operand_before = false;
-        } else if closer_of(text).is_none() {
+        } else if !is_opener(text) {
             operand_before = true;
         }
     }
@@ -513,7 +517,7 @@ fn top_level_tokens(segment: &str) -> Formatted<Vec<Token<'_>>> {
         }
         let len = token_len(&bytes[at..])?;
         let text = &segment[at..at + len];
-        if closer_of(text).is_some() {
+        if is_opener(text) {
             if openers.is_empty() {
                 tokens.push((text, at, None));
             }

@@ -117,8 +117,8 @@ pub(super) enum CodeCacheSlot {
 }
 
 /// What the guest's first question gets (`lattice.code_cache_len`).
-pub(super) const NOTHING: i32 = -2;
-pub(super) const WANTED: i32 = -1;
+const NOTHING: i32 = -2;
+const WANTED: i32 = -1;
 
 impl CodeCacheSlot {
     /// The slot of a one-shot task whose driver compiles `source` as a
@@ -170,16 +170,6 @@ impl CodeCacheSlot {
             CodeCacheSlot::Reading(compiled) => Some(compiled),
             _ => None,
         }
-    }
-
-    /// Whether a store of `len` bytes would be looked at (else the host
-    /// copies nothing out of the guest).
-    pub(super) fn takes(&self, len: usize) -> bool {
-        matches!(self, CodeCacheSlot::Storing(_)) && (1..=MAX_COMPILED).contains(&len)
-    }
-
-    pub(super) fn close(&mut self) {
-        *self = CodeCacheSlot::Closed;
     }
 
     /// Keeps `compiled` for the task's source, if this is the store the

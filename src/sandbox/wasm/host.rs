@@ -399,21 +399,14 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "code_cache_store",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-            if !caller.data().code_cache.takes(len) {
-                caller.data_mut().code_cache.close();
-                return Ok(0);
-            }
             let memory = guest_memory(&mut caller)?;
-            let compiled = memory
-                .data(&caller)
-                .get(ptr..ptr.saturating_add(len))
-                .ok_or_else(|| {
-                    wasmtime::format_err!("lattice: the compiled code is out of bounds")
-                })?
-                .to_vec();
-            let state = caller.data_mut();
+            // Looked at in place: the slot copies only what it keeps.
+            let (data, state) = memory.data_and_store_mut(&mut caller);
+            let compiled = data.get(ptr..ptr.saturating_add(len)).ok_or_else(|| {
+                wasmtime::format_err!("lattice: the compiled code is out of bounds")
+            })?;
             let printed = state.outputs.iter().any(|output| !output.is_empty());
-            Ok(i32::from(state.code_cache.store(&compiled, printed)))
+            Ok(i32::from(state.code_cache.store(compiled, printed)))
         },
     )?;
     linker.func_wrap(
@@ -775,12 +768,11 @@ pub(super) fn run(
     let stdout = CappedOutput::new(config.max_output_bytes);
     let stderr = CappedOutput::new(config.max_output_bytes);
     let as_task = (!config.mounts.is_empty()).then(AsNobody::enter);
-    let state = task_state(stdin, config, &stdout, &stderr).map(|mut state| {
-        state.code_cache = code_cache;
-        state
-    });
+    let state = task_state(stdin, config, &stdout, &stderr);
     drop(as_task);
-    let mut store = guarded_store(pre.module().engine(), state?, config, cancel);
+    let mut state = state?;
+    state.code_cache = code_cache;
+    let mut store = guarded_store(pre.module().engine(), state, config, cancel);
     let instance = pre
         .instantiate(&mut store)
         .map_err(|e| instantiation_error(&store, pre.module(), config, "module", &e))?;
