@@ -143,7 +143,8 @@ fn trivial_after_large(c: &mut Criterion) {
 
 /// A trivial wasm task whose source ran before (its compiled code is kept
 /// by the host, src/sandbox/wasm/code_cache.rs) beside one whose source is
-/// new at every task (compiled in the task).
+/// new at every task (compiled in the task); and the same for a task that
+/// uses a regex (its compile kept too, or done by every task).
 fn kept_compiled_code(c: &mut Criterion) {
     let sandbox = SandboxExecutor::new(SandboxConfig {
         tier: SandboxLevel::Wasm,
@@ -165,6 +166,31 @@ fn kept_compiled_code(c: &mut Criterion) {
             let code = format!("def f(x):\n    return x + {n}\n");
             sandbox.run(
                 &TaskSubmission::python(code).with_input(json!(1)),
+                &CancelToken::new(),
+            )
+        })
+    });
+    // A regex: loaded as its source's earlier run compiled it, beside one
+    // compiled by every task (a new pattern each time, so `re` has it in
+    // no cache).
+    let regex = |pattern: &str| {
+        TaskSubmission::python(format!(
+            "import re\n\ndef f(x):\n    return re.findall(r'{pattern}', x)\n"
+        ))
+        .with_input(json!("the quick brown fox, 42 times"))
+    };
+    let kept = regex("[a-z]+|[0-9]+");
+    for _ in 0..4 {
+        assert!(sandbox.run(&kept, &CancelToken::new()).is_ok());
+    }
+    group.bench_function("regex_kept", |b| {
+        b.iter(|| sandbox.run(&kept, &CancelToken::new()))
+    });
+    group.bench_function("regex_new_each_task", |b| {
+        b.iter(|| {
+            n += 1;
+            sandbox.run(
+                &regex(&format!("[a-z]+|[0-9]+|x{{{n}}}")),
                 &CancelToken::new(),
             )
         })

@@ -129,6 +129,18 @@ pub fn build(init: impl FnOnce(&mut VirtualMachine) + 'static) -> PyResult<Guest
                 "_code_cache_put",
                 vm.new_function("_code_cache_put", code_cache::put),
             ),
+            (
+                "_regex_cache_get",
+                vm.new_function("_regex_cache_get", code_cache::regexes),
+            ),
+            (
+                "_regex_cache_put",
+                vm.new_function("_regex_cache_put", code_cache::put_regexes),
+            ),
+            (
+                "_regex_cache_report",
+                vm.new_function("_regex_cache_report", code_cache::report_regexes),
+            ),
         ] {
             module.set_attr(name, function, vm)?;
         }
@@ -234,21 +246,67 @@ mod code_cache {
         /// Hands the compiled code to the host.
         #[link_name = "code_cache_store"]
         fn lattice_code_cache_store(ptr: *const u8, len: usize) -> i32;
+        /// Right after the code was read: the length of the answer about
+        /// the source's regexes, else -2.
+        #[link_name = "regex_cache_len"]
+        fn lattice_regex_cache_len() -> i32;
+        /// Copies that answer into `ptr`.
+        #[link_name = "regex_cache_read"]
+        fn lattice_regex_cache_read(ptr: *mut u8);
+        /// Hands what the wanted patterns compiled to to the host.
+        #[link_name = "regex_cache_store"]
+        fn lattice_regex_cache_store(ptr: *const u8, len: usize) -> i32;
+        /// Tells the host which patterns the task compiled.
+        #[link_name = "regex_cache_report"]
+        fn lattice_regex_cache_report(ptr: *const u8, len: usize) -> i32;
+    }
+
+    /// The host's answer of length `len` (copied in by `read`), or None
+    /// when `len` says there is none.
+    fn answer(
+        len: i32,
+        read: unsafe extern "C" fn(*mut u8),
+        vm: &VirtualMachine,
+    ) -> Option<PyObjectRef> {
+        let len = usize::try_from(len).ok()?;
+        let mut bytes = vec![0u8; len];
+        unsafe { read(bytes.as_mut_ptr()) };
+        Some(vm.ctx.new_bytes(bytes).into())
     }
 
     /// `_code_cache_get()`: the kept code (marshal), `b""` when the host
     /// wants this compile, None otherwise.
     pub(crate) fn get(vm: &VirtualMachine) -> PyObjectRef {
         let len = unsafe { lattice_code_cache_len() };
-        match usize::try_from(len) {
-            Ok(len) => {
-                let mut compiled = vec![0u8; len];
-                unsafe { lattice_code_cache_read(compiled.as_mut_ptr()) };
-                vm.ctx.new_bytes(compiled).into()
-            }
-            Err(_) if len == -1 => vm.ctx.new_bytes(Vec::new()).into(),
-            Err(_) => vm.ctx.none(),
+        match answer(len, lattice_code_cache_read, vm) {
+            Some(compiled) => compiled,
+            None if len == -1 => vm.ctx.new_bytes(Vec::new()).into(),
+            None => vm.ctx.none(),
         }
+    }
+
+    /// `_regex_cache_get()`, right after the kept code was read: `b"K"` and
+    /// what the source's patterns compiled to, `b"W"` and the patterns to
+    /// compile, `b"R"` when the host wants to hear which the task compiles,
+    /// None otherwise.
+    pub(crate) fn regexes(vm: &VirtualMachine) -> PyObjectRef {
+        let len = unsafe { lattice_regex_cache_len() };
+        answer(len, lattice_regex_cache_read, vm).unwrap_or_else(|| vm.ctx.none())
+    }
+
+    /// `_regex_cache_put(compiled)`: hands over what the wanted patterns
+    /// compiled to.
+    pub(crate) fn put_regexes(compiled: PyBytesRef, vm: &VirtualMachine) -> PyResult<bool> {
+        super::flush_std(vm);
+        let bytes = compiled.as_bytes();
+        Ok(unsafe { lattice_regex_cache_store(bytes.as_ptr(), bytes.len()) } == 1)
+    }
+
+    /// `_regex_cache_report(records)`: says which patterns the task
+    /// compiled.
+    pub(crate) fn report_regexes(records: PyBytesRef) -> bool {
+        let bytes = records.as_bytes();
+        unsafe { lattice_regex_cache_report(bytes.as_ptr(), bytes.len()) == 1 }
     }
 
     /// `_code_cache_put(compiled)`: hands the compile over, after what the

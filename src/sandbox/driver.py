@@ -659,31 +659,154 @@ def _install_host_functions(namespace, names):
 
 # The wasm guest sets these (guest/src/lib.rs): its host keeps the code
 # object of a source that runs again and again (by its exact text), and
-# hands it to the later tasks with that source, which then skip the
-# compile. The host takes the store only as the first thing an instance
-# does, before any of the task's code ran (src/sandbox/wasm/code_cache.rs).
+# the regular expressions that source compiles, and hands them to the later
+# tasks with that source, which then skip those compiles. The host takes a
+# store only as the first thing an instance does, before any of the task's
+# code ran (src/sandbox/wasm/code_cache.rs).
 _code_cache_get = _code_cache_put = None
+_regex_cache_get = _regex_cache_put = _regex_cache_report = None
 
 
 def _compile_task(code):
     """``compile(code)`` as the task's module, or the code object the host
-    kept from an earlier compile of the very same source."""
+    kept from an earlier compile of the very same source (then with the
+    source's regexes in ``re``'s cache)."""
     if _code_cache_get is None:
         return compile(code, TASK_FILENAME, "exec")
     kept = _code_cache_get()
     if kept:
         try:
-            return _marshal_loads(kept)
+            compiled = _marshal_loads(kept)
         except Exception:
-            pass
+            compiled = None
+        if compiled is not None:
+            _kept_regexes(_regex_cache_get())
+            return compiled
     compiled = compile(code, TASK_FILENAME, "exec")
     if kept == b"":
         # The host wants this compile.
         try:
-            _code_cache_put(_marshal_dumps(compiled))
+            if _code_cache_put(_marshal_dumps(compiled)):
+                _regex_report[0] = _regex_keys()
         except Exception:
             pass
     return compiled
+
+
+# The keys of ``re``'s cache before the task's code ran, when the host
+# wants to hear which patterns the task compiled; else None.
+_regex_report = [None]
+
+
+def _regex_keys():
+    return set(re._cache)
+
+
+def _kept_regexes(answer):
+    """Before any of the task's code runs, what the host said of the
+    source's regexes: b"K" and what its patterns compiled to, put into
+    ``re``'s cache; b"W" and the patterns an earlier run compiled, to
+    compile now and hand over; b"R", to report what the task compiles."""
+    if not answer:
+        return
+    tag, body = answer[:1], answer[1:]
+    try:
+        if tag == b"K":
+            _load_regexes(body)
+        elif tag == b"W":
+            _regex_cache_put(_compile_regexes(body))
+        elif tag == b"R":
+            _regex_report[0] = _regex_keys()
+    except Exception:
+        pass
+
+
+def _load_regexes(body):
+    if not body:
+        return
+    import _sre
+    for key, args in _marshal_loads(body):
+        key = (_type(key[0]),) + key
+        re._cache[key] = re._cache2[key] = _sre.compile(*args)
+
+
+def _regex_records(body):
+    """The patterns of the host's records: a kind (s: str, b: bytes), the
+    flags (i64), the length (u32) and the pattern (str as UTF-8)."""
+    at = 0
+    while at < _len(body):
+        kind = body[at:at + 1]
+        flags = int.from_bytes(body[at + 1:at + 9], "little", signed=True)
+        size = int.from_bytes(body[at + 9:at + 13], "little")
+        data = body[at + 13:at + 13 + size]
+        at += 13 + size
+        try:
+            yield (data.decode("utf-8", "surrogatepass") if kind == b"s" else data), flags
+        except UnicodeDecodeError:
+            pass
+
+
+def _compile_regexes(body):
+    """Compiles the patterns of ``body`` with ``re`` as the snapshot has it
+    (no task code ran yet), leaving them in its cache; returns what each
+    handed to ``_sre.compile``. A pattern that warns, prints or fails is
+    left to the task, which then meets that itself."""
+    import _sre
+    import warnings
+    compile_pattern = _sre.compile
+    handed = []
+
+    def capture(*args):
+        handed.append(args)
+        return compile_pattern(*args)
+
+    kept = []
+    for pattern, flags in _regex_records(body):
+        key = (_type(pattern), pattern, flags)
+        if flags & re.DEBUG or key in re._cache:
+            continue
+        del handed[:]
+        _sre.compile = capture
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                re._compile(pattern, flags)
+        except Exception:
+            caught = True
+        finally:
+            _sre.compile = compile_pattern
+        if caught or _len(handed) != 1:
+            re._cache.pop(key, None)
+            re._cache2.pop(key, None)
+            continue
+        kept.append((key[1:], handed[0]))
+    return _marshal_dumps(kept)
+
+
+def _report_regexes():
+    """Tells the host which patterns the task compiled, when it asked: the
+    keys ``re``'s cache gained, as records (see ``_regex_records``)."""
+    before = _regex_report[0]
+    if before is None:
+        return
+    _regex_report[0] = None
+    records = []
+    for key in list(re._cache):
+        if _len(records) == 32:
+            break
+        if _type(key) is not tuple or _len(key) != 3:
+            continue
+        kind, pattern, flags = key
+        if (kind is not str and kind is not bytes) or _type(pattern) is not kind:
+            continue
+        if _type(flags) is not int or not -(1 << 63) <= flags < (1 << 63) or key in before:
+            continue
+        data = pattern.encode("utf-8", "surrogatepass") if kind is str else pattern
+        if _len(data) > 4096:
+            continue
+        records.append((b"s" if kind is str else b"b") + flags.to_bytes(8, "little", signed=True)
+                       + _len(data).to_bytes(4, "little") + data)
+    _regex_cache_report(b"".join(records))
 
 
 def run_request(request_text):
@@ -737,6 +860,10 @@ def run_request(request_text):
                 "entry function '%s' is not defined by the code" % entry,
             )
         result = _call(function, request)
+        try:
+            _report_regexes()
+        except Exception:
+            pass
     except MemoryError as exc:
         # Drop the frames that hold the big objects before building the reply.
         message = _exception_message(exc)

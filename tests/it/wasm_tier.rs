@@ -719,6 +719,127 @@ fn a_source_run_again_answers_alike_from_its_kept_code() {
     assert!(warned.stderr.contains("SyntaxWarning"), "{}", warned.stderr);
 }
 
+/// A source's regular expressions, once kept, answer as a fresh compile
+/// does: named groups, flags, bytes and str patterns, templates, and the
+/// patterns the driver leaves to the task (one that warns, one that prints
+/// its compile, one that fails, a lone surrogate), over five runs: the
+/// report, the compile before the task's code, and the loads after.
+#[test]
+fn a_sources_regexes_answer_alike_once_kept() {
+    let _suite = crate::common::suite(module_path!());
+    let sources = [
+        (
+            r#"import re
+WORD = re.compile(r"(?P<word>[a-z]+)(?:-(?P<n>\d+))?", re.I)
+
+def f(x):
+    return {
+        "groups": [m.groupdict() for m in WORD.finditer(x)],
+        "spans": [m.span("n") for m in WORD.finditer(x)],
+        "bytes": [b.decode() for b in re.findall(rb"[0-9]+", x.encode())],
+        "sub": re.sub(r"(\w)(\w*)", r"\2\1", x),
+        "split": re.split(r"[-\s]+", x, flags=re.M),
+        "ascii": re.findall(r"\w+", "\u00e9t\u00e9 x", re.A),
+        "unicode": re.findall(r"\w+", "\u00e9t\u00e9 x"),
+        "word": [WORD.pattern, WORD.flags, dict(WORD.groupindex), WORD.groups],
+        "verbose": re.fullmatch(r"(?x) a + \# b", "aa#b") is not None,
+    }
+"#,
+            json!("Ab-12 cd ef-3"),
+        ),
+        (
+            "import re\n\ndef f(x):\n    return [m.group() for m in re.finditer('[[a]', x)]\n",
+            json!("a[b"),
+        ),
+        (
+            "import re\n\ndef f(x):\n    return re.findall('a+', x, re.DEBUG)\n",
+            json!("aab"),
+        ),
+        (
+            "import re\n\ndef f(x):\n    try:\n        re.compile(x)\n    except re.error as e:\n        return str(e)\n",
+            json!("("),
+        ),
+        (
+            "import re\n\ndef f(x):\n    return re.findall('\\ud800|b+', x)\n",
+            json!("abb"),
+        ),
+    ];
+    for (code, input) in &sources {
+        let runs: Vec<String> = (0..5)
+            .map(|_| whole_outcome(&run_code(TIER, code, input.clone())))
+            .collect();
+        for (i, run) in runs.iter().enumerate().skip(1) {
+            assert_eq!(run, &runs[0], "run {} of:\n{code}", i + 1);
+        }
+    }
+    let warned = run_code(TIER, sources[1].0, sources[1].1.clone());
+    assert!(warned.stderr.contains("FutureWarning"), "{warned:?}");
+    let printed = run_code(TIER, sources[2].0, sources[2].1.clone());
+    assert!(printed.stdout.contains("LITERAL"), "{printed:?}");
+}
+
+/// A task that reaches the driver's regex functions (through a frame's
+/// globals) can't plant what a pattern compiles to: the regex answer was
+/// read before its code ran, and a call out of the driver's order closes
+/// the slot for good. What a task may say is which patterns it compiled,
+/// and those the next run's driver compiles with the snapshot's `re`
+/// before that run's code, silently leaving to the task any pattern that
+/// warns, prints or fails.
+#[test]
+fn a_task_cannot_plant_compiled_regexes_for_its_source() {
+    let _suite = crate::common::suite(module_path!());
+    let planter = r#"import marshal, re, sys, _sre
+_driver = sys._getframe(1).f_globals
+KEPT = (str, "[a-z]+", 0) in re._cache
+# What `[0-9]*` hands to _sre.compile, filed as `[a-z]+`.
+_handed = []
+_real = _sre.compile
+_sre.compile = lambda *args: _handed.append(args) or _real(*args)
+re.compile("[0-9]*")
+_sre.compile = _real
+_forged = marshal.dumps([(("[a-z]+", 0), _handed[0])])
+_read = _driver["_regex_cache_get"]()
+_stored = _driver["_regex_cache_put"](_forged)
+print("read", _read, "stored", _stored)
+
+def f(x):
+    return [re.fullmatch("[a-z]+", x) is None, re.fullmatch("[a-z]+", "abc") is not None, KEPT]
+"#;
+    // The task's own report, of patterns that warn, print (DEBUG), fail,
+    // are no UTF-8, and `[a-z]+` itself.
+    let reporter = planter
+        .replace(
+            "_read = _driver",
+            r#"def _record(kind, flags, pattern):
+    return kind + flags.to_bytes(8, "little", signed=True) + len(pattern).to_bytes(4, "little") + pattern
+
+_driver["_regex_cache_report"](b"".join([
+    _record(b"s", 0, b"[[a]"), _record(b"s", 128, b"a+"), _record(b"s", 0, b"("),
+    _record(b"s", 0, b"\xff+"), _record(b"b", 0, b"\xff+"), _record(b"s", 0, b"[a-z]+"),
+]))
+_read = None and _driver"#,
+        )
+        .replace("_stored = _driver", "_stored = False and _driver");
+    for _ in 0..3 {
+        let outcome = run(TIER, TaskSubmission::script(planter));
+        assert_eq!(outcome.stdout, "read None stored False\n", "{outcome:?}");
+        assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    }
+    for (code, kept_from) in [(planter, None), (reporter.as_str(), Some(2))] {
+        for run in 0..6 {
+            let outcome = run_code(TIER, code, json!("123"));
+            assert_eq!(outcome.stdout, "read None stored False\n", "{outcome:?}");
+            assert_eq!(outcome.stderr, "", "{outcome:?}");
+            let kept = kept_from.is_some_and(|from| run >= from);
+            assert_eq!(
+                ok(&outcome),
+                json!([true, true, kept]),
+                "run {run} of:\n{code}"
+            );
+        }
+    }
+}
+
 /// A task that reaches the driver's cache functions (through a frame's
 /// globals) can neither read nor store compiled code: the slot is closed
 /// before any of its code runs, in script mode it never opens, and later

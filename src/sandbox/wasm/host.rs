@@ -335,19 +335,13 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "result",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            let memory = guest_memory(&mut caller)?;
-            let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-            if len > caller.data().result_cap {
+            if len as u32 as usize > caller.data().result_cap {
                 // Not copied: the host never holds more than the cap.
                 caller.data_mut().result_too_big = true;
                 return Ok(());
             }
-            let data = memory
-                .data(&caller)
-                .get(ptr..ptr.saturating_add(len))
-                .ok_or_else(|| wasmtime::format_err!("lattice: the result is out of bounds"))?
-                .to_vec();
-            caller.data_mut().result = Some(data);
+            let (result, state) = guest_bytes(&mut caller, ptr, len, "result")?;
+            state.result = Some(result.to_vec());
             Ok(())
         },
     )?;
@@ -357,15 +351,8 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "host_call",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-            let memory = guest_memory(&mut caller)?;
-            let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-            let request = memory
-                .data(&caller)
-                .get(ptr..ptr.saturating_add(len))
-                .ok_or_else(|| wasmtime::format_err!("lattice: the host call is out of bounds"))?
-                .to_vec();
-            let state = caller.data_mut();
-            state.host_reply = state.host.dispatch(&request);
+            let (request, state) = guest_bytes(&mut caller, ptr, len, "host call")?;
+            state.host_reply = state.host.dispatch(request);
             Ok(state.host_reply.len() as i32)
         },
     )?;
@@ -398,15 +385,44 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "code_cache_store",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-            let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-            let memory = guest_memory(&mut caller)?;
-            // Looked at in place: the slot copies only what it keeps.
-            let (data, state) = memory.data_and_store_mut(&mut caller);
-            let compiled = data.get(ptr..ptr.saturating_add(len)).ok_or_else(|| {
-                wasmtime::format_err!("lattice: the compiled code is out of bounds")
-            })?;
+            let (compiled, state) = guest_bytes(&mut caller, ptr, len, "compiled code")?;
             let printed = state.outputs.iter().any(|output| !output.is_empty());
             Ok(i32::from(state.code_cache.store(compiled, printed)))
+        },
+    )?;
+    // The source's regexes (code_cache.rs): the question right after the
+    // kept code was read, its answer, the store of what wanted patterns
+    // compiled to, and the task's report of the patterns it compiled.
+    linker.func_wrap(
+        "lattice",
+        "regex_cache_len",
+        |mut caller: Caller<'_, TaskState>| -> i32 { caller.data_mut().code_cache.ask_regexes() },
+    )?;
+    linker.func_wrap(
+        "lattice",
+        "regex_cache_read",
+        |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
+            match caller.data_mut().code_cache.read_regexes() {
+                Some(answer) => copy_to_guest(&mut caller, ptr, &answer, "regex answer"),
+                None => Ok(()),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "lattice",
+        "regex_cache_store",
+        |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let (data, state) = guest_bytes(&mut caller, ptr, len, "compiled regexes")?;
+            let printed = state.outputs.iter().any(|output| !output.is_empty());
+            Ok(i32::from(state.code_cache.store_regexes(data, printed)))
+        },
+    )?;
+    linker.func_wrap(
+        "lattice",
+        "regex_cache_report",
+        |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let (records, state) = guest_bytes(&mut caller, ptr, len, "regex report")?;
+            Ok(i32::from(state.code_cache.report_regexes(records)))
         },
     )?;
     linker.func_wrap(
@@ -449,6 +465,23 @@ fn copy_to_guest(
         .ok_or_else(|| wasmtime::format_err!("lattice: the {what} buffer is out of bounds"))?
         .copy_from_slice(bytes);
     Ok(())
+}
+
+/// The guest's `len` bytes at `ptr` (its `what`), looked at in place, and
+/// the task state beside them: what keeps them copies only what it keeps.
+fn guest_bytes<'a>(
+    caller: &'a mut Caller<'_, TaskState>,
+    ptr: i32,
+    len: i32,
+    what: &str,
+) -> wasmtime::Result<(&'a [u8], &'a mut TaskState)> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    let memory = guest_memory(caller)?;
+    let (data, state) = memory.data_and_store_mut(caller);
+    let bytes = data
+        .get(ptr..ptr.saturating_add(len))
+        .ok_or_else(|| wasmtime::format_err!("lattice: the {what} is out of bounds"))?;
+    Ok((bytes, state))
 }
 
 /// WASI errno values used by [`poll_oneoff`].
