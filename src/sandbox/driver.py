@@ -753,29 +753,32 @@ def _compile_regexes(body):
     left to the task, which then meets that itself."""
     import _sre
     import warnings
-    compile_pattern = _sre.compile
-    handed = []
+    compile_pattern, warn = _sre.compile, warnings.warn
+    handed, warned = [], []
 
     def capture(*args):
         handed.append(args)
         return compile_pattern(*args)
+
+    def note(*args, **kwargs):
+        # Noted, not issued: the task's own compile issues it (and no
+        # registry or filter of ``warnings`` changes here).
+        warned.append(args)
 
     kept = []
     for pattern, flags in _regex_records(body):
         key = (_type(pattern), pattern, flags)
         if flags & re.DEBUG or key in re._cache:
             continue
-        del handed[:]
-        _sre.compile = capture
+        del handed[:], warned[:]
+        _sre.compile, warnings.warn = capture, note
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                re._compile(pattern, flags)
+            re._compile(pattern, flags)
         except Exception:
-            caught = True
+            warned.append(None)
         finally:
-            _sre.compile = compile_pattern
-        if caught or _len(handed) != 1:
+            _sre.compile, warnings.warn = compile_pattern, warn
+        if warned or _len(handed) != 1:
             re._cache.pop(key, None)
             re._cache2.pop(key, None)
             continue
