@@ -294,28 +294,33 @@ mod code_cache {
         answer(len, lattice_regex_cache_read, vm).unwrap_or_else(|| vm.ctx.none())
     }
 
+    /// Hands `bytes` to the host through `store`, after what was printed
+    /// (a compile's warnings) reached it: the host then keeps nothing.
+    fn hand_over(
+        bytes: PyBytesRef,
+        store: unsafe extern "C" fn(*const u8, usize) -> i32,
+        vm: &VirtualMachine,
+    ) -> bool {
+        super::flush_std(vm);
+        let bytes = bytes.as_bytes();
+        unsafe { store(bytes.as_ptr(), bytes.len()) == 1 }
+    }
+
+    /// `_code_cache_put(compiled)`: hands the compile over.
+    pub(crate) fn put(compiled: PyBytesRef, vm: &VirtualMachine) -> bool {
+        hand_over(compiled, lattice_code_cache_store, vm)
+    }
+
     /// `_regex_cache_put(compiled)`: hands over what the wanted patterns
     /// compiled to.
-    pub(crate) fn put_regexes(compiled: PyBytesRef, vm: &VirtualMachine) -> PyResult<bool> {
-        super::flush_std(vm);
-        let bytes = compiled.as_bytes();
-        Ok(unsafe { lattice_regex_cache_store(bytes.as_ptr(), bytes.len()) } == 1)
+    pub(crate) fn put_regexes(compiled: PyBytesRef, vm: &VirtualMachine) -> bool {
+        hand_over(compiled, lattice_regex_cache_store, vm)
     }
 
     /// `_regex_cache_report(records)`: says which patterns the task
     /// compiled.
-    pub(crate) fn report_regexes(records: PyBytesRef) -> bool {
-        let bytes = records.as_bytes();
-        unsafe { lattice_regex_cache_report(bytes.as_ptr(), bytes.len()) == 1 }
-    }
-
-    /// `_code_cache_put(compiled)`: hands the compile over, after what the
-    /// compile printed (warnings) reached the host, which then keeps
-    /// nothing.
-    pub(crate) fn put(compiled: PyBytesRef, vm: &VirtualMachine) -> PyResult<bool> {
-        super::flush_std(vm);
-        let bytes = compiled.as_bytes();
-        Ok(unsafe { lattice_code_cache_store(bytes.as_ptr(), bytes.len()) } == 1)
+    pub(crate) fn report_regexes(records: PyBytesRef, vm: &VirtualMachine) -> bool {
+        hand_over(records, lattice_regex_cache_report, vm)
     }
 }
 

@@ -53,6 +53,11 @@ impl TaskState {
         &mut self.files
     }
 
+    /// Whether the task printed anything yet (a compile that warned).
+    fn printed(&self) -> bool {
+        self.outputs.iter().any(|output| !output.is_empty())
+    }
+
     /// Sets up the state for one more call of a session: its request, its
     /// limits, nothing left of the call before.
     pub(super) fn next_call(
@@ -386,7 +391,7 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "code_cache_store",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let (compiled, state) = guest_bytes(&mut caller, ptr, len, "compiled code")?;
-            let printed = state.outputs.iter().any(|output| !output.is_empty());
+            let printed = state.printed();
             Ok(i32::from(state.code_cache.store(compiled, printed)))
         },
     )?;
@@ -412,9 +417,9 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "lattice",
         "regex_cache_store",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-            let (data, state) = guest_bytes(&mut caller, ptr, len, "compiled regexes")?;
-            let printed = state.outputs.iter().any(|output| !output.is_empty());
-            Ok(i32::from(state.code_cache.store_regexes(data, printed)))
+            let (compiled, state) = guest_bytes(&mut caller, ptr, len, "compiled regexes")?;
+            let printed = state.printed();
+            Ok(i32::from(state.code_cache.store_regexes(compiled, printed)))
         },
     )?;
     linker.func_wrap(
