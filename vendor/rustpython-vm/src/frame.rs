@@ -2972,9 +2972,7 @@ pub(crate) enum Flatten {
     CallAndGenResume,
 }
 
-// lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-#[cfg_attr(target_arch = "wasm32", inline(always))]
-#[cfg_attr(not(target_arch = "wasm32"), inline)]
+#[inline]
 fn specialization_compact_int_value(i: &Py<PyInt>) -> Option<isize> {
     // _PyLong_IsCompact(): a one-digit PyLong (base 2^30),
     // i.e. abs(value) <= 2^30 - 1.
@@ -9582,9 +9580,7 @@ impl ExecutingFrame<'_> {
     /// fit i64, or the op overflows i64) it falls through to `fallback` on the
     /// full BigInt values. Result boxing always goes through `new_int` so the
     /// small-int cache is consulted identically.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn int_fast_op(
         a: &Py<PyInt>,
         b: &Py<PyInt>,
@@ -9603,25 +9599,19 @@ impl ExecutingFrame<'_> {
     }
 
     /// Int addition with i64 fast path to avoid BigInt heap allocation.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn int_add(a: &Py<PyInt>, b: &Py<PyInt>, vm: &VirtualMachine) -> PyObjectRef {
         Self::int_fast_op(a, b, vm, i64::checked_add, |a, b| a + b)
     }
 
     /// Int subtraction with i64 fast path to avoid BigInt heap allocation.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn int_sub(a: &Py<PyInt>, b: &Py<PyInt>, vm: &VirtualMachine) -> PyObjectRef {
         Self::int_fast_op(a, b, vm, i64::checked_sub, |a, b| a - b)
     }
 
     /// Int multiplication with i64 fast path to avoid BigInt heap allocation.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn int_mul(a: &Py<PyInt>, b: &Py<PyInt>, vm: &VirtualMachine) -> PyObjectRef {
         Self::int_fast_op(a, b, vm, i64::checked_mul, |a, b| a * b)
     }
@@ -10778,9 +10768,7 @@ impl ExecutingFrame<'_> {
 
     /// Execute a specialized binary op on two int operands.
     /// Fallback to generic binary op if either operand is not an exact int.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn execute_binary_op_int(
         &mut self,
         vm: &VirtualMachine,
@@ -11439,9 +11427,7 @@ impl ExecutingFrame<'_> {
     /// Execute an immediately following conditional jump without materializing
     /// the comparison result as a Python bool. This is the adaptive interpreter
     /// equivalent of keeping the result virtual across the two-opcode trace.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     /// A `POP_JUMP_IF_TRUE`/`POP_JUMP_IF_FALSE` sitting immediately after the
     /// running instruction, resolved so the boolean's producer can branch on it
     /// without the jump being dispatched at all.
@@ -11481,9 +11467,7 @@ impl ExecutingFrame<'_> {
     /// Land on the edge `result` selects, stepping over the fall-through
     /// `NOT_TAKEN` marker. The marker is only probed when the branch is not
     /// taken, keeping the taken edge to a single instruction-array read.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn take_fused_bool_jump(&mut self, jump: FusedBoolJump, result: bool) {
         let target = if result == jump.jump_on {
             jump.taken
@@ -11495,9 +11479,7 @@ impl ExecutingFrame<'_> {
 
     /// Push `result` as the running instruction's boolean output, or branch on it
     /// directly when a `POP_JUMP_IF_*` follows. See [`Self::fused_bool_jump`].
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn push_bool_or_fused_jump(&mut self, caches: usize, result: bool, vm: &VirtualMachine) {
         match self.fused_bool_jump(caches, vm) {
             Some(jump) => self.take_fused_bool_jump(jump, result),
@@ -11511,9 +11493,7 @@ impl ExecutingFrame<'_> {
     /// the marker themselves rather than going through
     /// [`Self::skip_fallthrough_not_taken`]; the tracing guard is the caller's,
     /// since fusion is already disabled while tracing.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn not_taken_skipped(&self, next: u32) -> u32 {
         if (next as usize) < self.code.instructions.len()
             && matches!(
@@ -12207,9 +12187,7 @@ impl ExecutingFrame<'_> {
     /// # Safety
     /// The object must remain alive until the borrowed ref is consumed.
     /// The compiler guarantees consumption within the same basic block.
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     #[track_caller]
     unsafe fn push_borrowed(&mut self, obj: &PyObject) {
         self.push_stackref_opt(Some(unsafe { PyStackRef::new_borrowed(obj) }));

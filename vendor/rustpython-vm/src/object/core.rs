@@ -2572,9 +2572,7 @@ impl PyStackRef {
 }
 
 impl Drop for PyStackRef {
-    // lattice-wasm patch: always inlined on wasm32 (vendor/README.md).
-    #[cfg_attr(target_arch = "wasm32", inline(always))]
-    #[cfg_attr(not(target_arch = "wasm32"), inline)]
+    #[inline]
     fn drop(&mut self) {
         if !self.is_borrowed() {
             // Owned: decrement refcount (potentially deallocate).
