@@ -232,7 +232,7 @@ fn host_call(request: &[u8]) -> Vec<u8> {
 #[cfg(target_family = "wasm")]
 mod code_cache {
     use rustpython_vm::builtins::PyBytesRef;
-    use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
+    use rustpython_vm::{PyObjectRef, VirtualMachine};
 
     #[link(wasm_import_module = "lattice")]
     unsafe extern "C" {
