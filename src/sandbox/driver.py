@@ -786,6 +786,12 @@ def _compile_regexes(body):
     return _marshal_dumps(kept)
 
 
+# The host's bounds on a regex report (MAX_PATTERNS and MAX_PATTERN in
+# code_cache.rs, whose test holds these to them): it refuses a report beyond.
+_MAX_REPORTED_REGEXES = 32
+_MAX_REPORTED_PATTERN = 4096
+
+
 def _report_regexes():
     """Tells the host which patterns the task compiled, when it asked: the
     keys ``re``'s cache gained, as records (see ``_regex_records``)."""
@@ -795,7 +801,7 @@ def _report_regexes():
     _regex_report[0] = None
     records = []
     for key in list(re._cache):
-        if _len(records) == 32:
+        if _len(records) == _MAX_REPORTED_REGEXES:
             break
         if _type(key) is not tuple or _len(key) != 3:
             continue
@@ -805,7 +811,7 @@ def _report_regexes():
         if _type(flags) is not int or not -(1 << 63) <= flags < (1 << 63) or key in before:
             continue
         data = pattern.encode("utf-8", "surrogatepass") if kind is str else pattern
-        if _len(data) > 4096:
+        if _len(data) > _MAX_REPORTED_PATTERN:
             continue
         records.append((b"s" if kind is str else b"b") + flags.to_bytes(8, "little", signed=True)
                        + _len(data).to_bytes(4, "little") + data)

@@ -589,6 +589,19 @@ mod tests {
         assert!(!check_records(&many(MAX_PATTERNS + 1)));
     }
 
+    /// The driver reports within the bounds the host checks: a larger
+    /// report would be refused whole, a smaller one would keep less.
+    #[test]
+    fn the_driver_reports_within_the_hosts_bounds() {
+        let driver = include_str!("../driver.py");
+        for line in [
+            format!("\n_MAX_REPORTED_REGEXES = {MAX_PATTERNS}\n"),
+            format!("\n_MAX_REPORTED_PATTERN = {MAX_PATTERN}\n"),
+        ] {
+            assert!(driver.contains(&line), "driver.py lacks {line:?}");
+        }
+    }
+
     /// Through the real guest: the second run names the pattern its task
     /// compiled, the third compiles it before the task's code, the later
     /// ones load it; all answer alike.
