@@ -1064,16 +1064,15 @@ where
 {
     // Unwinding out of a merge would leave one item twice and another not at
     // all, to be freed twice. These comparisons do not panic; were one to,
-    // the process stops instead.
+    // the process stops instead. (Dropped only when the sort unwinds: it is
+    // forgotten after it.)
     struct AbortOnUnwind;
     impl Drop for AbortOnUnwind {
         fn drop(&mut self) {
-            if std::thread::panicking() {
-                std::process::abort();
-            }
+            std::process::abort();
         }
     }
-    let _abort_on_unwind = AbortOnUnwind;
+    let abort_on_unwind = AbortOnUnwind;
     // SAFETY: `Moved<T>` is `repr(transparent)` over `ManuallyDrop<T>`, which
     // is `repr(transparent)` over `T`; the slice is borrowed for the sort only.
     let moved = unsafe {
@@ -1087,6 +1086,7 @@ where
         };
         Ok(lt(key(a), key(b)))
     });
+    core::mem::forget(abort_on_unwind);
     let Ok(()) = sorted;
     Ok(())
 }
