@@ -662,7 +662,7 @@ fn the_compatibility_corpus_gives_cpythons_results() {
             match &run_code(tier, &code, input.clone()).result {
                 Ok(value) if *value == cpython => {}
                 other => differences.push(format!(
-                    "{}: CPython {cpython}\n  {tier:?} {other:?}",
+                    "{}: CPython {cpython}\n  the {tier:?} tier {other:?}",
                     file.display()
                 )),
             }
