@@ -5,6 +5,23 @@ from fractions import Fraction
 import statistics
 
 
+def int_edges():
+    """Sums and comparisons around the int fast paths' bounds (the compact
+    range 2**30, i64 and a one-limb magnitude), in a loop the interpreter
+    specialises: each round must give the first round's checksums."""
+    edges = [0, 1, -1, 2**30 - 1, -(2**30 - 1), 2**30, -(2**30), 2**62, -(2**62), 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**64 - 1, -(2**64 - 1), 2**64, -(2**64), 2**100, -(2**100)]
+    rounds = []
+    for _ in range(3):
+        total = 0
+        order = 0
+        for i, a in enumerate(edges):
+            for j, b in enumerate(edges):
+                total += (a + b) * (i + 1) - (a - b) * (j + 1)
+                order = order * 3 % 1000003 + (a < b) + 2 * (a == b) + 4 * (a >= b)
+        rounds.append([total, order])
+    return rounds
+
+
 def main(x):
     getcontext().prec = 30
     return {
@@ -15,5 +32,6 @@ def main(x):
         "decimal": [str(Decimal(1) / Decimal(7)), str(Decimal("1.10") + Decimal("2.20")), str(Decimal("2").sqrt())],
         "fraction": [str(Fraction(3, 4) + Fraction(1, 6)), str(Fraction("0.125")), float(Fraction(1, 3))],
         "statistics": [statistics.mean([1, 2, 3, 4]), statistics.median([5, 1, 3]), round(statistics.stdev([2, 4, 4, 4, 5, 5, 7, 9]), 9), statistics.mode([1, 1, 2])],
+        "int_edges": int_edges(),
         "bool_int": [True + True, int(True), bool(0), 10 // 3, -10 // 3, abs(-5), max([3, 9, 2]), sum(range(101))],
     }

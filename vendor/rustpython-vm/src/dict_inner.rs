@@ -814,7 +814,7 @@ impl<T: Clone> Dict<T> {
     /// Read an entry directly when a cached keys-version still describes the
     /// dictionary layout. The version is rechecked while holding the read lock
     /// so the entry index and value are observed from the same key-set state.
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     pub(crate) fn get_index_if_keys_version(&self, version: u32, index: usize) -> Option<T> {
         let inner = self.read();
         if self.keys_version.load(Acquire) != version {

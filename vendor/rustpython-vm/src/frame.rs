@@ -2972,7 +2972,7 @@ pub(crate) enum Flatten {
     CallAndGenResume,
 }
 
-#[inline]
+#[inline(always)] // lattice-wasm patch: see vendor/README.md
 fn specialization_compact_int_value(i: &Py<PyInt>) -> Option<isize> {
     // _PyLong_IsCompact(): a one-digit PyLong (base 2^30),
     // i.e. abs(value) <= 2^30 - 1.
@@ -9580,7 +9580,7 @@ impl ExecutingFrame<'_> {
     /// fit i64, or the op overflows i64) it falls through to `fallback` on the
     /// full BigInt values. Result boxing always goes through `new_int` so the
     /// small-int cache is consulted identically.
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     fn int_fast_op(
         a: &Py<PyInt>,
         b: &Py<PyInt>,
@@ -9599,13 +9599,13 @@ impl ExecutingFrame<'_> {
     }
 
     /// Int addition with i64 fast path to avoid BigInt heap allocation.
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     fn int_add(a: &Py<PyInt>, b: &Py<PyInt>, vm: &VirtualMachine) -> PyObjectRef {
         Self::int_fast_op(a, b, vm, i64::checked_add, |a, b| a + b)
     }
 
     /// Int subtraction with i64 fast path to avoid BigInt heap allocation.
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     fn int_sub(a: &Py<PyInt>, b: &Py<PyInt>, vm: &VirtualMachine) -> PyObjectRef {
         Self::int_fast_op(a, b, vm, i64::checked_sub, |a, b| a - b)
     }
@@ -11608,7 +11608,7 @@ impl ExecutingFrame<'_> {
         vm.use_tracing.get()
     }
 
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     fn specialization_has_datastack_space_for_func(
         &self,
         vm: &VirtualMachine,
@@ -11617,7 +11617,7 @@ impl ExecutingFrame<'_> {
         self.specialization_has_datastack_space_for_func_with_extra(vm, func, 0)
     }
 
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     fn specialization_has_datastack_space_for_func_with_extra(
         &self,
         vm: &VirtualMachine,
@@ -12187,7 +12187,7 @@ impl ExecutingFrame<'_> {
     /// # Safety
     /// The object must remain alive until the borrowed ref is consumed.
     /// The compiler guarantees consumption within the same basic block.
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     #[track_caller]
     unsafe fn push_borrowed(&mut self, obj: &PyObject) {
         self.push_stackref_opt(Some(unsafe { PyStackRef::new_borrowed(obj) }));

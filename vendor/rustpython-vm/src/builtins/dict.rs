@@ -923,7 +923,7 @@ impl Py<PyDict> {
     }
 
     /// Read a cached exact-dict entry after validating its key-layout stamp.
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     pub(crate) fn get_item_by_index_and_keys_version(
         &self,
         version: u16,

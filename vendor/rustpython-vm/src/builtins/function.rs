@@ -777,6 +777,7 @@ impl Py<PyFunction> {
     /// Bytes required for this function's frame on RustPython's thread datastack.
     /// Returns `None` for generator/coroutine code paths that do not push a
     /// regular datastack-backed frame in the fast call path.
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     pub(crate) fn datastack_frame_size_bytes(&self) -> Option<usize> {
         datastack_frame_size_bytes_for_code(&self.code)
     }
@@ -972,6 +973,7 @@ impl Py<PyFunction> {
     }
 }
 
+#[inline(always)] // lattice-wasm patch: see vendor/README.md
 pub(crate) fn datastack_frame_size_bytes_for_code(code: &Py<PyCode>) -> Option<usize> {
     if code.flags.intersects(
         bytecode::CodeFlags::GENERATOR

@@ -2572,7 +2572,7 @@ impl PyStackRef {
 }
 
 impl Drop for PyStackRef {
-    #[inline]
+    #[inline(always)] // lattice-wasm patch: see vendor/README.md
     fn drop(&mut self) {
         if !self.is_borrowed() {
             // Owned: decrement refcount (potentially deallocate).
