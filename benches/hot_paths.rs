@@ -96,6 +96,16 @@ fn wasm_beside_native(c: &mut Criterion) {
             )
             .with_input(json!(20)),
         ),
+        (
+            // The list sort's int path and the interpreter's int fast paths
+            // (vendor/README.md, the VM's patches).
+            "sort_2e4",
+            true,
+            TaskSubmission::python(
+                "def f(n):\n    values = [i * 7919 % 100003 for i in range(n)]\n    values.sort()\n    return sum(values[::1000])\n",
+            )
+            .with_input(json!(20_000)),
+        ),
     ];
     for (name, succeeds, task) in workloads {
         let mut group = c.benchmark_group(name);
