@@ -6,9 +6,10 @@ import statistics
 
 
 def int_edges():
-    """Sums and comparisons around the int fast paths' bounds (the compact
-    range 2**30, i64 and a one-limb magnitude), in a loop the interpreter
-    specialises: each round must give the first round's checksums."""
+    """Arithmetic and comparisons around the int fast paths' bounds (the
+    compact range 2**30, i64 and a one-limb magnitude), in a loop the
+    interpreter specialises: each round must give the first round's
+    checksums."""
     edges = [0, 1, -1, 2**30 - 1, -(2**30 - 1), 2**30, -(2**30), 2**62, -(2**62), 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**64 - 1, -(2**64 - 1), 2**64, -(2**64), 2**100, -(2**100)]
     rounds = []
     for _ in range(3):
@@ -16,7 +17,9 @@ def int_edges():
         order = 0
         for i, a in enumerate(edges):
             for j, b in enumerate(edges):
-                total += (a + b) * (i + 1) - (a - b) * (j + 1)
+                total += (a + b) * (i + 1) - (a - b) * (j + 1) + a * b % 1000003
+                if b:
+                    total += a // b + a % b
                 order = order * 3 % 1000003 + (a < b) + 2 * (a == b) + 4 * (a >= b)
         rounds.append([total, order])
     return rounds
