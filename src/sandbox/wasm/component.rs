@@ -8,6 +8,7 @@
 //! call when one fires.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::component::{Component, InstancePre, Linker};
 
@@ -15,7 +16,7 @@ use super::host::{
     self, AsNobody, CappedOutput, ComponentState, Guarded, PoolSlot, RunReport, TICK,
 };
 use super::{engine, limit_error, module, out_of_memory, trap_error};
-use crate::sandbox::limits::{self, Limits, Stop, Watch};
+use crate::sandbox::limits::{Limits, Stop};
 use crate::sandbox::{outcome, CancelToken, SandboxConfig, SandboxOutput};
 use crate::task::TaskError;
 
@@ -46,48 +47,53 @@ pub(super) fn run(
     drop(as_task);
     let mut store = host::guarded_store(pre.engine(), state?, config, cancel);
     let _as_task = mounts.then(AsNobody::enter);
-    // File operations run on this thread: a blocking one is woken at the limits.
-    let _watch = Watch::start(limits::next_token(), watchdog_limits.clone(), None);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(|e| TaskError::internal(format!("can't start the async runtime: {e}")))?;
-    let ended = runtime.block_on(async {
-        let call = async {
-            let instance = pre.instantiate_async(&mut store).await.map_err(|e| {
-                TaskError::unavailable(format!("can't instantiate the Wasm component: {e:#}"))
-            })?;
-            let run = instance
-                .get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, RUN_EXPORT)
-                .map_err(|e| {
-                    TaskError::invalid(format!(
-                        "the component does not export `run: func(input: string) -> result<string, string>` (the lattice:task world of wit/task.wit): {e:#}"
-                    ))
+    // File operations run on this thread: a blocking one is woken at the
+    // limits, and so is code that reaches no epoch check (`watched`).
+    let limits = watchdog_limits.clone();
+    let called = host::watched(&mut store, limits, Duration::ZERO, |store| {
+        let ended = runtime.block_on(async {
+            let call = async {
+                let instance = pre.instantiate_async(&mut *store).await.map_err(|e| {
+                    TaskError::unavailable(format!("can't instantiate the Wasm component: {e:#}"))
                 })?;
-            Ok(run.call_async(&mut store, (input,)).await.map(|(returned,)| returned))
-        };
-        let watchdog = async {
-            loop {
-                tokio::time::sleep(TICK).await;
-                if let Some(stop) = watchdog_limits.exceeded() {
-                    return stop;
+                let run = instance
+                    .get_typed_func::<(&str,), (Result<String, String>,)>(&mut *store, RUN_EXPORT)
+                    .map_err(|e| {
+                        TaskError::invalid(format!(
+                            "the component does not export `run: func(input: string) -> result<string, string>` (the lattice:task world of wit/task.wit): {e:#}"
+                        ))
+                    })?;
+                Ok(run.call_async(&mut *store, (input,)).await.map(|(returned,)| returned))
+            };
+            let watchdog = async {
+                loop {
+                    tokio::time::sleep(TICK).await;
+                    if let Some(stop) = watchdog_limits.exceeded() {
+                        return stop;
+                    }
                 }
+            };
+            tokio::select! {
+                called = call => Ended::Called(called),
+                stop = watchdog => Ended::Stopped(stop),
             }
-        };
-        tokio::select! {
-            called = call => Ended::Called(called),
-            stop = watchdog => Ended::Stopped(stop),
+        });
+        match ended {
+            Ended::Called(Ok(called)) => called.map(Ok),
+            Ended::Called(Err(error)) => Ok(Err(error)),
+            Ended::Stopped(stop) => {
+                store.data_mut().guard().record(stop);
+                Err(wasmtime::Trap::Interrupt.into())
+            }
         }
     });
-    let called = match ended {
-        Ended::Called(called) => called?,
-        Ended::Stopped(stop) => {
-            store.data_mut().guard().record(stop);
-            Err(wasmtime::Trap::Interrupt.into())
-        }
-    };
     let (call, returned) = match called {
-        Ok(returned) => (Ok(()), Some(returned)),
+        Ok(Ok(returned)) => (Ok(()), Some(returned)),
+        Ok(Err(error)) => return Err(error),
         Err(e) => (Err(e), None),
     };
     let report = RunReport::new(call, store.data_mut().guard(), None, &stdout, &stderr);

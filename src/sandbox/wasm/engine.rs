@@ -5,7 +5,10 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Module, ModuleVersionStrategy,
+    PoolingAllocationConfig,
+};
 
 use super::host::TICK;
 use crate::sandbox::OnceOk;
@@ -16,6 +19,8 @@ use crate::task::TaskError;
 /// calling thread's stack, so tasks run on task threads
 /// ([`crate::sandbox::on_task_thread`]), whose stack leaves room for it.
 const MAX_WASM_STACK: usize = 8 << 20;
+/// The version stamped on compiled code (wasmtime checks it on loading).
+const COMPILED_CODE_VERSION: &str = "wasmtime-48.0.8+lattice-no-entry-epoch-check";
 /// Instances that may live at once (the pooling allocator's slots).
 pub(super) const POOL_SLOTS: u32 = 256;
 /// Largest linear memory of a task (the pool reserves this per slot).
@@ -65,6 +70,13 @@ pub(super) fn config(pooling: bool) -> Config {
         .async_stack_size(MAX_WASM_STACK + (2 << 20))
         .epoch_interruption(pooling)
         .parallel_compilation(true);
+    // Code compiled by the vendored Cranelift has no epoch check at function
+    // entries, and is only safe under a host that interrupts through the
+    // stack limit (host::watched): its own version keeps such code and
+    // upstream's from being loaded by the other.
+    config
+        .module_version(ModuleVersionStrategy::Custom(COMPILED_CODE_VERSION.into()))
+        .expect("the version is short and ASCII");
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
         // A task that touches files has a second, memoryless instance (the

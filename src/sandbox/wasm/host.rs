@@ -741,6 +741,45 @@ pub(super) fn guarded_store<T: Guarded>(
     store
 }
 
+/// Runs `call` (Wasm code in `store`, instantiation included) under the
+/// watchdog ([`Watch`]): a blocking host call is woken at the limits, and
+/// Wasm code that reaches no epoch check is stopped too. The vendored
+/// Cranelift leaves out the epoch check at function entries (a loop header
+/// still has one), so a call tree without loops would run on past every
+/// limit: once a limit has fired for `grace` (a session's call gets
+/// [`INTERRUPT_GRACE`] to unwind), the watchdog poisons the store's stack
+/// limit at every tick, and the next function prologue traps. A call that
+/// fails after a limit fired failed of that limit.
+pub(super) fn watched<T: Guarded, R>(
+    store: &mut Store<T>,
+    limits: Limits,
+    grace: Duration,
+    call: impl FnOnce(&mut Store<T>) -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
+    let stack_limit = store.stack_limit_interrupt();
+    let fired = std::sync::OnceLock::new();
+    let interrupt = move || {
+        if fired.get_or_init(Instant::now).elapsed() >= grace {
+            // SAFETY: the store outlives this function, and the watchdog
+            // runs this only while the watch is registered: `finish` (or the
+            // watch's drop, on a panic) removes it, under the watchdog's
+            // lock, before this function returns.
+            unsafe { stack_limit.interrupt() }
+        }
+    };
+    let watch = Watch::start(limits::next_token(), limits, Some(Box::new(interrupt)));
+    let called = call(store);
+    let stop = watch.finish();
+    store.clear_stack_limit_interrupt();
+    if let (Err(_), Some(stop)) = (&called, stop) {
+        let guard = store.data_mut().guard();
+        if guard.stop.is_none() {
+            guard.record(stop);
+        }
+    }
+    called
+}
+
 /// Asks the guest's interpreter to stop: its stop flag and its eval
 /// breaker set (the guest is not running while the host writes).
 fn deliver(store: &mut impl wasmtime::AsContextMut, interrupt: Interrupt) {
@@ -811,17 +850,33 @@ pub(super) fn run(
     let mut state = state?;
     state.code_cache = code_cache;
     let mut store = guarded_store(pre.module().engine(), state, config, cancel);
-    let instance = pre
-        .instantiate(&mut store)
-        .map_err(|e| instantiation_error(&store, pre.module(), config, "module", &e))?;
+    let mut not_instantiated = None;
     let call = {
         let _as_task = (!config.mounts.is_empty()).then(AsNobody::enter);
-        // Epochs stop Wasm code; the watchdog wakes a host call that blocks.
-        let _watch = Watch::start(limits::next_token(), limits, None);
-        instance
-            .get_typed_func::<(), ()>(&mut store, entry)
-            .and_then(|function| function.call(&mut store, ()))
+        watched(&mut store, limits, Duration::ZERO, |store| {
+            // A module's start function runs here: a trap in it is the task's.
+            let instance = match pre.instantiate(&mut *store) {
+                Ok(instance) => instance,
+                Err(e) if e.is::<wasmtime::Trap>() => return Err(e),
+                Err(e) => {
+                    not_instantiated = Some(e);
+                    return Ok(());
+                }
+            };
+            instance
+                .get_typed_func::<(), ()>(&mut *store, entry)
+                .and_then(|function| function.call(&mut *store, ()))
+        })
     };
+    if let Some(e) = not_instantiated {
+        return Err(instantiation_error(
+            &store,
+            pre.module(),
+            config,
+            "module",
+            &e,
+        ));
+    }
     let state = store.data_mut();
     let mut report = RunReport::new(call, &state.guard, state.result.take(), &stdout, &stderr);
     report.result_too_big = state.result_too_big;

@@ -11,10 +11,10 @@
 
 use wasmtime::{Instance, Memory, Store, TypedFunc};
 
-use super::host::{self, AsNobody, CappedOutput, Interrupt, PoolSlot, TaskState};
+use super::host::{self, AsNobody, CappedOutput, Interrupt, PoolSlot, TaskState, INTERRUPT_GRACE};
 use super::{guest, snapshot};
 use crate::sandbox::host_calls::HostCalls;
-use crate::sandbox::limits::{self, Limits, Watch};
+use crate::sandbox::limits::Limits;
 use crate::sandbox::session::{SessionRun, SessionState, TierSession};
 use crate::sandbox::{CancelToken, SandboxConfig};
 use crate::task::TaskError;
@@ -261,9 +261,11 @@ impl TierSession for WasmSession {
             self.store.set_epoch_deadline(1);
             let call = {
                 let _as_task = self.as_nobody.then(AsNobody::enter);
-                let _watch =
-                    Watch::start(limits::next_token(), Limits::start(config, cancel), None);
-                self.session.call(&mut self.store, ())
+                let limits = Limits::start(config, cancel);
+                let session = &self.session;
+                host::watched(&mut self.store, limits, INTERRUPT_GRACE, |store| {
+                    session.call(store, ())
+                })
             };
             let trapped = call.is_err();
             let report = self

@@ -642,10 +642,11 @@ impl StoreOpaque {
     /// Helper function to swap the `stack_limit` field in the `VMStoreContext`
     /// within this store.
     fn replace_stack_limit(&mut self, stack_limit: usize) -> usize {
-        mem::replace(
-            &mut self.vm_store_context_mut().stack_limit.get_mut(),
-            stack_limit,
-        )
+        // lattice-wasm patch: atomic, as another thread may poison the limit
+        // (`StackLimitInterrupt`).
+        self.vm_store_context()
+            .stack_limit_atomic()
+            .swap(stack_limit, core::sync::atomic::Ordering::Relaxed)
     }
 
     /// Helper function to swap the `async_guard_range` field in the `VMStoreContext`

@@ -18,6 +18,7 @@ use core::ffi::c_void;
 use core::future::Future;
 use core::mem::{self, MaybeUninit};
 use core::ptr::NonNull;
+use core::sync::atomic::Ordering::Relaxed;
 use wasmtime_environ::{PanicOnOom as _, VMSharedTypeIndex};
 
 /// A reference to the abstract `nofunc` heap value.
@@ -1532,7 +1533,14 @@ impl EntryStoreContext {
         // For asynchronous stores then each call happens on a separate native
         // stack. This means that the previous stack limit is no longer relevant
         // because we're on a separate stack.
-        if unsafe { *store.0.vm_store_context().stack_limit.get() } != usize::MAX
+        // lattice-wasm patch: the limit is read and written atomically, as
+        // another thread may poison it (`StackLimitInterrupt`).
+        if store
+            .0
+            .vm_store_context()
+            .stack_limit_atomic()
+            .load(Relaxed)
+            != usize::MAX
             && !store.0.can_block()
         {
             stack_limit = None;
@@ -1577,12 +1585,11 @@ impl EntryStoreContext {
             // golly it'll get nigh-infinite stack in which case the limit is 0.
             let wasm_stack_limit =
                 stack_pointer.saturating_sub(store.engine().config().max_wasm_stack);
-            let prev_stack = unsafe {
-                mem::replace(
-                    &mut *store.0.vm_store_context().stack_limit.get(),
-                    wasm_stack_limit,
-                )
-            };
+            let prev_stack = store
+                .0
+                .vm_store_context()
+                .stack_limit_atomic()
+                .swap(wasm_stack_limit, Relaxed);
             stack_limit = Some(prev_stack);
         }
 
@@ -1617,7 +1624,9 @@ impl EntryStoreContext {
     fn exit_wasm(&mut self) {
         unsafe {
             if let Some(limit) = self.stack_limit {
-                *(&*self.vm_store_context).stack_limit.get() = limit;
+                (*self.vm_store_context)
+                    .stack_limit_atomic()
+                    .store(limit, Relaxed);
             }
 
             *(*self.vm_store_context).last_wasm_exit_trampoline_fp.get() =

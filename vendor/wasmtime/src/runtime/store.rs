@@ -95,6 +95,7 @@ use crate::trampoline::VMHostGlobalContext;
 use crate::{BreakpointState, DebugHandler, FrameDataCache};
 use crate::{Engine, Module, Val, ValRaw, module::ModuleRegistry};
 use crate::{Global, Instance, Table};
+use core::cell::UnsafeCell;
 use core::convert::Infallible;
 use core::fmt;
 #[cfg(any(feature = "async", feature = "gc"))]
@@ -1083,6 +1084,28 @@ impl<T> Store<T> {
     #[cfg(target_has_atomic = "64")]
     pub fn set_epoch_deadline(&mut self, ticks_beyond_current: u64) {
         self.inner.set_epoch_deadline(ticks_beyond_current);
+    }
+
+    /// lattice-wasm patch: a handle with which another thread makes the Wasm
+    /// running in this store trap at its next call (see
+    /// [`StackLimitInterrupt`]). Call [`Store::clear_stack_limit_interrupt`]
+    /// once no Wasm runs in the store any more.
+    pub fn stack_limit_interrupt(&mut self) -> StackLimitInterrupt {
+        StackLimitInterrupt(NonNull::from(&self.inner.vm_store_context().stack_limit))
+    }
+
+    /// lattice-wasm patch: undoes a [`StackLimitInterrupt::interrupt`] that
+    /// landed while no Wasm ran in this store (the limit it poisoned is then
+    /// not restored on exit from Wasm). Call it only when no Wasm is running
+    /// in the store.
+    pub fn clear_stack_limit_interrupt(&mut self) {
+        let limit = self.inner.vm_store_context().stack_limit_atomic();
+        let _ = limit.compare_exchange(
+            StackLimitInterrupt::INTERRUPTED,
+            usize::MAX,
+            core::sync::atomic::Ordering::Relaxed,
+            core::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Configures epoch-deadline expiration to trap.
@@ -2695,5 +2718,47 @@ mod tests {
         assert_eq!(*store.data(), 2);
         *store.data_mut() += 1;
         assert_eq!(*store.data(), 3);
+    }
+}
+
+/// lattice-wasm patch: interrupts the Wasm running in a store from another
+/// thread, the way wasmtime's `InterruptHandle` once did. It poisons the
+/// store's stack limit, which every Wasm function that makes a call or has
+/// a frame compares with the stack pointer in its prologue: the next such
+/// prologue traps with [`Trap::StackOverflow`](crate::Trap::StackOverflow).
+/// A function with neither makes no call, so its loops' epoch checks bound
+/// it. This is what stops a call tree without loops when the function-entry
+/// epoch checks are left out (the vendored `wasmtime-internal-cranelift`).
+///
+/// Host code reads and writes the limit atomically for this (`func.rs`,
+/// `fiber.rs`). An interrupt that lands while no Wasm runs in the store
+/// leaves the limit poisoned ([`Store::clear_stack_limit_interrupt`]); one
+/// that lands just before Wasm is entered may be overwritten by the entry,
+/// so an embedder repeats it until the call returns.
+#[derive(Clone, Copy, Debug)]
+pub struct StackLimitInterrupt(NonNull<UnsafeCell<usize>>);
+
+// SAFETY: the handle only ever stores to the limit atomically, and its user
+// promises the store is alive (`interrupt` is unsafe).
+unsafe impl Send for StackLimitInterrupt {}
+// SAFETY: as above.
+unsafe impl Sync for StackLimitInterrupt {}
+
+impl StackLimitInterrupt {
+    /// The poisoned limit: above every stack pointer, and low enough that a
+    /// prologue adding its frame size (below 32 KiB; larger frames compare
+    /// the bare limit first) does not wrap around.
+    pub const INTERRUPTED: usize = usize::MAX - 32 * 1024;
+
+    /// Makes the store's Wasm trap at its next call.
+    ///
+    /// # Safety
+    ///
+    /// The store this handle came from must still be alive.
+    pub unsafe fn interrupt(&self) {
+        // SAFETY: the store is alive (the caller's promise), and every
+        // access of the limit by host code is atomic.
+        let limit = unsafe { core::sync::atomic::AtomicUsize::from_ptr(self.0.as_ref().get()) };
+        limit.store(Self::INTERRUPTED, core::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -721,6 +721,15 @@ const _: () = {
 };
 
 impl VMStoreContext {
+    /// lattice-wasm patch: the stack limit, which another thread may poison
+    /// (`StackLimitInterrupt`): host code reads and writes it through this.
+    #[inline]
+    pub(crate) fn stack_limit_atomic(&self) -> &core::sync::atomic::AtomicUsize {
+        // SAFETY: the cell is valid for the lifetime of `self`, aligned, and
+        // every host access to it goes through this atomic view.
+        unsafe { core::sync::atomic::AtomicUsize::from_ptr(self.stack_limit.get()) }
+    }
+
     /// From the current saved trampoline FP, get the FP of the last
     /// Wasm frame. If the current saved trampoline FP is null, return
     /// null.
