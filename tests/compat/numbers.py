@@ -7,10 +7,11 @@ import statistics
 
 def int_edges():
     """Arithmetic and comparisons around the int fast paths' bounds (the
-    compact range 2**30, i64 and a one-limb magnitude), in three rounds of
-    a loop the interpreter specialises: CPython's rounds are all alike, so
-    a specialised path that differs shows in a later round."""
-    edges = [0, 1, -1, 2**30 - 1, -(2**30 - 1), 2**30, -(2**30), 2**62, -(2**62), 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**64 - 1, -(2**64 - 1), 2**64, -(2**64), 2**100, -(2**100)]
+    compact range 2**30, i32 for `*`, i64 and a one-limb magnitude), in
+    three rounds of a loop the interpreter specialises: CPython's rounds
+    are all alike, so a specialised path that differs shows in a later
+    round."""
+    edges = [0, 1, -1, 2**30 - 1, -(2**30 - 1), 2**30, -(2**30), 2**31 - 1, -(2**31), 2**31, -(2**31) - 1, 2**32, 2**62, -(2**62), 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**64 - 1, -(2**64 - 1), 2**64, -(2**64), 2**100, -(2**100)]
     rounds = []
     for _ in range(3):
         total = 0

@@ -314,6 +314,9 @@ impl Coro {
         })
     }
 
+    // lattice-wasm patch: the common case inline, an exception's handling out
+    // of line (see vendor/README.md).
+    #[inline(always)]
     fn finalize_send_result(
         &self,
         result: PyResult<ExecutionResult>,
@@ -322,26 +325,33 @@ impl Coro {
     ) -> PyResult<PyIterReturn> {
         match result {
             Ok(exec_res) => Ok(exec_res.into_iter_return(vm)),
-            Err(e) => {
-                if e.fast_isinstance(vm.ctx.exceptions.stop_iteration) {
-                    let err =
-                        vm.new_runtime_error(format!("{} raised StopIteration", gen_name(jen, vm)));
-                    // PEP 479: chain __context__ as well as __cause__ to the
-                    // original StopIteration.
-                    err.set_context(Some(e.clone()));
-                    err.set_cause(Some(e));
-                    Err(err)
-                } else if jen.class().is(vm.ctx.types.async_generator)
-                    && e.fast_isinstance(vm.ctx.exceptions.stop_async_iteration)
-                {
-                    let err = vm.new_runtime_error("async generator raised StopAsyncIteration");
-                    err.set_context(Some(e.clone()));
-                    err.set_cause(Some(e));
-                    Err(err)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) => Self::send_raised(e, jen, vm),
+        }
+    }
+
+    #[inline(never)]
+    fn send_raised(
+        e: crate::builtins::PyBaseExceptionRef,
+        jen: &PyObject,
+        vm: &VirtualMachine,
+    ) -> PyResult<PyIterReturn> {
+        if e.fast_isinstance(vm.ctx.exceptions.stop_iteration) {
+            let err =
+                vm.new_runtime_error(format!("{} raised StopIteration", gen_name(jen, vm)));
+            // PEP 479: chain __context__ as well as __cause__ to the
+            // original StopIteration.
+            err.set_context(Some(e.clone()));
+            err.set_cause(Some(e));
+            Err(err)
+        } else if jen.class().is(vm.ctx.types.async_generator)
+            && e.fast_isinstance(vm.ctx.exceptions.stop_async_iteration)
+        {
+            let err = vm.new_runtime_error("async generator raised StopAsyncIteration");
+            err.set_context(Some(e.clone()));
+            err.set_cause(Some(e));
+            Err(err)
+        } else {
+            Err(e)
         }
     }
 

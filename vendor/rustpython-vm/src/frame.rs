@@ -2651,8 +2651,22 @@ fn datastack_iframe_localsplus_offset() -> usize {
     (iframe_size + core::mem::align_of::<usize>() - 1) & !(core::mem::align_of::<usize>() - 1)
 }
 
+/// `i64::checked_mul`, which on wasm32 is a call to compiler-rt's 128-bit
+/// `__multi3`: two factors that fit i32 cannot overflow i64.
+// lattice-wasm patch (see vendor/README.md).
+#[inline(always)]
+fn checked_mul_i64(a: i64, b: i64) -> Option<i64> {
+    if cfg!(target_arch = "wasm32") && i32::try_from(a).is_ok() && i32::try_from(b).is_ok() {
+        Some(a * b)
+    } else {
+        a.checked_mul(b)
+    }
+}
+
 /// Total bytes needed to co-allocate an InterpreterFrame and its LocalsPlus
 /// data on the thread data stack.
+// lattice-wasm patch: always inlined (see vendor/README.md).
+#[inline(always)]
 pub(crate) fn datastack_iframe_total_bytes(nlocalsplus: usize, stacksize: usize) -> usize {
     let iframe_padded = datastack_iframe_localsplus_offset();
     let capacity = nlocalsplus
@@ -3461,7 +3475,18 @@ impl ExecutingFrame<'_> {
     /// `_YIELD_VALUE_EVENT`: fire PY_YIELD while the value is still on the
     /// stack. If the tracer assigned `f_lineno`, continue at the new lasti
     /// instead of suspending.
+    // lattice-wasm patch: the common case (no tracing, no monitoring)
+    // inline, the rest out of line (see vendor/README.md).
+    #[inline(always)]
     fn yield_value_event(&mut self, vm: &VirtualMachine) -> PyResult<bool> {
+        if !vm.use_tracing.get() && self.monitoring_mask & MonitoringEvent::PyYield.mask() == 0 {
+            return Ok(false);
+        }
+        self.yield_value_event_traced(vm)
+    }
+
+    #[inline(never)]
+    fn yield_value_event_traced(&mut self, vm: &VirtualMachine) -> PyResult<bool> {
         let lasti_before = self.lasti();
         if vm.use_tracing.get() {
             let value = self.top_value().to_owned();
@@ -9278,7 +9303,22 @@ impl ExecutingFrame<'_> {
 
     /// sys.settrace generates line events for all backward edges, even if on
     /// the same line.
+    // lattice-wasm patch: the tracing flag checked inline, the rest out of
+    // line (see vendor/README.md).
+    #[inline(always)]
     fn trace_backward_same_line(&mut self, from_idx: usize, vm: &VirtualMachine) -> PyResult<()> {
+        if !vm.use_tracing.get() {
+            return Ok(());
+        }
+        self.trace_backward_same_line_traced(from_idx, vm)
+    }
+
+    #[inline(never)]
+    fn trace_backward_same_line_traced(
+        &mut self,
+        from_idx: usize,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
         if !(vm.use_tracing.get() && self.trace_is_set(vm) && self.trace_lines_is_set()) {
             return Ok(());
         }
@@ -9613,7 +9653,7 @@ impl ExecutingFrame<'_> {
     /// Int multiplication with i64 fast path to avoid BigInt heap allocation.
     #[inline]
     fn int_mul(a: &Py<PyInt>, b: &Py<PyInt>, vm: &VirtualMachine) -> PyObjectRef {
-        Self::int_fast_op(a, b, vm, i64::checked_mul, |a, b| a * b)
+        Self::int_fast_op(a, b, vm, checked_mul_i64, |a, b| a * b)
     }
 
     /// Int divide/remainder i64 fast path. Returns `None` to signal the caller
@@ -12471,24 +12511,33 @@ impl ExecutingFrame<'_> {
     }
 
     /// Pop multiple values from the stack. Panics if any slot is NULL.
+    // lattice-wasm patch: always inlined, its panic out of line (see
+    // vendor/README.md).
+    #[inline(always)]
     fn pop_multiple(&mut self, count: usize) -> impl ExactSizeIterator<Item = PyObjectRef> + '_ {
         let stack_len = self.localsplus.stack_len();
         if count > stack_len {
-            let instr = self.code.instructions.get(self.lasti() as usize);
-            let op_name = instr.map_or_else(|| "None".to_string(), |i| format!("{:?}", i.op));
-            panic!(
-                "Stack underflow in pop_multiple: trying to pop {} elements from stack with {} elements. lasti={}, code={}, op={}, source_path={}",
-                count,
-                stack_len,
-                self.lasti(),
-                self.code.obj_name,
-                op_name,
-                self.code.source_path()
-            );
+            self.pop_multiple_underflow(count, stack_len);
         }
         self.localsplus.stack_drain(stack_len - count).map(|obj| {
             expect_unchecked(obj, "pop_multiple but null found. This is a compiler bug.").to_pyobj()
         })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_multiple_underflow(&self, count: usize, stack_len: usize) -> ! {
+        let instr = self.code.instructions.get(self.lasti() as usize);
+        let op_name = instr.map_or_else(|| "None".to_string(), |i| format!("{:?}", i.op));
+        panic!(
+            "Stack underflow in pop_multiple: trying to pop {} elements from stack with {} elements. lasti={}, code={}, op={}, source_path={}",
+            count,
+            stack_len,
+            self.lasti(),
+            self.code.obj_name,
+            op_name,
+            self.code.source_path()
+        );
     }
 
     #[inline]

@@ -363,9 +363,8 @@ impl Py<PyInt> {
     #[inline(always)]
     pub(crate) fn try_to_i64_fast(&self) -> Option<i64> {
         // lattice-wasm patch: the magnitude's one-limb form and the sign,
-        // each a match that inlines. Upstream's bit count and limb iterator,
-        // and then malachite's `i64::try_from` (which counts bits too), stayed
-        // out-of-line calls on wasm32: ~10%, then ~5%, of fib(25) there.
+        // each a match that inlines; a bit count stays an out-of-line call on
+        // wasm32 (see vendor/README.md).
         let value = self.as_bigint();
         let magnitude = u64::try_from(value.magnitude()).ok()?;
         if value.sign() == Sign::Minus {

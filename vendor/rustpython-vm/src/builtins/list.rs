@@ -1025,13 +1025,16 @@ where
     L: FnMut(&PyObject, &PyObject) -> PyResult<bool>,
 {
     timsort(items, &mut |a, b| {
-        let (a, b) = if reverse {
-            (key(b), key(a))
-        } else {
-            (key(a), key(b))
-        };
-        lt(a, b)
+        let (a, b) = in_sort_order(reverse, a, b);
+        lt(key(a), key(b))
     })
+}
+
+/// lattice-wasm patch: the operands of the sort's `<`, swapped for a
+/// reversed sort (shared by `timsort_by` and `timsort_moving`).
+#[inline(always)]
+fn in_sort_order<'a, T>(reverse: bool, a: &'a T, b: &'a T) -> (&'a T, &'a T) {
+    if reverse { (b, a) } else { (a, b) }
 }
 
 /// lattice-wasm patch: an item as its bits. The timsort moves items by
@@ -1079,11 +1082,7 @@ where
         core::slice::from_raw_parts_mut(items.as_mut_ptr().cast::<Moved<T>>(), items.len())
     };
     let sorted: Result<(), core::convert::Infallible> = timsort(moved, &mut |a, b| {
-        let (a, b) = if reverse {
-            (&*b.0, &*a.0)
-        } else {
-            (&*a.0, &*b.0)
-        };
+        let (a, b) = in_sort_order(reverse, &*a.0, &*b.0);
         Ok(lt(key(a), key(b)))
     });
     core::mem::forget(abort_on_unwind);

@@ -2179,7 +2179,9 @@ impl PyObject {
     }
 
     /// _Py_Dealloc: dispatch to type's dealloc
-    #[inline(never)]
+    // lattice-wasm patch: inlined on wasm32 (see vendor/README.md).
+    #[cfg_attr(target_arch = "wasm32", inline(always))]
+    #[cfg_attr(not(target_arch = "wasm32"), inline(never))]
     unsafe fn drop_slow(ptr: NonNull<Self>) {
         let dealloc = unsafe { ptr.as_ref().0.vtable.dealloc };
         unsafe { dealloc(ptr.as_ptr()) }
