@@ -565,79 +565,94 @@ fn user_wasm_modules_run_under_the_same_limits() {
 }
 
 /// A Wasm module whose functions call each other in a tree without loops:
-/// each of 13 levels calls the next ten times (10^13 calls), from `_start`
-/// or from the module's start function, which runs at instantiation.
-fn call_tree_module(from_start_function: bool) -> Vec<u8> {
-    let mut wat = String::from("(module\n  (memory (export \"memory\") 1)\n  (func $f13)\n");
+/// each of 13 levels calls the next ten times (10^13 calls), from `_start`,
+/// from the module's start function (which runs at instantiation), or from
+/// that of a module inside a component.
+#[derive(Clone, Copy, Debug)]
+enum CallTreeFrom {
+    Start,
+    StartFunction,
+    ComponentStartFunction,
+}
+
+fn call_tree(from: CallTreeFrom) -> Vec<u8> {
+    let mut functions = String::from("(func $f13)\n");
     for level in (0..13).rev() {
         let call = format!(" (call $f{})", level + 1);
-        wat += &format!("  (func $f{level}{})\n", call.repeat(10));
+        functions += &format!("(func $f{level}{})\n", call.repeat(10));
     }
-    wat += if from_start_function {
-        "  (start $f0)\n  (func (export \"_start\")))"
-    } else {
-        "  (func (export \"_start\") (call $f0)))"
-    };
-    wat.into_bytes()
+    let memory = "(memory (export \"memory\") 1)";
+    match from {
+        CallTreeFrom::Start => {
+            format!("(module {memory}\n{functions}(func (export \"_start\") (call $f0)))").into()
+        }
+        CallTreeFrom::StartFunction => {
+            format!("(module {memory}\n{functions}(start $f0)\n(func (export \"_start\")))").into()
+        }
+        CallTreeFrom::ComponentStartFunction => wat::parse_str(format!(
+            "(component (core module $m {functions}(start $f0)) (core instance (instantiate $m)))"
+        ))
+        .unwrap(),
+    }
 }
 
 /// A call tree without loops reaches no loop's epoch check, and the wasm
 /// tier's compiled code checks no epoch at function entries (the vendored
 /// Cranelift, vendor/README.md): the watchdog stops it through the store's
-/// stack limit. Every limit must: wall time, CPU time and cancel, in `_start`
-/// and in a start function (once reported as the tier being unavailable).
+/// stack limit. Every limit must: wall time, CPU time and cancel, in
+/// `_start` and in a start function (a trap there was once reported as the
+/// tier being unavailable), of a module and of a component.
 #[test]
 fn a_call_tree_without_loops_stops_at_every_limit() {
     let _suite = crate::common::suite(module_path!());
-    for from_start_function in [false, true] {
-        let module = WasmSource::Bytes(call_tree_module(from_start_function).into());
-        let run = |config: SandboxConfig, cancel: &CancelToken| {
+    let in_300_ms = Duration::from_millis(300);
+    let limits = [
+        (
+            SandboxConfig {
+                timeout: in_300_ms,
+                ..SandboxConfig::default()
+            },
+            Some(TimeLimit::Wall),
+        ),
+        (
+            SandboxConfig {
+                max_cpu_time: in_300_ms,
+                ..SandboxConfig::default()
+            },
+            Some(TimeLimit::Cpu),
+        ),
+        // No limit: a cancel stops it.
+        (SandboxConfig::default(), None),
+    ];
+    for from in [
+        CallTreeFrom::Start,
+        CallTreeFrom::StartFunction,
+        CallTreeFrom::ComponentStartFunction,
+    ] {
+        let task = TaskSubmission::wasm(WasmSource::Bytes(call_tree(from).into()));
+        for (config, limit) in limits.clone() {
+            let (cancel, canceller) = match limit {
+                Some(_) => (CancelToken::new(), None),
+                None => {
+                    let (cancel, canceller) = cancel_after(Duration::from_millis(200));
+                    (cancel, Some(canceller))
+                }
+            };
             let started = Instant::now();
-            let outcome = wasm(config).run(&TaskSubmission::wasm(module.clone()), cancel);
-            assert!(started.elapsed() < Duration::from_secs(10), "{outcome:?}");
-            err(&outcome)
-        };
-        let wall = run(
-            SandboxConfig {
-                timeout: Duration::from_millis(300),
-                ..SandboxConfig::default()
-            },
-            &CancelToken::new(),
-        );
-        assert!(
-            matches!(
-                wall,
-                TaskError::Timeout {
-                    limit: TimeLimit::Wall,
-                    ..
-                }
-            ),
-            "start function: {from_start_function}: {wall:?}"
-        );
-        let cpu = run(
-            SandboxConfig {
-                max_cpu_time: Duration::from_millis(300),
-                ..SandboxConfig::default()
-            },
-            &CancelToken::new(),
-        );
-        assert!(
-            matches!(
-                cpu,
-                TaskError::Timeout {
-                    limit: TimeLimit::Cpu,
-                    ..
-                }
-            ),
-            "start function: {from_start_function}: {cpu:?}"
-        );
-        let (cancel, canceller) = cancel_after(Duration::from_millis(200));
-        let cancelled = run(SandboxConfig::default(), &cancel);
-        canceller.join().unwrap();
-        assert!(
-            matches!(cancelled, TaskError::Cancelled),
-            "start function: {from_start_function}: {cancelled:?}"
-        );
+            let outcome = wasm(config).run(&task, &cancel);
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{from:?}: {outcome:?}"
+            );
+            match (err(&outcome), limit) {
+                (TaskError::Timeout { limit: fired, .. }, Some(limit)) if fired == limit => {}
+                (TaskError::Cancelled, None) => {}
+                (error, _) => panic!("{from:?}, expected {limit:?}: {error:?}"),
+            }
+            if let Some(canceller) = canceller {
+                canceller.join().unwrap();
+            }
+        }
     }
 }
 

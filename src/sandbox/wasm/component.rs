@@ -57,9 +57,16 @@ pub(super) fn run(
     let called = host::watched(&mut store, limits, Duration::ZERO, |store| {
         let ended = runtime.block_on(async {
             let call = async {
-                let instance = pre.instantiate_async(&mut *store).await.map_err(|e| {
-                    TaskError::unavailable(format!("can't instantiate the Wasm component: {e:#}"))
-                })?;
+                let instance = match pre.instantiate_async(&mut *store).await {
+                    Ok(instance) => instance,
+                    // Start functions run here: a trap in one is the task's.
+                    Err(e) if e.is::<wasmtime::Trap>() => return Ok(Err(e)),
+                    Err(e) => {
+                        return Err(TaskError::unavailable(format!(
+                            "can't instantiate the Wasm component: {e:#}"
+                        )))
+                    }
+                };
                 let run = instance
                     .get_typed_func::<(&str,), (Result<String, String>,)>(&mut *store, RUN_EXPORT)
                     .map_err(|e| {
