@@ -2,6 +2,7 @@
 //! memory limiter, captured output, the guest's result), the imports, and
 //! the run with its limits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -112,6 +113,9 @@ pub(super) struct Guard {
     interrupt: Option<Interrupt>,
     /// When the call was asked to stop through `interrupt`.
     interrupted_at: Option<Instant>,
+    /// A user's host function is running (`lattice.host_call`): it may
+    /// block past a limit, and the code's grace runs from its return.
+    in_host_call: Arc<AtomicBool>,
 }
 
 /// Where a session's guest looks to be stopped: the host sets its
@@ -148,6 +152,7 @@ impl Guard {
             limits: None,
             interrupt: None,
             interrupted_at: None,
+            in_host_call: Arc::default(),
         }
     }
 
@@ -357,7 +362,9 @@ pub(super) fn add_imports(linker: &mut Linker<TaskState>) -> wasmtime::Result<()
         "host_call",
         |mut caller: Caller<'_, TaskState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let (request, state) = guest_bytes(&mut caller, ptr, len, "host call")?;
+            state.guard.in_host_call.store(true, Ordering::Relaxed);
             state.host_reply = state.host.dispatch(request);
+            state.guard.in_host_call.store(false, Ordering::Relaxed);
             Ok(state.host_reply.len() as i32)
         },
     )?;
@@ -757,9 +764,17 @@ pub(super) fn watched<T: Guarded, R>(
     call: impl FnOnce(&mut Store<T>) -> wasmtime::Result<R>,
 ) -> wasmtime::Result<R> {
     let stack_limit = store.stack_limit_interrupt();
-    let fired = std::sync::OnceLock::new();
+    let in_host_call = store.data_mut().guard().in_host_call.clone();
+    let since = Mutex::new(None::<Instant>);
     let interrupt = move || {
-        if fired.get_or_init(Instant::now).elapsed() >= grace {
+        let mut since = since.lock().unwrap_or_else(|e| e.into_inner());
+        // A user's host function that blocks past the limit runs no Wasm:
+        // the grace starts when it returns (as a session's unwinding does).
+        if in_host_call.load(Ordering::Relaxed) {
+            *since = None;
+            return;
+        }
+        if since.get_or_insert_with(Instant::now).elapsed() >= grace {
             // SAFETY: the store outlives this function, and the watchdog
             // runs this only while the watch is registered: `finish` (or the
             // watch's drop, on a panic) removes it, under the watchdog's
