@@ -68,10 +68,11 @@ fn trivial_python_task(c: &mut Criterion) {
     group.finish();
 }
 
-/// What a task that fails, one that moves ~1 MB of strings, and one that
-/// computes cost on the wasm tier, beside the none tier (the same
+/// What a task that fails, one that moves ~1 MB of strings, and ones that
+/// compute cost on the wasm tier, beside the none tier (the same
 /// RustPython, native): the driver's traceback formatting, the JSON scan
-/// and encode of strings, the interpreter's int fast paths.
+/// and encode of strings, the interpreter's int fast paths, the list sort
+/// and a generator.
 fn wasm_beside_native(c: &mut Criterion) {
     let row = "abcdefghij".repeat(100);
     let rows = json!(vec![row; 1000]);
@@ -103,6 +104,16 @@ fn wasm_beside_native(c: &mut Criterion) {
             true,
             TaskSubmission::python(
                 "def f(n):\n    values = [i * 7919 % 100003 for i in range(n)]\n    values.sort()\n    return sum(values[::1000])\n",
+            )
+            .with_input(json!(20_000)),
+        ),
+        (
+            // A generator's steps, deallocation and the int `*` fast path
+            // (vendor/README.md, the VM's patches).
+            "generator_sum_2e4",
+            true,
+            TaskSubmission::python(
+                "def f(n):\n    values = [i * 7919 % 100003 for i in range(n)]\n    return sum(i * v for i, v in enumerate(values, 1))\n",
             )
             .with_input(json!(20_000)),
         ),
