@@ -756,7 +756,7 @@ pub(super) fn guarded_store<T: Guarded>(
 /// limit: once a limit has fired for `grace` (a session's call gets
 /// [`INTERRUPT_GRACE`] to unwind), the watchdog poisons the store's stack
 /// limit at every tick, and the next function prologue traps. A call that
-/// fails after a limit fired failed of that limit.
+/// fails after a limit fired is reported as that limit.
 pub(super) fn watched<T: Guarded, R>(
     store: &mut Store<T>,
     limits: Limits,
@@ -765,16 +765,19 @@ pub(super) fn watched<T: Guarded, R>(
 ) -> wasmtime::Result<R> {
     let stack_limit = store.stack_limit_interrupt();
     let in_host_call = store.data_mut().guard().in_host_call.clone();
-    let since = Mutex::new(None::<Instant>);
+    // When the grace started (the watchdog runs the closure, one tick at a
+    // time, under its lock).
+    let since = std::cell::Cell::new(None::<Instant>);
     let interrupt = move || {
-        let mut since = since.lock().unwrap_or_else(|e| e.into_inner());
         // A user's host function that blocks past the limit runs no Wasm:
         // the grace starts when it returns (as a session's unwinding does).
         if in_host_call.load(Ordering::Relaxed) {
-            *since = None;
+            since.set(None);
             return;
         }
-        if since.get_or_insert_with(Instant::now).elapsed() >= grace {
+        let started = since.get().unwrap_or_else(Instant::now);
+        since.set(Some(started));
+        if started.elapsed() >= grace {
             // SAFETY: the store outlives this function, and the watchdog
             // runs this only while the watch is registered: `finish` (or the
             // watch's drop, on a panic) removes it, under the watchdog's
